@@ -1,0 +1,31 @@
+//! fleet-sim: the researcher's entry point.
+//!
+//! - `simulate`: run a baseline policy against simulated users and print the metrics table.
+//! - `catalog`: print the catalog's marginals.
+//!
+//! Every command takes `--json`, which makes the last line of stdout one JSON object.
+
+pub mod cli;
+pub mod commands;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+/// Parses the command line, runs the command, and maps errors to a non-zero exit.
+pub fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    init_tracing();
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fleet-sim: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    irec_fleet_sim::main()
+}

@@ -1,0 +1,259 @@
+//! The simulated world the recommender acts in.
+//!
+//! - [`language`]: templates, surface forms, tokenizer, rule-based reader.
+//! - [`user`]: the simulated user (wishes, habits, feedback).
+//! - [`reward`]: the paper's reward and failure penalty.
+//! - [`World`]: catalog + visual features + lexicon, built once and shared.
+//! - [`Environment`]: a world seen through one pool and one attribute source; runs [`Episode`]s.
+
+pub mod language;
+pub mod reward;
+pub mod user;
+
+pub use language::{Lexicon, TEMPLATES};
+pub use reward::RewardConfig;
+pub use user::{Desires, Feedback, SimulatedUser};
+
+use crate::catalog::{
+    self, Action, AttrTable, Attribute, Catalog, FeatureConfig, GeneratorConfig, ItemId, VisualFeatures,
+};
+use crate::retrieval::{RetrievalIndex, ShownSet};
+use crate::rng::{self, Rng};
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// Where the world's catalog and features come from.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorldConfig {
+    /// Synthetic catalog settings (used when `catalog_path` is unset).
+    pub catalog: GeneratorConfig,
+    /// Synthetic feature settings (used when `features_path` is unset).
+    pub features: FeatureConfig,
+    /// A real `meta-data.csv` to load instead of generating.
+    pub catalog_path: Option<PathBuf>,
+    /// A per-CID feature file to load instead of synthesising (see `catalog::features`).
+    pub features_path: Option<PathBuf>,
+}
+
+/// Catalog, features and words: everything fixed about the simulated world.
+#[derive(Clone, Debug)]
+pub struct World {
+    pub catalog: Catalog,
+    pub features: VisualFeatures,
+    pub lexicon: Lexicon,
+    /// Ground-truth attributes, by item id.
+    pub truth: Arc<AttrTable>,
+}
+
+impl World {
+    pub fn build(cfg: &WorldConfig) -> Result<World, catalog::csv::CatalogError> {
+        let catalog = match &cfg.catalog_path {
+            Some(p) => catalog::csv::load(p, cfg.catalog.seed)?,
+            None => catalog::generate(&cfg.catalog),
+        };
+        let features = match &cfg.features_path {
+            Some(p) => VisualFeatures::load(p, &catalog)?,
+            None => VisualFeatures::synthesize(&catalog, &cfg.features),
+        };
+        Ok(World::from_parts(catalog, features))
+    }
+
+    pub fn from_parts(catalog: Catalog, features: VisualFeatures) -> World {
+        let lexicon = Lexicon::new(&catalog.schema);
+        let truth = Arc::new(catalog.truth());
+        World { catalog, features, lexicon, truth }
+    }
+}
+
+/// Which split the recommender retrieves from and users' targets come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pool {
+    Train,
+    Test,
+}
+
+/// A world seen through one pool, with the attribute tables that the recommender (retrieval) and
+/// the reward use. The user always judges on ground truth.
+#[derive(Clone, Debug)]
+pub struct Environment {
+    pub world: Arc<World>,
+    pub pool: Pool,
+    pub index: RetrievalIndex,
+    pub reward_attrs: Arc<AttrTable>,
+    pub reward: RewardConfig,
+}
+
+impl Environment {
+    pub fn new(
+        world: Arc<World>,
+        pool: Pool,
+        retrieval_attrs: &AttrTable,
+        reward_attrs: Arc<AttrTable>,
+        reward: RewardConfig,
+    ) -> Environment {
+        let ids = match pool {
+            Pool::Train => &world.catalog.split.train,
+            Pool::Test => &world.catalog.split.test,
+        };
+        let index = RetrievalIndex::new(&world.catalog.schema, ids, retrieval_attrs);
+        Environment { world, pool, index, reward_attrs, reward }
+    }
+
+    /// Ground truth everywhere: retrieval, reward and user.
+    pub fn with_truth(world: Arc<World>, pool: Pool) -> Environment {
+        let truth = world.truth.clone();
+        Environment::new(world, pool, &truth, truth.clone(), RewardConfig::default())
+    }
+
+    /// A uniformly drawn target from the pool.
+    pub fn sample_target(&self, rng: &mut Rng) -> ItemId {
+        let pool = self.index.pool();
+        pool[rng.random_range(0..pool.len())]
+    }
+
+    /// Starts a session for a user with `target`; `seed` fixes the user and the tie-breaking.
+    pub fn start(&self, target: ItemId, seed: u64) -> Episode<'_> {
+        let user = SimulatedUser::new(target, &self.world.truth[target as usize], rng::derive(seed, 1));
+        Episode {
+            env: self,
+            user,
+            shown: self.index.empty_shown(),
+            turns: Vec::new(),
+            mentioned: [false; catalog::NUM_ATTRS],
+            rng: rng::rng(rng::derive(seed, 2)),
+            success: false,
+            exhausted: false,
+        }
+    }
+
+    /// Draws a target uniformly and starts a session: the standard evaluation session `i` of `seed`.
+    pub fn start_numbered(&self, seed: u64, i: u64) -> Episode<'_> {
+        let s = rng::derive(seed, i);
+        let target = self.sample_target(&mut rng::rng(rng::derive(s, 0)));
+        self.start(target, s)
+    }
+}
+
+/// What the recommender perceives of a turn: the item it showed and what the user said.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Observation {
+    pub shown: ItemId,
+    pub utterance: String,
+}
+
+/// One turn of a session, with what only the simulator knows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    pub action: Action,
+    pub observation: Observation,
+    pub feedback: Feedback,
+    pub reward: f32,
+    /// The shown item violates a wish the user had already voiced (counts towards NV).
+    pub violates_earlier_request: bool,
+}
+
+/// A whole session, as the simulator saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Transcript {
+    pub target: ItemId,
+    pub desires: Desires,
+    pub turns: Vec<Turn>,
+    pub success: bool,
+}
+
+impl Transcript {
+    /// Turn number (1-based) of success.
+    pub fn success_turn(&self) -> Option<usize> {
+        self.success.then_some(self.turns.len())
+    }
+
+    /// A readable rendering, stable byte for byte for a given seed.
+    pub fn render(&self) -> String {
+        let mut out = format!("target {} wants {:?}\n", self.target, self.desires.0);
+        for (i, t) in self.turns.iter().enumerate() {
+            out.push_str(&format!(
+                "{:>2} act {:?} show {} r {:+.4}{} | {}\n",
+                i + 1,
+                t.action.0,
+                t.observation.shown,
+                t.reward,
+                if t.violates_earlier_request { " NV" } else { "" },
+                t.observation.utterance
+            ));
+        }
+        out.push_str(if self.success { "success\n" } else { "failure\n" });
+        out
+    }
+}
+
+/// A session in progress.
+#[derive(Debug)]
+pub struct Episode<'e> {
+    env: &'e Environment,
+    pub user: SimulatedUser,
+    shown: ShownSet,
+    turns: Vec<Turn>,
+    mentioned: [bool; catalog::NUM_ATTRS],
+    rng: Rng,
+    success: bool,
+    exhausted: bool,
+}
+
+impl Episode<'_> {
+    pub fn is_done(&self) -> bool {
+        self.success || self.exhausted || self.turns.len() >= self.env.reward.max_turns
+    }
+
+    pub fn turns(&self) -> &[Turn] {
+        &self.turns
+    }
+
+    /// Shows the item `action` retrieves and records the user's reaction. Returns the new turn, or
+    /// `None` if the session was already over (or the pool exhausted, which ends it as failed).
+    pub fn step(&mut self, action: Action) -> Option<&Turn> {
+        if self.is_done() {
+            return None;
+        }
+        let Some((pos, shown)) = self.env.index.select(&action, &self.shown, &mut self.rng) else {
+            // Only a pool smaller than the turn cap runs dry: the session has failed.
+            self.exhausted = true;
+            if let Some(last) = self.turns.last_mut() {
+                last.reward += self.env.reward.failure_penalty;
+            }
+            return None;
+        };
+        self.shown.insert(pos);
+        let world = &self.env.world;
+        let truth = &world.truth[shown as usize];
+        let violates = Attribute::ALL.iter().any(|a| self.mentioned[a.index()] && !self.user.desires.satisfied(*a, truth));
+        let (feedback, utterance) = self.user.respond(truth, &world.lexicon);
+        let target = self.user.target;
+        let mut reward = self.env.reward.turn_reward(
+            world.features.distance(shown, target),
+            self.env.reward_attrs[shown as usize].l0_distance(&self.env.reward_attrs[target as usize]),
+        );
+        match feedback {
+            Feedback::Good => self.success = true,
+            Feedback::Missing { attribute, .. } => self.mentioned[attribute.index()] = true,
+        }
+        if !self.success && self.turns.len() + 1 >= self.env.reward.max_turns {
+            reward += self.env.reward.failure_penalty;
+        }
+        self.turns.push(Turn {
+            action,
+            observation: Observation { shown, utterance },
+            feedback,
+            reward,
+            violates_earlier_request: violates,
+        });
+        self.turns.last()
+    }
+
+    pub fn into_transcript(self) -> Transcript {
+        Transcript { target: self.user.target, desires: self.user.desires, turns: self.turns, success: self.success }
+    }
+}
