@@ -6,10 +6,12 @@
 //! - [`sim`]: the simulated user, the template bank, the reward, episodes.
 //! - [`retrieval`]: from a multi-discrete action to the item shown (bitset index).
 //! - [`policy`]: the policy interface, the session loop, and the non-learned baselines.
+//! - [`experience`]: the anonymized sessions devices upload.
 //! - [`metrics`]: SR@K, NI, NV with standard errors; the Markdown table.
 //! - [`rng`]: seeded, order-independent randomness.
 
 pub mod catalog;
+pub mod experience;
 pub mod metrics;
 pub mod policy;
 pub mod retrieval;
