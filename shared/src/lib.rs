@@ -13,6 +13,7 @@
 pub mod catalog;
 pub mod experience;
 pub mod metrics;
+pub mod model;
 pub mod policy;
 pub mod retrieval;
 pub mod rng;
