@@ -142,7 +142,9 @@ pub fn run(cfg: &BenchConfig, device: &Device) -> Result<BenchResult> {
         heads: &HEADS,
         temperature: cfg.temperature,
         gamma: 0.99,
+        reward_scale: 1.0,
         cql_alpha: Some(cfg.alpha),
+        actor: crate::algo::sac::ActorLoss::ReverseKl,
     };
 
     // Synthetic data, as the reference builds it.

@@ -18,6 +18,10 @@ pub enum CatalogError {
     Malformed { line: usize, column: String, reason: String },
     #[error("the catalog is empty")]
     Empty,
+    #[error("the feature file has no row for catalog item {cid}")]
+    MissingFeatures { cid: String },
+    #[error("a catalog of {items} items is too small to split into train and test")]
+    TooSmall { items: usize },
 }
 
 fn malformed(line: usize, column: impl Into<String>, reason: impl Into<String>) -> CatalogError {
@@ -77,8 +81,15 @@ pub fn parse_records(text: &str) -> Result<Vec<Record>, CatalogError> {
                             }
                         }
                     }
+                    if chars.peek() == Some(&'\r') {
+                        // Only as part of a CRLF line end: a lone CR would glue text onto the field.
+                        chars.next();
+                        if chars.peek() != Some(&'\n') {
+                            return Err(malformed(line, format!("{}", fields.len() + 1), "unexpected '\\r' after a closing quote"));
+                        }
+                    }
                     match chars.peek() {
-                        None | Some(',') | Some('\n') | Some('\r') => {}
+                        None | Some(',') | Some('\n') => {}
                         Some(other) => {
                             return Err(malformed(
                                 line,

@@ -8,7 +8,9 @@
 //! the same scale as its attribute term.
 //!
 //! Real features load from a CSV file: a header `cid,f0,f1,…`, then one row per item, the CID and
-//! `dim` numbers. Every catalog CID must be present; rows for unknown CIDs are ignored.
+//! `dim` numbers. Every catalog CID must be present; rows for unknown CIDs are ignored; a CID may
+//! appear once. Loaded rows are scaled to unit norm (raw ResNet features have norms in the tens,
+//! which would swamp the reward's attribute term).
 
 use super::csv::{parse_records, CatalogError};
 use super::schema::Attribute;
@@ -117,15 +119,14 @@ impl VisualFeatures {
                 })?;
                 v.push(x);
             }
-            by_cid.insert(row.fields[0].trim(), v);
+            normalize(&mut v);
+            if by_cid.insert(row.fields[0].trim(), v).is_some() {
+                return Err(CatalogError::Malformed { line: row.line, column: "cid".into(), reason: format!("duplicate CID {:?}", row.fields[0].trim()) });
+            }
         }
         let mut data = Vec::with_capacity(catalog.len() * dim);
         for item in &catalog.items {
-            let v = by_cid.get(item.cid.as_str()).ok_or_else(|| CatalogError::Malformed {
-                line: 0,
-                column: "cid".into(),
-                reason: format!("no feature row for catalog item {}", item.cid),
-            })?;
+            let v = by_cid.get(item.cid.as_str()).ok_or_else(|| CatalogError::MissingFeatures { cid: item.cid.clone() })?;
             data.extend_from_slice(v);
         }
         Ok(VisualFeatures { dim, data })

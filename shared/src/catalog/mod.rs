@@ -46,6 +46,8 @@ impl Split {
         let test_len = (n as u64 * reference::REFERENCE_TEST_ITEMS as u64
             + reference::REFERENCE_ITEMS as u64 / 2)
             / reference::REFERENCE_ITEMS as u64;
+        // Both splits keep at least one item whenever there are two.
+        let test_len = if n >= 2 { test_len.clamp(1, n as u64 - 1) } else { test_len };
         let mut ids: Vec<ItemId> = (0..n as ItemId).collect();
         ids.shuffle(&mut rng::rng(rng::derive(seed, rng::stream::SPLIT)));
         let mut test = ids[..test_len as usize].to_vec();

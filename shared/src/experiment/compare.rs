@@ -48,18 +48,18 @@ impl OfflineConfig {
             bc: BcConfig::default(),
             sac: SacConfig::default(),
             cql: CqlConfig::default(),
-            steps: 600,
+            steps: 1_500,
             log_every: 50,
-            curve_every: 200,
+            curve_every: 300,
             curve_sessions: 200,
             rounds: 3,
             round_sessions: 1_000,
-            round_steps: 300,
+            round_steps: 500,
         }
     }
 
     pub fn paper() -> OfflineConfig {
-        OfflineConfig { steps: 5_000, log_every: 100, curve_every: 1_000, curve_sessions: 300, rounds: 5, round_sessions: 8_000, round_steps: 2_000, ..OfflineConfig::quick() }
+        OfflineConfig { steps: 6_000, log_every: 100, curve_every: 1_000, curve_sessions: 300, rounds: 5, round_sessions: 8_000, round_steps: 2_000, ..OfflineConfig::quick() }
     }
 }
 

@@ -59,7 +59,7 @@ mod tests {
     #[test]
     fn known_and_unknown_words() {
         let v = Vocabulary::from_lexicon(&Lexicon::new(&Schema::reference()));
-        let ids = v.encode("I want Boots, please", 16);
+        let ids = v.encode("I want Boots, zorblax", 16);
         assert_eq!(ids.len(), 4);
         assert!(ids[..3].iter().all(|i| *i > UNK));
         assert_eq!(ids[3], UNK);

@@ -54,6 +54,9 @@ impl World {
             Some(p) => catalog::csv::load(p, cfg.catalog.seed)?,
             None => catalog::generate(&cfg.catalog),
         };
+        if catalog.split.train.is_empty() || catalog.split.test.is_empty() {
+            return Err(catalog::csv::CatalogError::TooSmall { items: catalog.len() });
+        }
         let features = match &cfg.features_path {
             Some(p) => VisualFeatures::load(p, &catalog)?,
             None => VisualFeatures::synthesize(&catalog, &cfg.features),
