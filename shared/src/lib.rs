@@ -14,6 +14,7 @@ pub mod catalog;
 pub mod experience;
 pub mod metrics;
 pub mod policy;
+pub mod protocol;
 pub mod retrieval;
 pub mod rng;
 pub mod sim;
