@@ -60,8 +60,8 @@ impl Shared {
         if let Some(r) = outcome.closed_round {
             info!(round = r, "round closed");
             self.round_wake.notify_one();
-        }
-        if let Ok(c) = self.store.counters() {
+            self.publish_status();
+        } else if let Ok(c) = self.store.counters() {
             self.status.send_modify(|s| s.counters = c);
         }
         let ack = Ack { batch_id, stored: outcome.stored, duplicate: outcome.duplicate };

@@ -1,6 +1,8 @@
 //! Ingest over real QUIC on loopback: exactly-once storage, refusals of bad input with clear
 //! errors while other agents keep being served, restart with nothing lost.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

@@ -1,6 +1,8 @@
 //! Rounds over real QUIC: quota → training → gate → publish → announcement; refusals recorded;
 //! a round interrupted mid-training is trained again after a restart.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod common;
 
 use common::*;

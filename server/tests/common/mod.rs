@@ -1,6 +1,6 @@
 //! Test helpers: a server on loopback port 0 in a temp dir, and a hand-driven QUIC client that
 //! can send anything, well-formed or not.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use irec_server::rounds::{RoundTrainer, TrainError, TrainJob, TrainOutcome};
 use irec_server::{Server, ServerConfig, ServerHandle};
