@@ -13,6 +13,7 @@
 pub mod catalog;
 pub mod experience;
 pub mod metrics;
+pub mod model;
 pub mod policy;
 pub mod protocol;
 pub mod retrieval;

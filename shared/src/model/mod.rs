@@ -1,0 +1,61 @@
+//! The learned recommender, in candle. One network per module, each with a serde config,
+//! `new(cfg, vb)` and `forward`; `vb.pp(..)` names the saved weights.
+//!
+//! - [`tokenizer`], [`text_encoder`]: utterance → 32-d embedding (LSTM, pretrained, frozen).
+//! - [`attrnet`]: visual feature → attribute probabilities (pretrained on the train split).
+//! - [`perception`]: those two plus caches; builds turn features.
+//! - [`tracker`]: the GRU state tracker over turn features.
+//! - [`heads`]: the policy (softmax per attribute) and the factorized Q-function.
+//! - [`kernels`]: fused CPU kernels (GRU/LSTM cells, per-head softmax).
+//! - [`params`]: seeded parameter store.
+//! - [`checkpoint`]: safetensors + config + version in one blob.
+//! - [`acting`]: from a session to an action, with device noise and bias; batched rollouts.
+
+pub mod acting;
+pub mod attrnet;
+pub mod checkpoint;
+pub mod heads;
+pub mod kernels;
+pub mod params;
+pub mod perception;
+pub mod text_encoder;
+pub mod tokenizer;
+pub mod tracker;
+
+pub use acting::{rollout, Acting, NeuralPolicy, PolicyModel, SessionSpec};
+pub use checkpoint::{Checkpoint, CheckpointMeta, ModelError};
+pub use perception::{Featurizer, Perception};
+
+use attrnet::AttrNetConfig;
+use heads::HeadsConfig;
+use serde::{Deserialize, Serialize};
+use text_encoder::TextEncoderConfig;
+use tracker::TrackerConfig;
+
+/// Every network's configuration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    pub text: TextEncoderConfig,
+    pub attrnet: AttrNetConfig,
+    pub tracker: TrackerConfig,
+    pub policy: HeadsConfig,
+    pub q: HeadsConfig,
+    /// Slots per action head (vocabulary + "no preference").
+    pub heads: Vec<usize>,
+}
+
+impl ModelConfig {
+    /// The paper's sizes for a world's schema, vocabulary and feature width.
+    pub fn paper(text: TextEncoderConfig, attrnet: AttrNetConfig, heads: &[usize]) -> ModelConfig {
+        let turn = text.out + attrnet.input + attrnet.outputs();
+        let tracker = TrackerConfig { input: turn, hidden: 128 };
+        ModelConfig {
+            policy: HeadsConfig::policy(tracker.hidden, heads),
+            q: HeadsConfig::q(tracker.hidden, heads),
+            text,
+            attrnet,
+            tracker,
+            heads: heads.to_vec(),
+        }
+    }
+}

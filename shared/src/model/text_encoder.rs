@@ -1,0 +1,88 @@
+//! Text encoder (paper): word embedding 32 → LSTM 128 → linear 32. Pretrained to classify the
+//! (attribute, value) an utterance asks for, then frozen; its output is cached per utterance.
+
+use super::kernels::lstm_cell;
+use candle_core::{Module, Result, Tensor, D};
+use candle_nn::{embedding, linear, Embedding, Linear, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct TextEncoderConfig {
+    /// Vocabulary size (words + padding + unknown).
+    pub vocab: usize,
+    /// Word embedding width.
+    pub embed: usize,
+    /// LSTM hidden width.
+    pub hidden: usize,
+    /// Output embedding width.
+    pub out: usize,
+    /// Longest utterance, in tokens.
+    pub max_len: usize,
+}
+
+impl Default for TextEncoderConfig {
+    fn default() -> Self {
+        TextEncoderConfig { vocab: 0, embed: 32, hidden: 128, out: 32, max_len: 16 }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct TextEncoder {
+    cfg: TextEncoderConfig,
+    embed: Embedding,
+    w_ih: Linear,
+    w_hh: Linear,
+    proj: Linear,
+}
+
+impl TextEncoder {
+    pub fn new(cfg: &TextEncoderConfig, vb: VarBuilder) -> Result<TextEncoder> {
+        Ok(TextEncoder {
+            cfg: cfg.clone(),
+            embed: embedding(cfg.vocab, cfg.embed, vb.pp("embed"))?,
+            w_ih: linear(cfg.embed, 4 * cfg.hidden, vb.pp("lstm.ih"))?,
+            w_hh: linear(cfg.hidden, 4 * cfg.hidden, vb.pp("lstm.hh"))?,
+            proj: linear(cfg.hidden, cfg.out, vb.pp("proj"))?,
+        })
+    }
+
+    pub fn config(&self) -> &TextEncoderConfig {
+        &self.cfg
+    }
+
+    /// `tokens`: (B, T) u32, right-padded; `mask`: (B, T) f32, 1 on real tokens. Returns (B, out).
+    pub fn forward(&self, tokens: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let (b, t) = tokens.dims2()?;
+        let h_dim = self.cfg.hidden;
+        // The input projection of every step in one matmul, outside the recurrence.
+        let x = self.embed.forward(&tokens.t()?.contiguous()?)?; // (T, B, E)
+        let gi = self.w_ih.forward(&x.reshape((t * b, self.cfg.embed))?)?.reshape((t, b, 4 * h_dim))?;
+        let mask = mask.t()?.contiguous()?; // (T, B)
+        let mut h = Tensor::zeros((b, h_dim), x.dtype(), x.device())?;
+        let mut c = h.clone();
+        for step in 0..t {
+            let gates = (gi.get(step)? + self.w_hh.forward(&h)?)?;
+            let (hn, cn) = lstm_cell(&gates, &c)?;
+            let m = mask.get(step)?.unsqueeze(D::Minus1)?;
+            // Past the end of an utterance the state is carried unchanged.
+            h = (&h + (hn - &h)?.broadcast_mul(&m)?)?;
+            c = (&c + (cn - &c)?.broadcast_mul(&m)?)?;
+        }
+        self.proj.forward(&h)
+    }
+}
+
+/// Packs token id lists into right-padded (B, T) ids and a (B, T) mask.
+pub fn pack(batch: &[Vec<u32>], device: &candle_core::Device) -> Result<(Tensor, Tensor)> {
+    let t = batch.iter().map(Vec::len).max().unwrap_or(1).max(1);
+    let mut ids = vec![0u32; batch.len() * t];
+    let mut mask = vec![0f32; batch.len() * t];
+    for (i, seq) in batch.iter().enumerate() {
+        for (j, id) in seq.iter().enumerate() {
+            ids[i * t + j] = *id;
+            mask[i * t + j] = 1.0;
+        }
+    }
+    Ok((Tensor::from_vec(ids, (batch.len(), t), device)?, Tensor::from_vec(mask, (batch.len(), t), device)?))
+}
