@@ -393,7 +393,9 @@ impl Net {
                     let stored = StoredPolicy { version: id.version, round: id.round, sha256: id.sha256, blob: verified.bytes };
                     self.store.save_policy(&stored).await?;
                     self.slot.swap(ActivePolicy { id: Some(id), loaded });
-                    sync.on_installed(id);
+                    if let Some(req) = sync.on_installed(id) {
+                        spawn_policy_request(tasks, conn, req, self.config.frames);
+                    }
                     info!(version = id.version, sha256 = %hex(&id.sha256), "policy installed");
                     self.stat(|s| {
                         s.policy_version = Some(id.version);
@@ -402,7 +404,9 @@ impl Net {
                 }
                 Err(e) => {
                     warn!(version = verified.id.version, "loader refused the policy: {e}");
-                    sync.on_load_failed(verified.id);
+                    if let Some(req) = sync.on_load_failed(verified.id) {
+                        spawn_policy_request(tasks, conn, req, self.config.frames);
+                    }
                     self.stat(|s| s.policies_rejected += 1);
                 }
             },

@@ -104,7 +104,7 @@ pub async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut stop: wat
     if control.write_all(&frame).await.is_err() {
         return;
     }
-    info!(%peer, "agent connected");
+    debug!(%peer, "agent connected");
 
     let machine = Arc::new(machine);
     let mut requests = JoinSet::new();

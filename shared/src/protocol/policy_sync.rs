@@ -115,8 +115,10 @@ impl PolicySync {
             return Err(SyncError::HashMismatch { version: blob.version, claimed: hex(&blob.sha256), actual: hex(&actual) });
         }
         if let Some(a) = self.announced {
-            // An older announcement than the blob is fine (the server published again since).
-            if a.version > blob.version || (a.version == blob.version && a.sha256 != blob.sha256) {
+            // A blob older than the latest announcement is fine (it was deployed when the server
+            // answered; the newer one is fetched after it is installed), but one claiming the
+            // announced version must carry the announced hash.
+            if a.version == blob.version && a.sha256 != blob.sha256 {
                 return Err(SyncError::NotAnnounced { version: blob.version, announced: a.version });
             }
         }
@@ -142,14 +144,18 @@ impl PolicySync {
         self.requesting = false;
     }
 
-    /// The shell loaded, persisted and swapped in a verified policy.
-    pub fn on_installed(&mut self, id: PolicyId) {
+    /// The shell loaded, persisted and swapped in a verified policy. Returns a request when a
+    /// newer one was announced meanwhile.
+    pub fn on_installed(&mut self, id: PolicyId) -> Option<PolicyRequest> {
         self.installed = Some(id);
+        self.maybe_request()
     }
 
-    /// The loader refused a verified policy: do not fetch that version again.
-    pub fn on_load_failed(&mut self, id: PolicyId) {
+    /// The loader refused a verified policy: do not fetch that version again. Returns a request
+    /// when a newer one was announced meanwhile.
+    pub fn on_load_failed(&mut self, id: PolicyId) -> Option<PolicyRequest> {
         self.refused = Some(id);
+        self.maybe_request()
     }
 }
 
@@ -189,7 +195,7 @@ mod tests {
         assert_eq!(s.installed(), None);
         let good = blob(1, b"weights");
         assert_eq!(s.on_connected(Some(good.announcement())), Some(PolicyRequest { have: None }));
-        // A blob that hashes fine but is not what was announced is refused too.
+        // A blob that hashes fine but is not what was announced under its version is refused too.
         let other = blob(1, b"other weights");
         assert!(matches!(s.on_blob(other), Err(SyncError::NotAnnounced { .. })));
         assert!(matches!(s.on_blob(good), Err(SyncError::Unrequested)));
@@ -209,6 +215,19 @@ mod tests {
         assert!(!s.requesting());
         let mut s = PolicySync::new(Some(blob(3, b"c").announcement().into()));
         s.on_announcement(blob(5, b"e").announcement());
-        assert!(matches!(s.on_blob(blob(3, b"c")), Err(SyncError::NotAnnounced { .. })));
+        assert!(matches!(s.on_blob(blob(3, b"c")), Err(SyncError::NotNewer { .. })));
+    }
+
+    #[test]
+    fn a_version_announced_during_a_pull_is_fetched_right_after_the_install() {
+        let mut s = PolicySync::new(None);
+        let (b1, b2) = (blob(1, b"one"), blob(2, b"two"));
+        assert!(s.on_connected(Some(b1.announcement())).is_some());
+        assert_eq!(s.on_announcement(b2.announcement()), None, "a pull is already running");
+        // The server answered before publishing v2: an older blob than announced is fine.
+        let v1 = s.on_blob(b1).unwrap();
+        assert_eq!(s.on_installed(v1.id), Some(PolicyRequest { have: Some(1) }));
+        let v2 = s.on_blob(b2).unwrap();
+        assert_eq!(s.on_installed(v2.id), None);
     }
 }
