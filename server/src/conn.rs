@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 /// How long a rejected peer gets to receive our error frame before the connection is closed.
 const LINGER: Duration = Duration::from_millis(500);
