@@ -99,17 +99,30 @@ impl Stats {
 }
 
 /// Runs the agent until its sessions are done and uploaded (with `sessions` and
-/// `exit_when_done`), or until `shutdown` completes.
+/// `exit_when_done`), or until `shutdown` completes. Builds the simulated world from
+/// `config.world`; see [`run_in`] to share one world between many in-process agents.
 pub async fn run(config: AgentConfig, loader: Arc<dyn PolicyLoader>, shutdown: impl Future<Output = ()>) -> Result<Stats, AgentError> {
     config.validate()?;
-    std::fs::create_dir_all(&config.data_dir).map_err(|e| AgentError::Io(config.data_dir.clone(), e))?;
-    let store = store::AgentStore::open(&config.data_dir.join("db"))?;
     let world_config = config.world.clone();
     let world = tokio::task::spawn_blocking(move || World::build(&world_config))
         .await
         .map_err(|e| AgentError::World(e.to_string()))?
         .map_err(|e| AgentError::World(e.to_string()))?;
     let env = Arc::new(Environment::with_truth(Arc::new(world), Pool::Train));
+    run_in(config, env, loader, shutdown).await
+}
+
+/// [`run`] in a given environment (the train pool of the world `config.world` describes; a
+/// fleet of agents in one process shares one instead of building a world each).
+pub async fn run_in(
+    config: AgentConfig,
+    env: Arc<Environment>,
+    loader: Arc<dyn PolicyLoader>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<Stats, AgentError> {
+    config.validate()?;
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| AgentError::Io(config.data_dir.clone(), e))?;
+    let store = store::AgentStore::open(&config.data_dir.join("db"))?;
     let population = population::Population::draw(&env, &config.device.population, config.device.seed);
     let mut profile = store.profile(DeviceProfile { seed: config.device.seed, ..DeviceProfile::default() })?;
     profile.seed = config.device.seed;

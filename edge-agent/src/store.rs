@@ -24,6 +24,9 @@ const NEXT_SESSION: &[u8] = b"next_session";
 const PROFILE: &[u8] = b"profile";
 const POLICY: &[u8] = b"policy";
 
+/// sled page-cache cap per agent, in bytes.
+const CACHE_BYTES: u64 = 8 << 20;
+
 /// Bytes an upload frame body adds around its sessions: a 128-bit varint batch id (≤ 17 bytes)
 /// and the sessions' length prefix (≤ 9 bytes).
 pub const BATCH_OVERHEAD: usize = 26;
@@ -103,7 +106,8 @@ pub struct AgentStore {
 
 impl AgentStore {
     pub fn open(dir: &Path) -> Result<AgentStore, StoreError> {
-        let db = sled::open(dir)?;
+        // A device's store is small; a small page cache keeps a thousand in-process agents cheap.
+        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).open()?;
         Ok(AgentStore {
             sessions: db.open_tree("sessions")?,
             batches: db.open_tree("batches")?,

@@ -93,7 +93,21 @@ async fn bad_input_is_refused_clearly_nothing_is_stored_and_others_are_served() 
         t.done = i == 50;
         t
     }).collect();
+    // An utterance whose length prefix claims a terabyte (the rest of the frame is well formed).
+    let terabyte = {
+        let f = frame(&batch(907, vec![session(1, 1.0)]));
+        let text = b"I want boots";
+        let at = f.windows(text.len()).position(|w| w == text).unwrap();
+        assert_eq!(f[at - 1] as usize, text.len());
+        let mut out = f[..at - 1].to_vec();
+        out.extend_from_slice(&[253, 0, 0, 0, 0, 0, 1, 0, 0]);
+        out.extend_from_slice(&f[at..]);
+        let len = (out.len() - 4) as u32;
+        out[..4].copy_from_slice(&len.to_be_bytes());
+        out
+    };
     let bad_requests: Vec<(Vec<u8>, ErrorCode)> = vec![
+        (terabyte, ErrorCode::MalformedFrame),
         (frame(&batch(900, vec![session(1, 1.0), nan])), ErrorCode::InvalidBatch),
         (frame(&batch(901, vec![inf])), ErrorCode::InvalidBatch),
         (frame(&batch(902, vec![unknown])), ErrorCode::InvalidBatch),

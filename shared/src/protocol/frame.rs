@@ -118,13 +118,32 @@ pub fn body_len(message: &Message) -> Result<usize, FrameError> {
     Ok(encode(message, &unbounded)?.len() - HEADER_LEN)
 }
 
+/// Decodes a body with a bincode byte limit sized to it.
+///
+/// bincode allocates a string's buffer from its claimed length *before* reading it, so without a
+/// limit a 15-byte frame claiming a terabyte-long string aborts the process. The limit counts the
+/// in-memory size of what is decoded; a body of `n` bytes legitimately decodes to at most about
+/// 8·n (a 1-byte varint can become a `u64`), so the smallest power-of-four bucket above
+/// 8·n + 64 KiB never refuses a valid body and bounds what a hostile one can claim.
 fn decode_body<T: DeserializeOwned>(kind: Kind, bytes: &[u8]) -> Result<T, FrameError> {
-    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, config())
-        .map_err(|e| FrameError::Body { kind, reason: e.to_string() })?;
-    if used != bytes.len() {
-        return Err(FrameError::Trailing { kind, extra: bytes.len() - used });
+    let bound = bytes.len().saturating_mul(8).saturating_add(64 << 10);
+    macro_rules! limited {
+        ($($limit:expr),*) => {
+            $(
+                if bound <= $limit {
+                    let c = config().with_limit::<{ $limit }>();
+                    let (value, used) = bincode::serde::decode_from_slice::<T, _>(bytes, c)
+                        .map_err(|e| FrameError::Body { kind, reason: e.to_string() })?;
+                    if used != bytes.len() {
+                        return Err(FrameError::Trailing { kind, extra: bytes.len() - used });
+                    }
+                    return Ok(value);
+                }
+            )*
+        };
     }
-    Ok(value)
+    limited!(1 << 18, 1 << 20, 1 << 22, 1 << 24, 1 << 26, 1 << 28, 1 << 30, 1 << 32);
+    Err(FrameError::TooLarge { kind, len: bytes.len(), cap: (1usize << 32) / 8 })
 }
 
 fn decode_message(kind: Kind, bytes: &[u8]) -> Result<Message, FrameError> {
@@ -351,5 +370,66 @@ mod tests {
         let m = Message::UploadBatch(UploadBatch { batch_id: BatchId(1), sessions: vec![session(); 4] });
         assert!(matches!(encode(&m, &limits), Err(FrameError::TooLarge { .. })));
         assert!(body_len(&m).unwrap() > 16);
+    }
+
+    /// A length prefix inside the body (a string claiming a terabyte) must not make the decoder
+    /// allocate it: bincode sizes a string's buffer from its claimed length before reading it.
+    #[test]
+    fn a_hostile_inner_length_is_refused_without_allocating_it() {
+        // Hello { protocol_version: 1, fleet_token: <2^40 bytes claimed> } in bincode varints:
+        // 253 marks a u64 that follows in little-endian.
+        let body = [1u8, 253, 0, 0, 0, 0, 0, 1, 0, 0];
+        let mut frame = ((body.len() + 1) as u32).to_be_bytes().to_vec();
+        frame.push(Kind::Hello.tag());
+        frame.extend_from_slice(&body);
+        let mut d = FrameDecoder::new(Side::Server, FrameLimits::default());
+        d.push(&frame).unwrap();
+        assert!(matches!(d.next_message(), Err(FrameError::Body { kind: Kind::Hello, .. })));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config { cases: 512, ..Default::default() })]
+
+        /// Arbitrary bytes in arbitrary chunks: the decoder never panics, never buffers more than
+        /// one capped frame plus one chunk, and stops at its first error.
+        #[test]
+        fn hostile_bytes_never_panic_or_overbuffer(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            chunk in 1usize..300,
+            server in proptest::prelude::any::<bool>(),
+        ) {
+            let limits = FrameLimits { upload_bytes: 1024, policy_bytes: 2048, small_bytes: 256 };
+            let side = if server { Side::Server } else { Side::Agent };
+            let mut d = FrameDecoder::new(side, limits);
+            'feed: for c in bytes.chunks(chunk) {
+                if d.push(c).is_err() {
+                    break;
+                }
+                loop {
+                    match d.next_message() {
+                        Ok(Some(_)) => {}
+                        Ok(None) => break,
+                        Err(_) => break 'feed,
+                    }
+                }
+                proptest::prop_assert!(d.buffered() <= HEADER_LEN + 2048 + chunk);
+            }
+        }
+
+        /// Valid frames with random bytes flipped decode to something or fail cleanly.
+        #[test]
+        fn corrupted_frames_fail_cleanly(flips in proptest::collection::vec((0usize..4096, proptest::prelude::any::<u8>()), 1..8)) {
+            for m in all_messages() {
+                let mut bytes = encode(&m, &FrameLimits::default()).unwrap();
+                for (at, x) in &flips {
+                    let i = at % bytes.len();
+                    bytes[i] ^= x;
+                }
+                let mut d = FrameDecoder::new(reader_of(&m), FrameLimits::default());
+                if d.push(&bytes).is_ok() {
+                    let _ = d.next_message();
+                }
+            }
+        }
     }
 }
