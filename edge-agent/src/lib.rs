@@ -49,6 +49,8 @@ pub enum AgentError {
     Io(PathBuf, std::io::Error),
     #[error("storage: {0}")]
     Store(#[from] store::StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
     #[error("building the world: {0}")]
     World(String),
     /// The server refused this agent as such (wrong token or protocol version): retrying with
@@ -121,6 +123,8 @@ pub async fn run_in(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stats, AgentError> {
     config.validate()?;
+    // A missing or unreadable pin is a configuration error, not something to retry.
+    tls::client_config(&config.server_cert, Duration::from_secs(1), Duration::from_secs(10))?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| AgentError::Io(config.data_dir.clone(), e))?;
     let store = store::AgentStore::open(&config.data_dir.join("db"))?;
     let population = population::Population::draw(&env, &config.device.population, config.device.seed);

@@ -231,7 +231,16 @@ impl Server {
         info!(addr = ?endpoint.local_addr().ok(), "serving");
         let (stop_tx, stop_rx) = watch::channel(false);
         let driver_config = DriverConfig { gate_tolerance: config.gate_tolerance, seed: config.seed, device: config.device.clone() };
-        let driver = tokio::spawn(driver::run(shared.clone(), trainer, driver_config, stop_rx.clone()));
+        let driver_shared = shared.clone();
+        let driver_stop = stop_rx.clone();
+        let driver = tokio::spawn(async move {
+            let r = driver::run(driver_shared, trainer, driver_config, driver_stop).await;
+            if let Err(e) = &r {
+                // Ingest carries on without rounds; say so now, not only at shutdown.
+                tracing::error!("round driver stopped: {e}");
+            }
+            r
+        });
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         loop {

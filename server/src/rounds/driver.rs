@@ -89,6 +89,7 @@ async fn train_round(
         }
     };
     rec.train_ms = Some(started.elapsed().as_millis() as u64);
+    let result = result.and_then(|out| shippable(&out, shared.limits.policy_bytes as usize).map(|()| out));
     match result {
         Ok(out) => finish(shared, config, rec, out).await?,
         Err(e) => {
@@ -130,6 +131,22 @@ async fn run_on_thread(trainer: Arc<dyn RoundTrainer>, job: TrainJob) -> Result<
     }
 }
 
+/// A candidate agents can receive: not empty, and its `PolicyBlob` frame within the policy cap.
+fn shippable(out: &TrainOutcome, policy_cap: usize) -> Result<(), TrainError> {
+    // Version, round, hash and length prefix take well under 1 KiB of the frame body.
+    const HEADER: usize = 1024;
+    if out.candidate.is_empty() {
+        return Err(TrainError::Failed("the trainer returned an empty candidate".to_string()));
+    }
+    if out.candidate.len() + HEADER > policy_cap {
+        return Err(TrainError::Failed(format!(
+            "candidate of {} bytes does not fit the policy frame cap of {policy_cap} bytes",
+            out.candidate.len()
+        )));
+    }
+    Ok(())
+}
+
 async fn finish(shared: &Arc<Shared>, config: &DriverConfig, mut rec: RoundRecord, out: TrainOutcome) -> Result<(), StoreError> {
     let round = rec.round;
     let deployed_estimate = if rec.deployed_version.is_some() { out.deployed_estimate } else { None };
@@ -161,4 +178,21 @@ async fn finish(shared: &Arc<Shared>, config: &DriverConfig, mut rec: RoundRecor
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(bytes: usize) -> TrainOutcome {
+        TrainOutcome { candidate: vec![7; bytes], metrics: serde_json::Value::Null, candidate_estimate: 1.0, deployed_estimate: None }
+    }
+
+    #[test]
+    fn candidates_agents_could_not_receive_fail_the_round() {
+        assert!(shippable(&outcome(10), 1 << 20).is_ok());
+        assert!(matches!(shippable(&outcome(0), 1 << 20), Err(TrainError::Failed(_))));
+        let Err(TrainError::Failed(why)) = shippable(&outcome(1 << 20), 1 << 20) else { panic!("too big must fail") };
+        assert!(why.contains("policy frame cap"));
+    }
 }
