@@ -239,3 +239,55 @@ async fn a_wrong_token_stops_the_agent_with_a_clear_error() {
     server.stop().await;
     assert!(stored_sessions(dir.path()).is_empty());
 }
+
+/// Every byte a device's personalization could leave behind, in the encodings a leak would use.
+fn fingerprints(seed: u64, sigma: f32, bias: &[f32]) -> Vec<(String, Vec<u8>)> {
+    let mut out = vec![
+        ("seed LE".to_string(), seed.to_le_bytes().to_vec()),
+        ("seed BE".to_string(), seed.to_be_bytes().to_vec()),
+        ("seed decimal".to_string(), seed.to_string().into_bytes()),
+        ("sigma LE".to_string(), sigma.to_le_bytes().to_vec()),
+        ("sigma BE".to_string(), sigma.to_be_bytes().to_vec()),
+        ("sigma decimal".to_string(), sigma.to_string().into_bytes()),
+    ];
+    for (i, b) in bias.iter().enumerate() {
+        out.push((format!("bias[{i}] LE"), b.to_le_bytes().to_vec()));
+    }
+    out
+}
+
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_under(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_personal_reaches_the_server_storage() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), 0).await;
+    let mut config = agent_config(dir.path(), &server.handle, 0x5EED_CAFE_F00D_1234, 8);
+    config.device.noise_sigma = 0.123_456_7;
+    let stats = irec_edge_agent::run(config.clone(), tracker(true), std::future::pending()).await.unwrap();
+    assert_eq!(stats.sessions_acked, 8);
+    server.stop().await;
+    let profile = AgentStore::open(&config.data_dir.join("db")).unwrap().profile(Default::default()).unwrap();
+    assert!(!profile.bias.is_empty(), "the device learned a private bias");
+    let prints = fingerprints(config.device.seed, config.device.noise_sigma, &profile.bias);
+    // The device's own store does hold them (the check can see a leak).
+    let local: Vec<u8> = files_under(&config.data_dir).iter().flat_map(|p| std::fs::read(p).unwrap()).collect();
+    assert!(local.windows(8).any(|w| w == config.device.seed.to_le_bytes()), "the scan finds the seed where it is");
+    for file in files_under(&dir.path().join("server")) {
+        let bytes = std::fs::read(&file).unwrap();
+        for (what, needle) in &prints {
+            assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_slice()), "{what} found in {}", file.display());
+        }
+    }
+}
