@@ -169,11 +169,13 @@ impl Uploader {
         expired
     }
 
-    /// When the shell should call in next without another event: the earliest ack deadline or the
-    /// end of the backoff.
+    /// When the shell should call in next without another event: the earliest ack deadline, or
+    /// the end of the backoff when a send is waiting only for it. (Called after `poll_send` has
+    /// sent what it could, so a backoff end in the past never comes back here as a busy loop.)
     pub fn next_wakeup(&self) -> Option<Instant> {
         let deadline = self.in_flight.values().min().copied();
-        let retry = if self.queue.is_empty() { None } else { self.not_before };
+        let can_send = self.connected && !self.queue.is_empty() && self.in_flight.len() < self.config.max_in_flight.max(1);
+        let retry = if can_send { self.not_before } else { None };
         match (deadline, retry) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -244,7 +246,7 @@ mod tests {
         assert_eq!(u.poll_send(t0), Some(BatchId(1)));
         assert_eq!(u.poll_send(t0), Some(BatchId(2)));
         assert_eq!(u.poll_send(t0), None);
-        assert_eq!(u.next_wakeup(), Some(t0 + Duration::from_millis(1000)));
+        assert_eq!(u.next_wakeup(), Some(t0 + Duration::from_millis(1000)), "full: only the ack deadline matters");
         assert!(u.poll_timeouts(t0 + Duration::from_millis(999)).is_empty());
         assert_eq!(u.poll_timeouts(t0 + Duration::from_millis(1000)), vec![BatchId(1), BatchId(2)]);
         assert_eq!(u.pending(), 3);
@@ -259,6 +261,20 @@ mod tests {
         assert_eq!(u.poll_send(later), None);
         u.connected();
         assert_eq!(u.poll_send(later), Some(BatchId(1)), "requeued at the front");
+    }
+
+    #[test]
+    fn a_past_backoff_does_not_wake_a_full_uploader() {
+        let t0 = Instant::now();
+        let mut u = Uploader::new(cfg(1));
+        u.connected();
+        u.add(BatchId(1));
+        u.add(BatchId(2));
+        assert_eq!(u.poll_send(t0), Some(BatchId(1)));
+        let AfterFailure::RetryAt(at) = u.on_failure(BatchId(1), Failure::Transient, t0) else { panic!() };
+        let later = at + Duration::from_millis(1);
+        assert_eq!(u.poll_send(later), Some(BatchId(1)));
+        assert_eq!(u.next_wakeup(), Some(later + Duration::from_millis(1000)), "the ack deadline, not the past backoff");
     }
 
     #[test]
