@@ -16,6 +16,11 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Describe the catalog.
     Catalog(CatalogArgs),
+    /// The paper's Table 2 in-process: behaviour, on-policy, off-policy, imitation, offline,
+    /// iterative offline, and the rule-based tracker.
+    Compare(CompareArgs),
+    /// Time one CQL(H) + discrete SAC gradient step with the reference workload's shapes.
+    BenchTrain(BenchArgs),
 }
 
 /// Where the world comes from.
@@ -84,6 +89,57 @@ pub struct CatalogArgs {
     pub write: Option<PathBuf>,
     #[command(flatten)]
     pub world: WorldArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum PresetArg {
+    Quick,
+    Paper,
+}
+
+#[derive(Debug, Args)]
+pub struct CompareArgs {
+    #[arg(long, value_enum, default_value_t = PresetArg::Quick)]
+    pub preset: PresetArg,
+    /// Seed of training and evaluation.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Report folder (table, JSON, CSV, curves).
+    #[arg(long, value_name = "DIR", default_value = "runs/compare")]
+    pub out: PathBuf,
+    /// A TOML file overriding the preset's settings (see docs/results.md for the fields).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where pretrained perception is cached between runs (none: always pretrain).
+    #[arg(long, value_name = "DIR", default_value = "runs/cache")]
+    pub cache: PathBuf,
+    /// Do not use or fill the cache.
+    #[arg(long)]
+    pub no_cache: bool,
+    /// cpu, or cuda:N with a `--features cuda` build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum BenchModeArg {
+    Flat,
+    Gru,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[arg(long, value_enum, default_value_t = BenchModeArg::Flat)]
+    pub mode: BenchModeArg,
+    /// Timed gradient steps (after 20 warm-up steps).
+    #[arg(long, default_value_t = 500)]
+    pub steps: usize,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
     #[arg(long)]
     pub json: bool,
 }

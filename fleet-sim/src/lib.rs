@@ -5,8 +5,11 @@
 //!
 //! Every command takes `--json`, which makes the last line of stdout one JSON object.
 
+pub mod chart;
 pub mod cli;
 pub mod commands;
+pub mod progress;
+pub mod report;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -10,8 +10,11 @@
 //! - [`metrics`]: SR@K, NI, NV with standard errors; the Markdown table.
 //! - [`rng`]: seeded, order-independent randomness.
 
+pub mod algo;
+pub mod bench;
 pub mod catalog;
 pub mod experience;
+pub mod experiment;
 pub mod metrics;
 pub mod model;
 pub mod policy;

@@ -193,6 +193,21 @@ pub fn rollout(
     sessions: &[SessionSpec],
     acting: &Acting,
 ) -> candle_core::Result<Vec<Transcript>> {
+    rollout_limited(env, tracker, policy, featurizer, heads, sessions, acting, usize::MAX)
+}
+
+/// [`rollout`], stopping every session after at most `turn_limit` turns (on-policy training).
+#[allow(clippy::too_many_arguments)]
+pub fn rollout_limited(
+    env: &Environment,
+    tracker: &StateTracker,
+    policy: &MultiHead,
+    featurizer: &Featurizer,
+    heads: &[usize],
+    sessions: &[SessionSpec],
+    acting: &Acting,
+    turn_limit: usize,
+) -> candle_core::Result<Vec<Transcript>> {
     let dev = featurizer.perception().device.clone();
     let mut episodes: Vec<_> = sessions.iter().map(|s| env.start(s.target, s.seed)).collect();
     let mut rngs: Vec<Rng> = sessions.iter().map(|s| rng::rng(rng::derive(s.seed, 3))).collect();
@@ -208,7 +223,7 @@ pub fn rollout(
         for (row, &i) in active.iter().enumerate() {
             let action = acting.choose(&logits[row * width..(row + 1) * width], heads, &mut rngs[i]);
             let stepped = episodes[i].step(action).is_some();
-            if stepped && !episodes[i].is_done() {
+            if stepped && !episodes[i].is_done() && episodes[i].turns().len() < turn_limit {
                 if let Some(turn) = episodes[i].turns().last() {
                     featurizer.push_turn(turn.observation.shown, &turn.observation.utterance, &mut feats)?;
                     still.push(i);

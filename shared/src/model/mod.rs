@@ -6,7 +6,8 @@
 //! - [`perception`]: those two plus caches; builds turn features.
 //! - [`tracker`]: the GRU state tracker over turn features.
 //! - [`heads`]: the policy (softmax per attribute) and the factorized Q-function.
-//! - [`kernels`]: fused CPU kernels (GRU/LSTM cells, per-head softmax).
+//! - [`kernels`], [`gru_sequence`]: fused CPU kernels (GRU/LSTM cells, a whole GRU unroll,
+//!   per-head softmax).
 //! - [`params`]: seeded parameter store.
 //! - [`checkpoint`]: safetensors + config + version in one blob.
 //! - [`acting`]: from a session to an action, with device noise and bias; batched rollouts.
@@ -14,6 +15,7 @@
 pub mod acting;
 pub mod attrnet;
 pub mod checkpoint;
+pub mod gru_sequence;
 pub mod heads;
 pub mod kernels;
 pub mod params;

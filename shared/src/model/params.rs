@@ -60,12 +60,13 @@ impl ParamStore {
         self.lock().iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.clone()).collect()
     }
 
-    /// Current values of variables whose names start with `prefix`.
+    /// A snapshot of the variables whose names start with `prefix`. The values are copied:
+    /// optimiser steps update variables in place, and a snapshot must not move with them.
     pub fn tensors(&self, prefix: &str) -> BTreeMap<String, Tensor> {
         self.lock()
             .iter()
             .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .filter_map(|(k, v)| v.as_tensor().detach().copy().ok().map(|t| (k.clone(), t)))
             .collect()
     }
 
@@ -151,5 +152,30 @@ impl SimpleBackend for ParamStore {
 
     fn contains_tensor(&self, name: &str) -> bool {
         self.lock().contains_key(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_do_not_follow_later_updates() {
+        let store = ParamStore::new(1, &Device::Cpu);
+        let _ = store.builder().get_with_hints(3, "w", Init::Const(1.0)).unwrap();
+        let snap = store.tensors("w");
+        store.vars("w")[0].set(&Tensor::new(&[5f32, 5., 5.], &Device::Cpu).unwrap()).unwrap();
+        assert_eq!(snap["w"].to_vec1::<f32>().unwrap(), vec![1.0, 1.0, 1.0]);
+        assert_eq!(store.tensors("w")["w"].to_vec1::<f32>().unwrap(), vec![5.0, 5.0, 5.0]);
+    }
+
+    #[test]
+    fn initial_values_depend_on_seed_and_name_only() {
+        let a = ParamStore::new(7, &Device::Cpu);
+        let b = ParamStore::new(7, &Device::Cpu);
+        let _ = b.builder().get_with_hints((2, 2), "other", Init::Randn { mean: 0.0, stdev: 1.0 }).unwrap();
+        let x = a.builder().get_with_hints((2, 2), "x", Init::Randn { mean: 0.0, stdev: 1.0 }).unwrap();
+        let y = b.builder().get_with_hints((2, 2), "x", Init::Randn { mean: 0.0, stdev: 1.0 }).unwrap();
+        assert_eq!(x.to_vec2::<f32>().unwrap(), y.to_vec2::<f32>().unwrap());
     }
 }

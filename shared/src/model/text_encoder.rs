@@ -55,14 +55,15 @@ impl TextEncoder {
     pub fn forward(&self, tokens: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
         let h_dim = self.cfg.hidden;
-        // The input projection of every step in one matmul, outside the recurrence.
-        let x = self.embed.forward(&tokens.t()?.contiguous()?)?; // (T, B, E)
-        let gi = self.w_ih.forward(&x.reshape((t * b, self.cfg.embed))?)?.reshape((t, b, 4 * h_dim))?;
+        // Embedded per step from the (untracked) token ids: slicing a tracked (T, B, E) embedding
+        // per step would make the backward pass quadratic in T.
+        let tokens_tm = tokens.t()?.contiguous()?; // (T, B)
         let mask = mask.t()?.contiguous()?; // (T, B)
-        let mut h = Tensor::zeros((b, h_dim), x.dtype(), x.device())?;
+        let mut h = Tensor::zeros((b, h_dim), candle_core::DType::F32, tokens.device())?;
         let mut c = h.clone();
         for step in 0..t {
-            let gates = (gi.get(step)? + self.w_hh.forward(&h)?)?;
+            let x = self.embed.forward(&tokens_tm.get(step)?)?;
+            let gates = (self.w_ih.forward(&x)? + self.w_hh.forward(&h)?)?;
             let (hn, cn) = lstm_cell(&gates, &c)?;
             let m = mask.get(step)?.unsqueeze(D::Minus1)?;
             // Past the end of an utterance the state is carried unchanged.

@@ -5,8 +5,10 @@
 //! ignores it.
 
 pub mod baselines;
+pub mod personalization;
 
 pub use baselines::{OraclePolicy, RandomPolicy, TrackerPolicy};
+pub use personalization::{DeviceProfile, LogitBias, TargetPopulation, TargetSampler};
 
 use crate::catalog::Action;
 use crate::metrics::Metrics;

@@ -1,0 +1,75 @@
+//! The commands behind the CLI.
+
+use crate::cli::{Cli, Command, WorldArgs};
+use anyhow::Context;
+use irec_shared::catalog::GeneratorConfig;
+use irec_shared::metrics::Metrics;
+use irec_shared::sim::{World, WorldConfig};
+use serde_json::json;
+
+mod bench;
+mod catalog;
+mod compare;
+mod simulate;
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Simulate(a) => simulate::run(a),
+        Command::Catalog(a) => catalog::run(a),
+        Command::Compare(a) => compare::run(a),
+        Command::BenchTrain(a) => bench::run(a),
+    }
+}
+
+/// Prints `value` as the last line of stdout when `--json` was given.
+pub fn print_json(json: bool, value: &serde_json::Value) {
+    if json {
+        println!("{value}");
+    }
+}
+
+/// The compute device named on the command line.
+pub fn device(name: &str) -> anyhow::Result<candle_core::Device> {
+    match name {
+        "cpu" => Ok(candle_core::Device::Cpu),
+        cuda if cuda.starts_with("cuda") => {
+            let ordinal: usize = cuda.strip_prefix("cuda:").unwrap_or("0").parse().context("--device cuda:N takes a number")?;
+            #[cfg(feature = "cuda")]
+            {
+                Ok(candle_core::Device::new_cuda(ordinal)?)
+            }
+            #[cfg(not(feature = "cuda"))]
+            {
+                anyhow::bail!("--device cuda:{ordinal} needs a build with `--features cuda` (see docs/gpu.md)")
+            }
+        }
+        other => anyhow::bail!("unknown device {other:?}: use cpu or cuda:N"),
+    }
+}
+
+/// The world configuration the arguments describe.
+pub fn world_config(args: &WorldArgs) -> WorldConfig {
+    let mut cfg = WorldConfig {
+        catalog: GeneratorConfig { items: args.items, seed: args.world_seed },
+        catalog_path: args.catalog.clone(),
+        features_path: args.features.clone(),
+        ..WorldConfig::default()
+    };
+    cfg.features.seed = args.world_seed;
+    cfg
+}
+
+/// Builds the world the arguments describe.
+pub fn world(args: &WorldArgs) -> anyhow::Result<World> {
+    World::build(&world_config(args)).context("building the catalog")
+}
+
+/// The metrics object every JSON report uses.
+pub fn metrics_json(m: &Metrics) -> serde_json::Value {
+    json!({
+        "sr10": m.sr10, "sr20": m.sr20, "sr30": m.sr30,
+        "ni": {"mean": m.ni.mean, "se": m.ni.se},
+        "nv": {"mean": m.nv.mean, "se": m.nv.se},
+    })
+}
+

@@ -1,0 +1,190 @@
+//! A whole GRU unroll as one custom op, forward and backward (BPTT), for the CPU.
+//!
+//! Composed of per-step tensor ops, an unroll over T turns costs ~6 graph nodes per turn, each
+//! with its allocation and dispatch, and slicing a hoisted input projection per turn makes the
+//! backward pass quadratic in T (candle materialises a slice's gradient at full size). Here the
+//! input projection of all turns stays one matmul outside (its gradient comes back whole), and the
+//! recurrence — h·W_hhᵀ with `gemm`, then the fused cell — runs in one loop each way.
+
+use super::kernels::{sigmoid, tanh};
+use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
+
+/// A row-major or transposed view of a matrix inside a slice.
+#[derive(Clone, Copy)]
+struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    /// Strides between rows and between columns, in elements.
+    rs: usize,
+    cs: usize,
+}
+
+impl View<'_> {
+    fn row_major(data: &[f32], rows: usize, cols: usize) -> View<'_> {
+        View { data, rows, cols, rs: cols, cs: 1 }
+    }
+
+    fn t(self) -> Self {
+        View { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst (m×n, row-major) = [dst +] a (m×k) · b (k×n)`, on one thread.
+fn matmul(dst: &mut [f32], a: View, b: View, accumulate: bool) -> Result<()> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || dst.len() < m * n || !a.fits() || !b.fits() {
+        candle_core::bail!("gru-sequence: matmul shapes do not fit their buffers");
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].iter_mut().for_each(|x| *x = 0.0);
+        }
+        return Ok(());
+    }
+    // SAFETY: every index gemm touches is (i·rs + j·cs) for i < rows, j < cols of each view,
+    // which `fits` checked to be inside the borrowed slices; dst holds m·n row-major elements;
+    // the mutable and shared borrows cannot alias.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+    Ok(())
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    let data = s.as_slice::<f32>()?;
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("gru-sequence needs contiguous inputs"),
+    }
+}
+
+/// gh = h·W_hhᵀ + b_hh for one step.
+fn hidden_projection(h: &[f32], w: &[f32], bias: &[f32], batch: usize, hidden: usize, out: &mut [f32]) -> Result<()> {
+    let three = 3 * hidden;
+    for row in out.chunks_exact_mut(three).take(batch) {
+        row.copy_from_slice(bias);
+    }
+    matmul(out, View::row_major(h, batch, hidden), View::row_major(w, three, hidden).t(), true)
+}
+
+pub(crate) struct GruSequence;
+
+impl CustomOp3 for GruSequence {
+    fn name(&self) -> &'static str {
+        "irec-gru-sequence"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout, s3: &CpuStorage, l3: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (gi, w, bias) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
+        let (t, b, three) = l1.shape().dims3()?;
+        let hidden = three / 3;
+        let mut states = vec![0f32; (t + 1) * b * hidden];
+        let mut gh = vec![0f32; b * three];
+        for step in 0..t {
+            let (done, rest) = states.split_at_mut((step + 1) * b * hidden);
+            let h_prev = &done[step * b * hidden..];
+            hidden_projection(h_prev, w, bias, b, hidden, &mut gh)?;
+            let gi_t = &gi[step * b * three..(step + 1) * b * three];
+            let out = &mut rest[..b * hidden];
+            for r in 0..b {
+                let (gi_r, gh_r, hp) = (&gi_t[r * three..], &gh[r * three..], &h_prev[r * hidden..]);
+                for j in 0..hidden {
+                    let rg = sigmoid(gi_r[j] + gh_r[j]);
+                    let z = sigmoid(gi_r[hidden + j] + gh_r[hidden + j]);
+                    let n = tanh(gi_r[2 * hidden + j] + rg * gh_r[2 * hidden + j]);
+                    out[r * hidden + j] = (1.0 - z) * n + z * hp[j];
+                }
+            }
+        }
+        Ok((CpuStorage::F32(states), Shape::from((t + 1, b, hidden))))
+    }
+
+    fn bwd(&self, gi: &Tensor, w: &Tensor, bias: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (t, b, three) = gi.dims3()?;
+        let hidden = three / 3;
+        let host = |x: &Tensor| -> Result<Vec<f32>> { x.flatten_all()?.to_vec1::<f32>() };
+        let (gi_v, w_v, b_v, states, g) = (host(gi)?, host(w)?, host(bias)?, host(res)?, host(grad)?);
+        let bh = b * hidden;
+        let mut d_gi = vec![0f32; gi_v.len()];
+        let mut d_w = vec![0f32; w_v.len()];
+        let mut d_b = vec![0f32; three];
+        let mut dh = g[t * bh..(t + 1) * bh].to_vec();
+        let mut gh = vec![0f32; b * three];
+        let mut d_gh = vec![0f32; b * three];
+        let mut dh_prev = vec![0f32; bh];
+        for step in (0..t).rev() {
+            let h_prev = &states[step * bh..(step + 1) * bh];
+            hidden_projection(h_prev, &w_v, &b_v, b, hidden, &mut gh)?;
+            let gi_t = &gi_v[step * b * three..(step + 1) * b * three];
+            let dgi_t = &mut d_gi[step * b * three..(step + 1) * b * three];
+            for r in 0..b {
+                let o3 = r * three;
+                for j in 0..hidden {
+                    let k = r * hidden + j;
+                    let rg = sigmoid(gi_t[o3 + j] + gh[o3 + j]);
+                    let z = sigmoid(gi_t[o3 + hidden + j] + gh[o3 + hidden + j]);
+                    let n = tanh(gi_t[o3 + 2 * hidden + j] + rg * gh[o3 + 2 * hidden + j]);
+                    let gk = dh[k];
+                    let da_n = gk * (1.0 - z) * (1.0 - n * n);
+                    let da_z = gk * (h_prev[k] - n) * z * (1.0 - z);
+                    let da_r = da_n * gh[o3 + 2 * hidden + j] * rg * (1.0 - rg);
+                    dgi_t[o3 + j] = da_r;
+                    dgi_t[o3 + hidden + j] = da_z;
+                    dgi_t[o3 + 2 * hidden + j] = da_n;
+                    d_gh[o3 + j] = da_r;
+                    d_gh[o3 + hidden + j] = da_z;
+                    d_gh[o3 + 2 * hidden + j] = da_n * rg;
+                    // The carried part of h, plus the gradient arriving at the previous state itself.
+                    dh_prev[k] = gk * z + g[step * bh + k];
+                }
+            }
+            for row in d_gh.chunks_exact(three) {
+                d_b.iter_mut().zip(row).for_each(|(a, x)| *a += x);
+            }
+            // dW_hh += d_ghᵀ · h_prev ; dh_prev += d_gh · W_hh
+            matmul(&mut d_w, View::row_major(&d_gh, b, three).t(), View::row_major(h_prev, b, hidden), true)?;
+            matmul(&mut dh_prev, View::row_major(&d_gh, b, three), View::row_major(&w_v, three, hidden), true)?;
+            std::mem::swap(&mut dh, &mut dh_prev);
+        }
+        let dev = gi.device();
+        Ok((
+            Some(Tensor::from_vec(d_gi, gi.shape(), dev)?),
+            Some(Tensor::from_vec(d_w, w.shape(), dev)?),
+            Some(Tensor::from_vec(d_b, bias.shape(), dev)?),
+        ))
+    }
+}
+
+/// All states of a GRU over `gi` (T, B, 3H) = x·W_ihᵀ + b_ih: (T + 1, B, H), row 0 the zero state.
+pub fn gru_sequence(gi: &Tensor, w_hh: &Tensor, b_hh: &Tensor) -> Result<Tensor> {
+    gi.contiguous()?.apply_op3_arc(&w_hh.contiguous()?, &b_hh.contiguous()?, std::sync::Arc::new(Box::new(GruSequence)))
+}
