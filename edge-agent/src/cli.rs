@@ -32,9 +32,9 @@ pub struct Cli {
     /// Logit noise σ of this device.
     #[arg(long)]
     pub noise_sigma: Option<f32>,
-    /// Dirichlet concentration of the device's category preference.
+    /// How strongly the device's household favours its favourite category and gender.
     #[arg(long)]
-    pub category_concentration: Option<f64>,
+    pub population_boost: Option<f64>,
     /// Lifetime sessions to run (then exit once all are uploaded).
     #[arg(long)]
     pub sessions: Option<u64>,
@@ -82,8 +82,8 @@ impl Cli {
         if let Some(v) = self.noise_sigma {
             c.device.noise_sigma = v;
         }
-        if let Some(v) = self.category_concentration {
-            c.device.population.category_concentration = v;
+        if let Some(v) = self.population_boost {
+            c.device.population_boost = v;
         }
         if let Some(v) = self.sessions {
             c.sessions = Some(v);

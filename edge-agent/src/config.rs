@@ -1,26 +1,35 @@
 //! Agent settings: a plain struct with serde defaults, loadable from TOML, overridable by flags.
 
-use crate::population::PopulationConfig;
 use irec_shared::protocol::{Backoff, FrameLimits, UploadConfig};
 use irec_shared::sim::WorldConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// The device's private settings (never uploaded).
+/// The device's private settings (never uploaded). On first start they become the device's
+/// `irec_shared::policy::DeviceProfile` (see `sessions::first_profile`), which is then kept in the
+/// local store: the population and the learned bias persist across restarts; `noise_sigma` is
+/// taken from here at every start.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct DeviceConfig {
-    /// Seed of this device: its users, their targets, the policy noise.
+    /// Seed of this device: its household (target population), users, and policy noise. With
+    /// `seed = derive(derive(fleet_seed, DEVICES), i)` the profile equals
+    /// `DeviceProfile::draw(fleet_seed, i, (σ, σ), …)`.
     pub seed: u64,
-    /// Standard deviation of the Gaussian noise on the policy's logits (dimensionless, logit units).
+    /// Standard deviation of the Gaussian noise on the policy's logits (logit units).
     pub noise_sigma: f32,
-    /// How skewed this device's users are.
-    pub population: PopulationConfig,
+    /// How many times likelier a target is per favourite value (category, gender) it carries
+    /// (dimensionless; 1 = no household preference).
+    pub population_boost: f64,
+    /// Largest learned logit bias of a slot (logit units).
+    pub bias_strength: f32,
+    /// Per-session decay of the bias counts (0..1; closer to 1 = longer memory).
+    pub bias_decay: f32,
 }
 
 impl Default for DeviceConfig {
     fn default() -> Self {
-        DeviceConfig { seed: 1, noise_sigma: 0.3, population: PopulationConfig::default() }
+        DeviceConfig { seed: 1, noise_sigma: 0.3, population_boost: 4.0, bias_strength: 0.5, bias_decay: 0.98 }
     }
 }
 

@@ -4,10 +4,9 @@
 //!
 //! Layers:
 //! - [`config`], [`cli`]: settings from TOML and flags.
-//! - [`loader`]: the [`PolicyLoader`] / [`LoadedPolicy`] traits (implemented by the learning core)
-//!   and [`DeviceProfile`], the device's private personalization.
-//! - [`population`]: the device's non-IID users.
-//! - [`sessions`]: runs sessions on a dedicated thread; the atomically swapped active policy.
+//! - [`loader`]: the [`PolicyLoader`] / [`LoadedPolicy`] traits (implemented by the learning core).
+//! - [`sessions`]: the device's profile (household, noise, learned bias: `DeviceProfile`), sessions
+//!   on a dedicated thread, the atomically swapped active policy.
 //! - [`store`]: the local sled store (sessions → batches → acked).
 //! - [`tls`], [`io`], [`net`]: QUIC with a pinned certificate; the shell that drives the
 //!   IO-free `Uploader` and `PolicySync` machines of `irec_shared::protocol`.
@@ -20,13 +19,13 @@ pub mod config;
 pub mod io;
 pub mod loader;
 pub mod net;
-pub mod population;
 pub mod sessions;
 pub mod store;
 pub mod tls;
 
 pub use config::AgentConfig;
-pub use loader::{BaselineLoader, DeviceProfile, LoadError, LoadedPolicy, PolicyLoader};
+pub use irec_shared::policy::DeviceProfile;
+pub use loader::{BaselineLoader, LoadError, LoadedPolicy, PolicyLoader};
 
 use irec_shared::protocol::ErrorMessage;
 use irec_shared::sim::{Environment, Pool, World};
@@ -127,10 +126,9 @@ pub async fn run_in(
     tls::client_config(&config.server_cert, Duration::from_secs(1), Duration::from_secs(10))?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| AgentError::Io(config.data_dir.clone(), e))?;
     let store = store::AgentStore::open(&config.data_dir.join("db"))?;
-    let population = population::Population::draw(&env, &config.device.population, config.device.seed);
-    let mut profile = store.profile(DeviceProfile { seed: config.device.seed, ..DeviceProfile::default() })?;
-    profile.seed = config.device.seed;
+    let mut profile = store.profile(sessions::first_profile(&config.device, &env))?;
     profile.noise_sigma = config.device.noise_sigma;
+    let targets = profile.population.sampler(env.index.pool(), &env.world.truth);
 
     let slot = Arc::new(PolicySlot::default());
     if let Some(stored) = store.policy()? {
@@ -151,7 +149,7 @@ pub async fn run_in(
     let ran = Arc::new(AtomicU64::new(0));
     let generator = Generator {
         env,
-        population,
+        targets,
         store: store.clone(),
         slot: slot.clone(),
         profile,

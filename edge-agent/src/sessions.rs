@@ -1,11 +1,11 @@
 //! Running the device's users: one session at a time on a dedicated thread, each recorded and
 //! flushed to the local store before anything else happens to it.
 
-use crate::loader::{DeviceProfile, LoadedPolicy};
-use crate::population::Population;
+use crate::config::DeviceConfig;
+use crate::loader::LoadedPolicy;
 use crate::store::{AgentStore, StoreError};
 use irec_shared::experience::ExperienceSession;
-use irec_shared::policy::{Policy, SessionHint};
+use irec_shared::policy::{DeviceProfile, LogitBias, Policy, SessionHint, TargetPopulation, TargetSampler};
 use irec_shared::protocol::PolicyId;
 use irec_shared::rng;
 use irec_shared::sim::{Environment, Transcript};
@@ -38,11 +38,26 @@ impl PolicySlot {
     }
 }
 
-/// Runs session `index` of a device: a target from the device's population, the device's users
-/// and tie-breaking from its seed. The transcript (with its target) stays on the device.
-pub fn run_session(env: &Environment, population: &Population, policy: &mut dyn Policy, device_seed: u64, index: u64) -> Transcript {
+/// The profile a device starts with: its household drawn from its seed, an empty bias. Equal to
+/// `DeviceProfile::draw(fleet_seed, i, (σ, σ), …)` when `seed` is device i's seed of that fleet.
+pub fn first_profile(device: &DeviceConfig, env: &Environment) -> DeviceProfile {
+    let schema = &env.world.catalog.schema;
+    let mut r = rng::rng(device.seed);
+    let population = TargetPopulation::draw(env.index.pool(), &env.world.truth, schema, device.population_boost, &mut r);
+    DeviceProfile {
+        seed: device.seed,
+        noise_sigma: device.noise_sigma,
+        population,
+        bias: LogitBias::new(&schema.head_sizes(), device.bias_strength, device.bias_decay),
+    }
+}
+
+/// Runs session `index` of a device: a target from the device's household, the users and
+/// tie-breaking from its seed. The transcript (with its target) stays on the device.
+pub fn run_session(env: &Environment, targets: &TargetSampler, policy: &mut dyn Policy, device_seed: u64, index: u64) -> Transcript {
     let s = rng::derive(rng::derive(device_seed, rng::stream::SESSIONS), index);
-    let target = population.sample(&mut rng::rng(rng::derive(s, 0)));
+    let mut r = rng::rng(rng::derive(s, 0));
+    let target = targets.sample(&mut r).unwrap_or_else(|| env.sample_target(&mut r));
     let mut episode = env.start(target, s);
     let mut r = rng::rng(rng::derive(s, 3));
     policy.begin(&SessionHint { desires: episode.user.desires });
@@ -62,7 +77,8 @@ pub fn run_session(env: &Environment, population: &Population, policy: &mut dyn 
 /// What the session thread needs.
 pub struct Generator {
     pub env: Arc<Environment>,
-    pub population: Population,
+    /// The device's household, as a sampler over the pool.
+    pub targets: TargetSampler,
     pub store: AgentStore,
     pub slot: Arc<PolicySlot>,
     pub profile: DeviceProfile,
@@ -101,10 +117,10 @@ impl Generator {
                 continue;
             };
             let mut policy = active.loaded.instantiate(&self.profile);
-            let transcript = run_session(&self.env, &self.population, policy.as_mut(), self.profile.seed, index);
+            let transcript = run_session(&self.env, &self.targets, policy.as_mut(), self.profile.seed, index);
             let session = ExperienceSession::from_transcript(&transcript, active.id.map_or(0, |i| i.round));
-            active.loaded.adapt(&mut self.profile, &session);
-            self.profile.sessions_done = index + 1;
+            // Minor adaptation from what the device heard; the bias stays on the device.
+            self.profile.bias.learn(session.turns.iter().map(|t| t.utterance.as_str()), &self.env.world.lexicon);
             self.store.record_session(index, &session, &self.profile)?;
             index += 1;
             self.ran.fetch_add(1, Ordering::Relaxed);

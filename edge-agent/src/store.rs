@@ -12,8 +12,8 @@
 //! server's ack). Each move is one sled transaction and is flushed before the next step relies on
 //! it, so an agent killed at any point neither loses a session nor uploads it under two batch ids.
 
-use crate::loader::DeviceProfile;
 use irec_shared::experience::ExperienceSession;
+use irec_shared::policy::DeviceProfile;
 use irec_shared::protocol::{BatchId, PolicyId, UploadBatch};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError as Conflict, TransactionError, Transactional};
@@ -260,10 +260,20 @@ mod tests {
         }
     }
 
+    fn profile() -> DeviceProfile {
+        let schema = irec_shared::catalog::Schema::reference();
+        DeviceProfile {
+            seed: 4,
+            noise_sigma: 0.1,
+            population: irec_shared::policy::TargetPopulation::uniform(),
+            bias: irec_shared::policy::LogitBias::new(&schema.head_sizes(), 0.5, 0.9),
+        }
+    }
+
     #[test]
     fn sessions_move_into_batches_with_stable_ids_and_survive_reopen() {
         let dir = tempfile::tempdir().unwrap();
-        let profile = DeviceProfile { seed: 4, noise_sigma: 0.1, bias: vec![0.5], sessions_done: 0 };
+        let profile = profile();
         let ids = {
             let st = AgentStore::open(dir.path()).unwrap();
             for i in 0..5 {
@@ -277,7 +287,9 @@ mod tests {
         };
         let st = AgentStore::open(dir.path()).unwrap();
         assert_eq!(st.pending_batches().unwrap(), ids, "same ids, oldest first, after a restart");
-        assert_eq!(st.profile(DeviceProfile::default()).unwrap(), profile);
+        let mut other = profile.clone();
+        other.seed = 99;
+        assert_eq!(st.profile(other).unwrap(), profile, "the stored profile wins");
         let first = st.batch(ids[0]).unwrap().unwrap();
         assert_eq!((first.first_session, first.sessions.len()), (0, 2));
         assert_eq!(first.sessions[1], session(1));
@@ -294,7 +306,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let st = AgentStore::open(dir.path()).unwrap();
         for i in 0..4 {
-            st.record_session(i, &session(i as u32), &DeviceProfile::default()).unwrap();
+            st.record_session(i, &session(i as u32), &profile()).unwrap();
         }
         let one = bin(&session(0)).unwrap().len();
         let ids = st.form_batches(100, BATCH_OVERHEAD + 2 * one, true).unwrap();
