@@ -1,1 +1,50 @@
-pub fn x() {}
+//! irec-server: ingests anonymized experience from edge agents over QUIC, trains a new policy
+//! offline every round, and pushes it back.
+//!
+//! Layers, bottom up:
+//! - [`tls`]: the self-signed certificate kept in the data dir, QUIC/TLS settings (ALPN `irec/1`).
+//! - [`io`]: frames over quinn streams (the decoding itself is `irec_shared::protocol`).
+//! - [`store`]: sled — D, dedupe set, policy registry, rounds, counters.
+//! - [`conn`]: one connection: hello, then one request per stream, announcements on the control
+//!   stream; the logic is the IO-free `ServerConnection` state machine.
+//! - [`rounds`]: quota → train on D ∪ D′ ([`RoundTrainer`], implemented by the learning core) →
+//!   deployment gate → publish → announce.
+//! - [`serve`]: the endpoint, the connection cap, orderly shutdown; [`run`] is the entry point.
+//! - [`config`], [`cli`]: settings from TOML and flags; [`status`]: what the server reports.
+
+pub mod cli;
+pub mod config;
+pub mod conn;
+pub mod io;
+pub mod rounds;
+pub mod serve;
+pub mod status;
+pub mod store;
+pub mod tls;
+
+pub use config::ServerConfig;
+pub use rounds::{RoundTrainer, TrainError, TrainJob, TrainOutcome};
+pub use serve::{run, Server, ServerHandle};
+pub use status::ServerStatus;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("configuration: {0}")]
+    Config(#[from] config::ConfigError),
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("certificate: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("storage: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("binding {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("loading the catalog: {0}")]
+    Catalog(String),
+    #[error("internal task failed: {0}")]
+    Task(String),
+}

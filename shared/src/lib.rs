@@ -18,6 +18,7 @@ pub mod experiment;
 pub mod metrics;
 pub mod model;
 pub mod policy;
+pub mod protocol;
 pub mod retrieval;
 pub mod rng;
 pub mod sim;

@@ -1,0 +1,315 @@
+//! The agent's local sled store: finished sessions, upload batches, the installed policy, and the
+//! device's private profile.
+//!
+//! Trees and keys:
+//! - `sessions`: session index (u64 BE) → bincode `ExperienceSession`, not yet in a batch.
+//! - `batches`: batch id (16 bytes BE) → bincode [`StoredBatch`]: formed, not yet acked.
+//! - `quarantine`: batches the server refused as invalid (kept for inspection, never resent).
+//! - `meta`: `next_session` (u64 BE), `profile` (bincode `DeviceProfile`), `policy` (bincode
+//!   [`StoredPolicy`]).
+//!
+//! A session is in exactly one place at a time: `sessions`, then one batch, then gone (after the
+//! server's ack). Each move is one sled transaction and is flushed before the next step relies on
+//! it, so an agent killed at any point neither loses a session nor uploads it under two batch ids.
+
+use irec_shared::experience::ExperienceSession;
+use irec_shared::policy::DeviceProfile;
+use irec_shared::protocol::{BatchId, PolicyId, UploadBatch};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError as Conflict, TransactionError, Transactional};
+use sled::Tree;
+use std::path::Path;
+
+const NEXT_SESSION: &[u8] = b"next_session";
+const PROFILE: &[u8] = b"profile";
+const POLICY: &[u8] = b"policy";
+
+/// sled page-cache cap per agent, in bytes.
+const CACHE_BYTES: u64 = 8 << 20;
+
+/// Bytes an upload frame body adds around its sessions: a 128-bit varint batch id (≤ 17 bytes)
+/// and the sessions' length prefix (≤ 9 bytes).
+pub const BATCH_OVERHEAD: usize = 26;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in tree {tree}: {reason}")]
+    Corrupt { tree: &'static str, reason: String },
+    #[error("encoding a record: {0}")]
+    Encode(String),
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> StoreError {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+/// A batch as stored: its id is fixed before its first send.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredBatch {
+    pub id: BatchId,
+    /// Index of its first session (batches upload oldest first).
+    pub first_session: u64,
+    pub sessions: Vec<ExperienceSession>,
+}
+
+impl StoredBatch {
+    pub fn upload(&self) -> UploadBatch {
+        UploadBatch { batch_id: self.id, sessions: self.sessions.clone() }
+    }
+}
+
+/// The installed policy, so a restarted agent runs it without downloading it again.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredPolicy {
+    pub version: u64,
+    pub round: u32,
+    pub sha256: [u8; 32],
+    pub blob: Vec<u8>,
+}
+
+impl StoredPolicy {
+    pub fn id(&self) -> PolicyId {
+        PolicyId { version: self.version, round: self.round, sha256: self.sha256 }
+    }
+}
+
+fn bin<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+fn unbin<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| StoreError::Corrupt { tree, reason: e.to_string() })
+}
+
+fn be_u64(bytes: Option<sled::IVec>) -> u64 {
+    bytes.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map_or(0, u64::from_be_bytes)
+}
+
+/// The agent's database.
+#[derive(Clone, Debug)]
+pub struct AgentStore {
+    db: sled::Db,
+    sessions: Tree,
+    batches: Tree,
+    quarantine: Tree,
+    meta: Tree,
+}
+
+impl AgentStore {
+    pub fn open(dir: &Path) -> Result<AgentStore, StoreError> {
+        // A device's store is small; a small page cache keeps a thousand in-process agents cheap.
+        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).open()?;
+        Ok(AgentStore {
+            sessions: db.open_tree("sessions")?,
+            batches: db.open_tree("batches")?,
+            quarantine: db.open_tree("quarantine")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub async fn flush_async(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    /// Index of the next session to run (= sessions finished by this device, all runs).
+    pub fn next_session(&self) -> Result<u64, StoreError> {
+        Ok(be_u64(self.meta.get(NEXT_SESSION)?))
+    }
+
+    /// The device profile, or `default` on first start.
+    pub fn profile(&self, default: DeviceProfile) -> Result<DeviceProfile, StoreError> {
+        match self.meta.get(PROFILE)? {
+            Some(v) => unbin("meta", &v),
+            None => Ok(default),
+        }
+    }
+
+    /// Records finished session `index` with the profile it left behind, in one transaction, and
+    /// flushes: from here on the session survives any crash.
+    pub fn record_session(&self, index: u64, session: &ExperienceSession, profile: &DeviceProfile) -> Result<(), StoreError> {
+        let s = bin(session)?;
+        let p = bin(profile)?;
+        (&self.sessions, &self.meta).transaction(|(sessions, meta)| {
+            sessions.insert(&index.to_be_bytes()[..], s.as_slice())?;
+            meta.insert(NEXT_SESSION, &(index + 1).to_be_bytes()[..])?;
+            meta.insert(PROFILE, p.as_slice())?;
+            Ok::<_, Conflict<StoreError>>(())
+        })?;
+        self.flush()
+    }
+
+    /// Sessions waiting for a batch.
+    pub fn unbatched(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Moves waiting sessions into new batches of at most `max_sessions` sessions and
+    /// `max_bytes` of upload body each, oldest first. Only full batches unless `all`. Each batch
+    /// gets a fresh random id, persisted (and flushed) with it before anyone can send it.
+    pub fn form_batches(&self, max_sessions: usize, max_bytes: usize, all: bool) -> Result<Vec<BatchId>, StoreError> {
+        let max_sessions = max_sessions.max(1);
+        let mut groups: Vec<Vec<(sled::IVec, sled::IVec)>> = Vec::new();
+        let mut current: Vec<(sled::IVec, sled::IVec)> = Vec::new();
+        let mut bytes = BATCH_OVERHEAD;
+        for kv in self.sessions.iter() {
+            let (k, v) = kv?;
+            if !current.is_empty() && (current.len() >= max_sessions || bytes + v.len() > max_bytes) {
+                groups.push(std::mem::take(&mut current));
+                bytes = BATCH_OVERHEAD;
+            }
+            bytes += v.len();
+            current.push((k, v));
+        }
+        if !current.is_empty() && (all || current.len() >= max_sessions) {
+            groups.push(current);
+        }
+        let mut ids = Vec::with_capacity(groups.len());
+        for group in groups {
+            let sessions = group.iter().map(|(_, v)| unbin("sessions", v)).collect::<Result<Vec<_>, _>>()?;
+            let first_session = be_u64(group.first().map(|(k, _)| k.clone()));
+            let batch = StoredBatch { id: BatchId(rand::random()), first_session, sessions };
+            let encoded = bin(&batch)?;
+            (&self.sessions, &self.batches).transaction(|(s, b)| {
+                for (k, _) in &group {
+                    s.remove(k)?;
+                }
+                b.insert(&batch.id.to_bytes()[..], encoded.as_slice())?;
+                Ok::<_, Conflict<StoreError>>(())
+            })?;
+            ids.push(batch.id);
+        }
+        if !ids.is_empty() {
+            self.flush()?;
+        }
+        Ok(ids)
+    }
+
+    /// Formed batches not yet acked, oldest first.
+    pub fn pending_batches(&self) -> Result<Vec<BatchId>, StoreError> {
+        let mut all: Vec<(u64, BatchId)> = Vec::new();
+        for v in self.batches.iter().values() {
+            let b: StoredBatch = unbin("batches", &v?)?;
+            all.push((b.first_session, b.id));
+        }
+        all.sort_unstable();
+        Ok(all.into_iter().map(|(_, id)| id).collect())
+    }
+
+    pub fn batch(&self, id: BatchId) -> Result<Option<StoredBatch>, StoreError> {
+        self.batches.get(id.to_bytes())?.map(|v| unbin("batches", &v)).transpose()
+    }
+
+    /// The server acked `id`: the batch leaves the store (durably, before the caller goes on).
+    pub async fn remove_acked(&self, id: BatchId) -> Result<(), StoreError> {
+        self.batches.remove(id.to_bytes())?;
+        self.flush_async().await
+    }
+
+    /// The server refused `id`'s content: keep it aside, never resend it.
+    pub fn quarantine(&self, id: BatchId) -> Result<(), StoreError> {
+        let key = id.to_bytes();
+        (&self.batches, &self.quarantine).transaction(|(b, q)| {
+            if let Some(v) = b.remove(&key[..])? {
+                q.insert(&key[..], v)?;
+            }
+            Ok::<_, Conflict<StoreError>>(())
+        })?;
+        self.flush()
+    }
+
+    pub fn quarantined(&self) -> usize {
+        self.quarantine.len()
+    }
+
+    pub fn policy(&self) -> Result<Option<StoredPolicy>, StoreError> {
+        self.meta.get(POLICY)?.map(|v| unbin("meta", &v)).transpose()
+    }
+
+    pub async fn save_policy(&self, policy: &StoredPolicy) -> Result<(), StoreError> {
+        self.meta.insert(POLICY, bin(policy)?)?;
+        self.flush_async().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use irec_shared::catalog::Action;
+    use irec_shared::experience::ExperienceTurn;
+
+    fn session(i: u32) -> ExperienceSession {
+        ExperienceSession {
+            round: 0,
+            turns: vec![ExperienceTurn { action: Action::default(), shown: i, utterance: "Good".into(), reward: 1.0, done: true }],
+        }
+    }
+
+    fn profile() -> DeviceProfile {
+        let schema = irec_shared::catalog::Schema::reference();
+        DeviceProfile {
+            seed: 4,
+            noise_sigma: 0.1,
+            population: irec_shared::policy::TargetPopulation::uniform(),
+            bias: irec_shared::policy::LogitBias::new(&schema.head_sizes(), 0.5, 0.9),
+        }
+    }
+
+    #[test]
+    fn sessions_move_into_batches_with_stable_ids_and_survive_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let profile = profile();
+        let ids = {
+            let st = AgentStore::open(dir.path()).unwrap();
+            for i in 0..5 {
+                st.record_session(i, &session(i as u32), &profile).unwrap();
+            }
+            assert_eq!(st.next_session().unwrap(), 5);
+            let ids = st.form_batches(2, 1 << 20, false).unwrap();
+            assert_eq!(ids.len(), 2, "only full batches");
+            assert_eq!(st.unbatched(), 1);
+            ids
+        };
+        let st = AgentStore::open(dir.path()).unwrap();
+        assert_eq!(st.pending_batches().unwrap(), ids, "same ids, oldest first, after a restart");
+        let mut other = profile.clone();
+        other.seed = 99;
+        assert_eq!(st.profile(other).unwrap(), profile, "the stored profile wins");
+        let first = st.batch(ids[0]).unwrap().unwrap();
+        assert_eq!((first.first_session, first.sessions.len()), (0, 2));
+        assert_eq!(first.sessions[1], session(1));
+        let rest = st.form_batches(2, 1 << 20, true).unwrap();
+        assert_eq!(rest.len(), 1);
+        assert_eq!(st.unbatched(), 0);
+        st.quarantine(rest[0]).unwrap();
+        assert_eq!(st.quarantined(), 1);
+        assert_eq!(st.pending_batches().unwrap(), ids);
+    }
+
+    #[test]
+    fn batches_respect_the_byte_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = AgentStore::open(dir.path()).unwrap();
+        for i in 0..4 {
+            st.record_session(i, &session(i as u32), &profile()).unwrap();
+        }
+        let one = bin(&session(0)).unwrap().len();
+        let ids = st.form_batches(100, BATCH_OVERHEAD + 2 * one, true).unwrap();
+        assert_eq!(ids.len(), 2);
+    }
+}

@@ -1,0 +1,119 @@
+//! Server settings: a plain struct with serde defaults, loadable from TOML, overridable by flags.
+
+use irec_shared::protocol::validate::DEFAULT_MAX_BATCH_SESSIONS;
+use irec_shared::protocol::FrameLimits;
+use irec_shared::sim::WorldConfig;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Everything `irec-server` needs to run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// UDP address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Directory for the sled database (`db/`), the certificate (`cert.der`, `key.der`) and
+    /// `status.json`. Created on first start.
+    pub data_dir: PathBuf,
+    /// Shared secret every agent presents in its hello. Must not be empty.
+    pub fleet_token: String,
+    /// Most concurrent agent connections; further ones are closed with `TooManyConnections`.
+    pub max_connections: usize,
+    /// A connection with no traffic for this long is closed, in milliseconds (agents send
+    /// keep-alives well within it).
+    pub idle_timeout_ms: u64,
+    /// A new connection must complete its hello within this, in milliseconds.
+    pub hello_timeout_ms: u64,
+    /// A request stream must deliver its whole frame within this, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// New sessions that close a round and start training on D ∪ D′ (0: never train).
+    pub round_quota: u64,
+    /// The deployment gate publishes a candidate unless its off-policy value estimate is below the
+    /// deployed policy's by more than this (in the estimate's units: expected return per session).
+    pub gate_tolerance: f64,
+    /// Per-kind frame caps, in bytes (uploads and policy blobs).
+    pub frames: FrameLimits,
+    /// Most sessions accepted in one upload batch.
+    pub max_batch_sessions: usize,
+    /// Turn cap of a session (uploads with more turns are refused).
+    pub max_turns: usize,
+    /// A policy checkpoint to publish as version 1 on first start (ignored once any exists).
+    pub initial_policy: Option<PathBuf>,
+    /// The simulated world; only its catalog matters here (item ids and action head sizes that
+    /// uploads are checked against). Must match the agents'.
+    pub world: WorldConfig,
+    /// Names in the self-signed certificate; agents connect using one of them.
+    pub cert_names: Vec<String>,
+    /// Compute device handed to the trainer: `cpu` or `cuda:N`.
+    pub device: String,
+    /// Base seed of training jobs (round r trains with a seed derived from it and r).
+    pub seed: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            listen: SocketAddr::from(([0, 0, 0, 0], 4433)),
+            data_dir: PathBuf::from("irec-server-data"),
+            fleet_token: String::new(),
+            max_connections: 4096,
+            idle_timeout_ms: 30_000,
+            hello_timeout_ms: 5_000,
+            request_timeout_ms: 30_000,
+            round_quota: 1000,
+            gate_tolerance: 0.0,
+            frames: FrameLimits::default(),
+            max_batch_sessions: DEFAULT_MAX_BATCH_SESSIONS,
+            max_turns: 50,
+            initial_policy: None,
+            world: WorldConfig::default(),
+            cert_names: vec![crate::tls::DEFAULT_SERVER_NAME.to_string(), "localhost".to_string()],
+            device: "cpu".to_string(),
+            seed: 2022,
+        }
+    }
+}
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("reading {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("parsing {path}: {source}")]
+    Parse { path: PathBuf, source: toml::de::Error },
+    #[error("invalid setting: {0}")]
+    Invalid(String),
+}
+
+impl ServerConfig {
+    /// Loads a TOML file; missing fields take their defaults.
+    pub fn load(path: &Path) -> Result<ServerConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse { path: path.into(), source })
+    }
+
+    /// Refuses settings that cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |m: &str| Err(ConfigError::Invalid(m.to_string()));
+        if self.fleet_token.is_empty() {
+            return bad("fleet_token must be set (agents must present it)");
+        }
+        if self.fleet_token.len() > 256 {
+            return bad("fleet_token is longer than 256 bytes");
+        }
+        if self.max_connections == 0 {
+            return bad("max_connections must be at least 1");
+        }
+        if self.idle_timeout_ms == 0 || self.hello_timeout_ms == 0 || self.request_timeout_ms == 0 {
+            return bad("timeouts must be positive");
+        }
+        if !self.gate_tolerance.is_finite() || self.gate_tolerance < 0.0 {
+            return bad("gate_tolerance must be a finite number ≥ 0");
+        }
+        if self.cert_names.is_empty() {
+            return bad("cert_names must name at least one host");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,21 @@
+//! Rounds of the federated loop: collect until the quota, train on D ∪ D′, gate, publish.
+//!
+//! - [`trainer`]: the [`RoundTrainer`] trait the learning core implements, and its job/outcome.
+//! - [`gate`]: the deployment gate (a pure function of two value estimates).
+//! - [`record`]: what is stored per round.
+//! - [`driver`]: the task that trains closed rounds one at a time while ingest runs.
+//!
+//! A round closes inside the ingest transaction that fills its quota (the record is `queued`,
+//! the next round starts collecting at once). The driver marks it `training`, snapshots D up to
+//! it, trains on a dedicated thread, asks the gate, and either publishes the candidate (policy
+//! registry + round record in one transaction, flush, then announce) or records the refusal.
+//! After a restart every round still `queued` or `training` is trained again.
+
+pub mod driver;
+pub mod gate;
+pub mod record;
+pub mod trainer;
+
+pub use gate::{decide, Decision, GateVerdict};
+pub use record::{RoundRecord, RoundStatus};
+pub use trainer::{CancelFlag, DeployedPolicy, NoTrainer, RoundTrainer, TrainError, TrainJob, TrainOutcome};

@@ -1,0 +1,295 @@
+//! The endpoint: binds, accepts connections (up to the cap), runs the round driver, and shuts all
+//! of it down in order. [`Shared`] is what every connection task sees.
+
+use crate::config::ServerConfig;
+use crate::rounds::driver::{self, DriverConfig};
+use crate::rounds::RoundTrainer;
+use crate::status::{self, ServerStatus};
+use crate::store::Store;
+use crate::{conn, tls, ServerError};
+use irec_shared::catalog::{self, Catalog};
+use irec_shared::protocol::*;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinSet;
+use tracing::{info, warn};
+
+/// How long shutdown waits for connections to finish before abandoning them.
+const DRAIN: Duration = Duration::from_secs(5);
+
+/// State shared by all connection tasks and the round driver.
+#[derive(Debug)]
+pub struct Shared {
+    pub store: Store,
+    pub rules: Arc<ServerRules>,
+    pub limits: FrameLimits,
+    pub quota: u64,
+    pub hello_timeout: Duration,
+    pub request_timeout: Duration,
+    pub data_dir: PathBuf,
+    /// The deployed policy; connections forward changes to their agents.
+    announce_tx: watch::Sender<Option<PolicyAnnouncement>>,
+    pub announce: watch::Receiver<Option<PolicyAnnouncement>>,
+    status: watch::Sender<ServerStatus>,
+    /// Wakes the round driver when an ingest closes a round.
+    pub round_wake: Notify,
+    pub connections: AtomicUsize,
+    /// The deployed policy's encoded `PolicyBlob` frame, built once per version and shared by
+    /// every request for it (a thousand agents pulling a 5 MB policy share one copy).
+    blob_frame: Mutex<Option<(PolicyVersion, Arc<Vec<u8>>)>>,
+}
+
+impl Shared {
+    /// Stores a validated batch exactly once and returns the ack frame, after the flush.
+    pub async fn ingest(&self, batch: UploadBatch) -> Result<Arc<Vec<u8>>, ErrorMessage> {
+        let internal = |e: String| ErrorMessage::new(ErrorCode::Internal, e);
+        let batch_id = batch.batch_id;
+        let store = self.store.clone();
+        let quota = self.quota;
+        let outcome = tokio::task::spawn_blocking(move || store.ingest(&batch, quota))
+            .await
+            .map_err(|e| internal(format!("ingest task failed: {e}")))?
+            .map_err(|e| internal(format!("storing the batch: {e}")))?;
+        // Flushing for a duplicate too: its first copy may have been acked by nobody yet.
+        self.store.flush().await.map_err(|e| internal(format!("flushing: {e}")))?;
+        if let Some(r) = outcome.closed_round {
+            info!(round = r, "round closed");
+            self.round_wake.notify_one();
+            self.publish_status();
+        } else if let Ok(c) = self.store.counters() {
+            self.status.send_modify(|s| s.counters = c);
+        }
+        let ack = Ack { batch_id, stored: outcome.stored, duplicate: outcome.duplicate };
+        encode(&Message::Ack(ack), &self.limits).map(Arc::new).map_err(|e| internal(e.to_string()))
+    }
+
+    /// The answer to a policy request: the deployed blob, or `NoPolicy` when `have` is current.
+    pub async fn policy_reply(&self, have: Option<PolicyVersion>) -> Result<Arc<Vec<u8>>, ErrorMessage> {
+        let internal = |e: String| ErrorMessage::new(ErrorCode::Internal, e);
+        let deployed = *self.announce.borrow();
+        let Some(ann) = deployed.filter(|a| have.is_none_or(|h| h < a.version)) else {
+            let m = Message::NoPolicy(NoPolicy { deployed: deployed.map(|a| a.version) });
+            return encode(&m, &self.limits).map(Arc::new).map_err(|e| internal(e.to_string()));
+        };
+        if let Ok(cache) = self.blob_frame.lock() {
+            if let Some((v, frame)) = cache.as_ref() {
+                if *v == ann.version {
+                    return Ok(frame.clone());
+                }
+            }
+        }
+        let store = self.store.clone();
+        let limits = self.limits;
+        let frame = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
+            let p = store.policy(ann.version).map_err(|e| e.to_string())?.ok_or("deployed policy missing")?;
+            let blob = PolicyBlob { version: p.version, round: p.round, sha256: p.sha256, bytes: p.blob };
+            encode(&Message::PolicyBlob(blob), &limits).map_err(|e| e.to_string())
+        })
+        .await
+        .map_err(|e| internal(format!("policy task failed: {e}")))?
+        .map_err(internal)?;
+        let frame = Arc::new(frame);
+        if let Ok(mut cache) = self.blob_frame.lock() {
+            *cache = Some((ann.version, frame.clone()));
+        }
+        Ok(frame)
+    }
+
+    /// Tells every connection about a newly published (and flushed) policy.
+    pub fn announce(&self, ann: PolicyAnnouncement) {
+        self.announce_tx.send_replace(Some(ann));
+    }
+
+    /// Refreshes the live status from the store.
+    pub fn publish_status(&self) {
+        match ServerStatus::read(&self.store, self.connections.load(Ordering::Relaxed)) {
+            Ok(s) => {
+                self.status.send_replace(s);
+            }
+            Err(e) => warn!("reading status: {e}"),
+        }
+    }
+
+    pub fn write_status_file(&self) {
+        if let Err(e) = status::write_file(&self.data_dir, &self.status.borrow()) {
+            warn!("writing {}: {e}", status::STATUS_FILE);
+        }
+    }
+}
+
+/// Counts a live connection for as long as it is held.
+struct ConnectionGuard(Arc<Shared>);
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The catalog that uploads are checked against.
+fn catalog(config: &ServerConfig) -> Result<Catalog, ServerError> {
+    match &config.world.catalog_path {
+        Some(p) => catalog::csv::load(p, config.world.catalog.seed).map_err(|e| ServerError::Catalog(e.to_string())),
+        None => Ok(catalog::generate(&config.world.catalog)),
+    }
+}
+
+/// A bound server, not yet serving.
+pub struct Server {
+    config: ServerConfig,
+    endpoint: quinn::Endpoint,
+    shared: Arc<Shared>,
+    trainer: Arc<dyn RoundTrainer>,
+    status: watch::Receiver<ServerStatus>,
+}
+
+/// A cheap view of a running server, for tests and in-process fleets.
+#[derive(Clone, Debug)]
+pub struct ServerHandle {
+    pub local_addr: SocketAddr,
+    /// The certificate agents must pin.
+    pub cert_path: PathBuf,
+    status: watch::Receiver<ServerStatus>,
+}
+
+impl ServerHandle {
+    pub fn status(&self) -> ServerStatus {
+        self.status.borrow().clone()
+    }
+
+    /// Waits until `f` holds for the status (or the server is gone).
+    pub async fn wait_for(&mut self, f: impl Fn(&ServerStatus) -> bool) -> Option<ServerStatus> {
+        self.status.wait_for(|s| f(s)).await.ok().map(|s| s.clone())
+    }
+}
+
+impl Server {
+    /// Opens the store, makes or loads the certificate, publishes the initial policy if given,
+    /// and binds the UDP socket.
+    pub async fn bind(config: ServerConfig, trainer: Arc<dyn RoundTrainer>) -> Result<Server, ServerError> {
+        config.validate()?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::Io(config.data_dir.clone(), e))?;
+        let (cert, key) = tls::load_or_create(&config.data_dir, &config.cert_names)?;
+        let store = Store::open(&config.data_dir.join("db"))?;
+        if let Some(path) = &config.initial_policy {
+            let blob = std::fs::read(path).map_err(|e| ServerError::Io(path.clone(), e))?;
+            let p = store.publish_initial(&blob)?;
+            info!(version = p.version, sha256 = %hex(&p.sha256), "initial policy");
+        }
+        let cat = catalog(&config)?;
+        let mut upload = UploadRules::new(experience_limits(&cat.schema, cat.len(), config.max_turns));
+        upload.max_batch_sessions = config.max_batch_sessions;
+        let rules = Arc::new(ServerRules::new(&config.fleet_token, upload, config.frames.upload_bytes));
+        let server_config = tls::server_config(cert, key, Duration::from_millis(config.idle_timeout_ms))?;
+        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|e| ServerError::Bind(config.listen, e))?;
+
+        let deployed = store.deployed()?.map(|p| p.announcement());
+        let (announce_tx, announce) = watch::channel(deployed);
+        let initial = ServerStatus::read(&store, 0)?;
+        let (status_tx, status) = watch::channel(initial);
+        let shared = Arc::new(Shared {
+            store,
+            rules,
+            limits: config.frames,
+            quota: config.round_quota,
+            hello_timeout: Duration::from_millis(config.hello_timeout_ms),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+            data_dir: config.data_dir.clone(),
+            announce_tx,
+            announce,
+            status: status_tx,
+            round_wake: Notify::new(),
+            connections: AtomicUsize::new(0),
+            blob_frame: Mutex::new(None),
+        });
+        shared.write_status_file();
+        Ok(Server { config, endpoint, shared, trainer, status })
+    }
+
+    pub fn local_addr(&self) -> Result<SocketAddr, ServerError> {
+        self.endpoint.local_addr().map_err(|e| ServerError::Bind(self.config.listen, e))
+    }
+
+    pub fn cert_path(&self) -> PathBuf {
+        self.config.data_dir.join(tls::CERT_FILE)
+    }
+
+    pub fn handle(&self) -> Result<ServerHandle, ServerError> {
+        Ok(ServerHandle { local_addr: self.local_addr()?, cert_path: self.cert_path(), status: self.status.clone() })
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, closes every connection, waits
+    /// for in-flight requests, stops the round driver, flushes, and releases the database (so the
+    /// same data dir can be opened again at once).
+    pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        let Server { config, endpoint, shared, trainer, status: _ } = self;
+        info!(addr = ?endpoint.local_addr().ok(), "serving");
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let driver_config = DriverConfig { gate_tolerance: config.gate_tolerance, seed: config.seed, device: config.device.clone() };
+        let driver_shared = shared.clone();
+        let driver_stop = stop_rx.clone();
+        let driver = tokio::spawn(async move {
+            let r = driver::run(driver_shared, trainer, driver_config, driver_stop).await;
+            if let Err(e) = &r {
+                // Ingest carries on without rounds; say so now, not only at shutdown.
+                tracing::error!("round driver stopped: {e}");
+            }
+            r
+        });
+        let mut conns = JoinSet::new();
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                incoming = endpoint.accept() => {
+                    let Some(incoming) = incoming else { break };
+                    if shared.connections.load(Ordering::Relaxed) >= config.max_connections {
+                        warn!("connection cap reached; refusing {}", incoming.remote_address());
+                        conns.spawn(conn::reject_over_cap(incoming, shared.hello_timeout));
+                        continue;
+                    }
+                    shared.connections.fetch_add(1, Ordering::Relaxed);
+                    let guard = ConnectionGuard(shared.clone());
+                    let (s, stop) = (shared.clone(), stop_rx.clone());
+                    conns.spawn(async move {
+                        let _guard = guard;
+                        conn::serve(incoming, s, stop).await;
+                    });
+                }
+                Some(_) = conns.join_next(), if !conns.is_empty() => {}
+            }
+        }
+        info!("shutting down");
+        let _ = stop_tx.send(true);
+        endpoint.close(quinn::VarInt::from_u32(ErrorCode::ShuttingDown.code() as u32), b"server shutting down");
+        let drained = tokio::time::timeout(DRAIN, async { while conns.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            warn!("connections still busy after {DRAIN:?}; abandoning them");
+            conns.shutdown().await;
+        }
+        let driver_result = driver.await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+        shared.store.flush().await?;
+        shared.publish_status();
+        shared.write_status_file();
+        match driver_result {
+            Ok(r) => r?,
+            Err(e) => return Err(ServerError::Task(e.to_string())),
+        }
+        Ok(())
+    }
+}
+
+/// Binds and serves until `shutdown` completes.
+pub async fn run(
+    config: ServerConfig,
+    trainer: Arc<dyn RoundTrainer>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServerError> {
+    Server::bind(config, trainer).await?.serve(shutdown).await
+}

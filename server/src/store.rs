@@ -1,0 +1,407 @@
+//! Durable server state in sled: D, the dedupe set, the policy registry, rounds and counters.
+//!
+//! Trees and keys:
+//! - `sessions`: `round (u32 BE) ++ sequence (u64 BE)` → bincode [`ExperienceSession`]. Key order
+//!   is ingest order, so "D up to round r" is one range scan.
+//! - `batches`: batch id (16 bytes BE) → bincode [`BatchRecord`]; the dedupe set.
+//! - `policies`: version (u64 BE) → bincode [`PolicyRecord`]; the registry.
+//! - `rounds`: round (u32 BE) → JSON [`RoundRecord`].
+//! - `meta`: counters — `current_round`, `round_sessions`, `next_seq` (= sessions in D),
+//!   `deployed` (the latest version).
+//!
+//! Every multi-key change is one sled transaction over the trees it touches, so a crash leaves
+//! either all of it or none. Nothing here is durable until [`Store::flush`] returns: the server
+//! flushes before it acks an upload or announces a policy.
+
+use crate::rounds::record::{RoundRecord, RoundStatus};
+use irec_shared::experience::ExperienceSession;
+use irec_shared::protocol::{sha256, BatchId, PolicyAnnouncement, PolicyVersion, Sha256Digest, UploadBatch};
+use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use sled::transaction::{ConflictableTransactionError as Conflict, TransactionError, Transactional};
+use sled::Tree;
+use std::path::Path;
+
+const CURRENT_ROUND: &[u8] = b"current_round";
+const ROUND_SESSIONS: &[u8] = b"round_sessions";
+const NEXT_SEQ: &[u8] = b"next_seq";
+const DEPLOYED: &[u8] = b"deployed";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("sled: {0}")]
+    Sled(#[from] sled::Error),
+    #[error("corrupt record in tree {tree}: {reason}")]
+    Corrupt { tree: &'static str, reason: String },
+    #[error("encoding a record: {0}")]
+    Encode(String),
+    #[error("round {0} has no record")]
+    NoSuchRound(u32),
+}
+
+impl From<TransactionError<StoreError>> for StoreError {
+    fn from(e: TransactionError<StoreError>) -> StoreError {
+        match e {
+            TransactionError::Abort(e) => e,
+            TransactionError::Storage(e) => StoreError::Sled(e),
+        }
+    }
+}
+
+/// Where a stored batch went (the dedupe record).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRecord {
+    pub round: u32,
+    pub first_seq: u64,
+    pub sessions: u32,
+}
+
+/// One published policy.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+pub struct PolicyRecord {
+    pub version: PolicyVersion,
+    /// The round whose sessions this policy collects (0 for the bootstrap policy).
+    pub round: u32,
+    pub sha256: Sha256Digest,
+    /// The round that trained it (`None`: published from outside, e.g. the bootstrap).
+    pub trained_in_round: Option<u32>,
+    pub blob: Vec<u8>,
+}
+
+impl PolicyRecord {
+    pub fn announcement(&self) -> PolicyAnnouncement {
+        PolicyAnnouncement { version: self.version, round: self.round, sha256: self.sha256 }
+    }
+}
+
+impl std::fmt::Debug for PolicyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyRecord")
+            .field("version", &self.version)
+            .field("round", &self.round)
+            .field("trained_in_round", &self.trained_in_round)
+            .field("bytes", &self.blob.len())
+            .finish()
+    }
+}
+
+/// What an upload did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IngestOutcome {
+    pub stored: u32,
+    pub duplicate: bool,
+    /// The round the sessions went into (for a duplicate: where they went the first time).
+    pub round: u32,
+    /// This upload filled the round's quota and closed it.
+    pub closed_round: Option<u32>,
+}
+
+/// Round counters at a glance.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// The round now collecting.
+    pub current_round: u32,
+    /// Sessions ingested in it so far.
+    pub round_sessions: u64,
+    /// Sessions in D, all rounds.
+    pub sessions_total: u64,
+    pub deployed: Option<PolicyVersion>,
+}
+
+fn bin<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+fn unbin<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
+        .map(|(v, _)| v)
+        .map_err(|e| StoreError::Corrupt { tree, reason: e.to_string() })
+}
+
+fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(v).map_err(|e| StoreError::Encode(e.to_string()))
+}
+
+fn unjson<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { tree, reason: e.to_string() })
+}
+
+fn be_u64(bytes: Option<sled::IVec>) -> u64 {
+    bytes.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map_or(0, u64::from_be_bytes)
+}
+
+fn be_u32(bytes: Option<sled::IVec>) -> u32 {
+    bytes.and_then(|b| <[u8; 4]>::try_from(b.as_ref()).ok()).map_or(0, u32::from_be_bytes)
+}
+
+/// Key of a session in D.
+pub fn session_key(round: u32, seq: u64) -> [u8; 12] {
+    let mut k = [0u8; 12];
+    k[..4].copy_from_slice(&round.to_be_bytes());
+    k[4..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// The server's database.
+#[derive(Debug, Clone)]
+pub struct Store {
+    db: sled::Db,
+    sessions: Tree,
+    batches: Tree,
+    policies: Tree,
+    rounds: Tree,
+    meta: Tree,
+}
+
+impl Store {
+    /// Opens (or creates) the database at `dir`.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        let db = sled::open(dir)?;
+        Ok(Store {
+            sessions: db.open_tree("sessions")?,
+            batches: db.open_tree("batches")?,
+            policies: db.open_tree("policies")?,
+            rounds: db.open_tree("rounds")?,
+            meta: db.open_tree("meta")?,
+            db,
+        })
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    pub fn counters(&self) -> Result<Counters, StoreError> {
+        let deployed = be_u64(self.meta.get(DEPLOYED)?);
+        Ok(Counters {
+            current_round: be_u32(self.meta.get(CURRENT_ROUND)?),
+            round_sessions: be_u64(self.meta.get(ROUND_SESSIONS)?),
+            sessions_total: be_u64(self.meta.get(NEXT_SEQ)?),
+            deployed: (deployed > 0).then_some(deployed),
+        })
+    }
+
+    /// Stores a validated batch exactly once. `quota`: sessions that close a round (0: never).
+    /// The caller flushes before acking.
+    pub fn ingest(&self, batch: &UploadBatch, quota: u64) -> Result<IngestOutcome, StoreError> {
+        let encoded = batch.sessions.iter().map(bin).collect::<Result<Vec<_>, _>>()?;
+        let id = batch.batch_id.to_bytes();
+        let n = encoded.len() as u64;
+        let outcome = (&self.sessions, &self.batches, &self.meta, &self.rounds).transaction(|(s, b, m, r)| {
+            if let Some(seen) = b.get(id)? {
+                let seen: BatchRecord = unbin("batches", &seen).map_err(Conflict::Abort)?;
+                return Ok(IngestOutcome { stored: 0, duplicate: true, round: seen.round, closed_round: None });
+            }
+            let round = be_u32(m.get(CURRENT_ROUND)?);
+            let seq = be_u64(m.get(NEXT_SEQ)?);
+            let count = be_u64(m.get(ROUND_SESSIONS)?) + n;
+            for (i, e) in encoded.iter().enumerate() {
+                s.insert(&session_key(round, seq + i as u64)[..], e.as_slice())?;
+            }
+            let record = BatchRecord { round, first_seq: seq, sessions: n as u32 };
+            b.insert(&id[..], bin(&record).map_err(Conflict::Abort)?)?;
+            m.insert(NEXT_SEQ, &(seq + n).to_be_bytes()[..])?;
+            let closed = quota > 0 && count >= quota;
+            if closed {
+                let queued = json(&RoundRecord::queued(round, count)).map_err(Conflict::Abort)?;
+                r.insert(&round.to_be_bytes()[..], queued)?;
+                m.insert(CURRENT_ROUND, &(round + 1).to_be_bytes()[..])?;
+                m.insert(ROUND_SESSIONS, &0u64.to_be_bytes()[..])?;
+            } else {
+                m.insert(ROUND_SESSIONS, &count.to_be_bytes()[..])?;
+            }
+            Ok(IngestOutcome { stored: n as u32, duplicate: false, round, closed_round: closed.then_some(round) })
+        })?;
+        Ok(outcome)
+    }
+
+    /// Whether a batch id was stored.
+    pub fn has_batch(&self, id: BatchId) -> Result<bool, StoreError> {
+        Ok(self.batches.contains_key(id.to_bytes())?)
+    }
+
+    /// D up to and including `round`, in ingest order, and how many of those came in `round`.
+    pub fn sessions_through(&self, round: u32) -> Result<(Vec<ExperienceSession>, usize), StoreError> {
+        let end = session_key(round.saturating_add(1), 0);
+        let start_of_round = session_key(round, 0);
+        let mut out = Vec::new();
+        let mut new = 0;
+        let range = if round == u32::MAX { self.sessions.range::<&[u8], _>(..) } else { self.sessions.range(..&end[..]) };
+        for kv in range {
+            let (k, v) = kv?;
+            if k.as_ref() >= &start_of_round[..] {
+                new += 1;
+            }
+            out.push(unbin("sessions", &v)?);
+        }
+        Ok((out, new))
+    }
+
+    /// Every session in D with its ingest round, in ingest order.
+    pub fn all_sessions(&self) -> Result<Vec<(u32, ExperienceSession)>, StoreError> {
+        self.sessions
+            .iter()
+            .map(|kv| {
+                let (k, v) = kv?;
+                let round = k.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_be_bytes);
+                Ok((round, unbin("sessions", &v)?))
+            })
+            .collect()
+    }
+
+    pub fn policy(&self, version: PolicyVersion) -> Result<Option<PolicyRecord>, StoreError> {
+        self.policies.get(version.to_be_bytes())?.map(|v| unbin("policies", &v)).transpose()
+    }
+
+    /// The deployed (latest published) policy.
+    pub fn deployed(&self) -> Result<Option<PolicyRecord>, StoreError> {
+        match self.counters()?.deployed {
+            Some(v) => self.policy(v),
+            None => Ok(None),
+        }
+    }
+
+    /// Every published version, oldest first.
+    pub fn policy_versions(&self) -> Result<Vec<PolicyVersion>, StoreError> {
+        self.policies
+            .iter()
+            .keys()
+            .map(|k| Ok(be_u64(Some(k?))))
+            .collect()
+    }
+
+    /// Publishes a policy as the next version; with `round_record`, records the round's outcome
+    /// in the same transaction (so a crash cannot publish without recording, or the reverse).
+    pub fn publish(
+        &self,
+        blob: &[u8],
+        round: u32,
+        trained_in_round: Option<u32>,
+        round_record: Option<&RoundRecord>,
+    ) -> Result<PolicyRecord, StoreError> {
+        let sha = sha256(blob);
+        let blob = blob.to_vec();
+        let record = (&self.policies, &self.meta, &self.rounds).transaction(|(p, m, r)| {
+            let version = be_u64(m.get(DEPLOYED)?) + 1;
+            let record = PolicyRecord { version, round, sha256: sha, trained_in_round, blob: blob.clone() };
+            p.insert(&version.to_be_bytes()[..], bin(&record).map_err(Conflict::Abort)?)?;
+            m.insert(DEPLOYED, &version.to_be_bytes()[..])?;
+            if let Some(rr) = round_record {
+                let mut rr = rr.clone();
+                rr.published_version = Some(version);
+                r.insert(&rr.round.to_be_bytes()[..], json(&rr).map_err(Conflict::Abort)?)?;
+            }
+            Ok(record)
+        })?;
+        Ok(record)
+    }
+
+    /// Publishes `blob` as version 1 unless a policy exists already (then returns the deployed one
+    /// unchanged): the bootstrap of round 0. Flushes.
+    pub fn publish_initial(&self, blob: &[u8]) -> Result<PolicyRecord, StoreError> {
+        if let Some(existing) = self.deployed()? {
+            return Ok(existing);
+        }
+        let record = self.publish(blob, 0, None, None)?;
+        self.flush_blocking()?;
+        Ok(record)
+    }
+
+    pub fn round(&self, round: u32) -> Result<Option<RoundRecord>, StoreError> {
+        self.rounds.get(round.to_be_bytes())?.map(|v| unjson("rounds", &v)).transpose()
+    }
+
+    pub fn put_round(&self, record: &RoundRecord) -> Result<(), StoreError> {
+        self.rounds.insert(record.round.to_be_bytes(), json(record)?)?;
+        Ok(())
+    }
+
+    /// Every round record, oldest first.
+    pub fn rounds(&self) -> Result<Vec<RoundRecord>, StoreError> {
+        self.rounds.iter().values().map(|v| unjson("rounds", &v?)).collect()
+    }
+
+    /// Closed rounds not yet trained to the end (queued, or interrupted mid-training), oldest first.
+    pub fn unfinished_rounds(&self) -> Result<Vec<RoundRecord>, StoreError> {
+        Ok(self.rounds()?.into_iter().filter(|r| !r.status.is_finished()).collect())
+    }
+
+    /// Marks a round as training (another attempt) and returns its updated record.
+    pub fn start_training(&self, round: u32, sessions_in_d: u64) -> Result<RoundRecord, StoreError> {
+        let mut rec = self.round(round)?.ok_or(StoreError::NoSuchRound(round))?;
+        rec.status = RoundStatus::Training;
+        rec.attempts += 1;
+        rec.sessions_in_d = sessions_in_d;
+        rec.deployed_version = self.counters()?.deployed;
+        self.put_round(&rec)?;
+        Ok(rec)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use irec_shared::catalog::Action;
+    use irec_shared::experience::ExperienceTurn;
+
+    fn batch(id: u128, n: usize) -> UploadBatch {
+        let s = |i: usize| ExperienceSession {
+            round: 0,
+            turns: vec![ExperienceTurn { action: Action::default(), shown: i as u32, utterance: "Good".into(), reward: 1.0, done: true }],
+        };
+        UploadBatch { batch_id: BatchId(id), sessions: (0..n).map(s).collect() }
+    }
+
+    #[test]
+    fn ingest_dedupes_closes_rounds_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let st = Store::open(dir.path()).unwrap();
+            let a = st.ingest(&batch(1, 3), 5).unwrap();
+            assert_eq!(a, IngestOutcome { stored: 3, duplicate: false, round: 0, closed_round: None });
+            let again = st.ingest(&batch(1, 3), 5).unwrap();
+            assert_eq!(again, IngestOutcome { stored: 0, duplicate: true, round: 0, closed_round: None });
+            let b = st.ingest(&batch(2, 3), 5).unwrap();
+            assert_eq!(b.closed_round, Some(0), "6 ≥ quota 5 closes round 0, the batch is not split");
+            let c = st.ingest(&batch(3, 1), 5).unwrap();
+            assert_eq!(c.round, 1);
+            st.flush_blocking().unwrap();
+        }
+        let st = Store::open(dir.path()).unwrap();
+        let c = st.counters().unwrap();
+        assert_eq!((c.current_round, c.round_sessions, c.sessions_total), (1, 1, 7));
+        let (d, new) = st.sessions_through(0).unwrap();
+        assert_eq!((d.len(), new), (6, 6));
+        let (d, new) = st.sessions_through(1).unwrap();
+        assert_eq!((d.len(), new), (7, 1));
+        assert_eq!(st.unfinished_rounds().unwrap().iter().map(|r| r.round).collect::<Vec<_>>(), vec![0]);
+        assert!(st.has_batch(BatchId(2)).unwrap());
+        assert_eq!(st.all_sessions().unwrap().iter().filter(|(r, _)| *r == 1).count(), 1);
+    }
+
+    #[test]
+    fn policies_get_increasing_versions_and_the_bootstrap_is_idempotent() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Store::open(dir.path()).unwrap();
+        assert!(st.deployed().unwrap().is_none());
+        let v1 = st.publish_initial(b"behaviour").unwrap();
+        assert_eq!((v1.version, v1.round, v1.sha256), (1, 0, sha256(b"behaviour")));
+        assert_eq!(st.publish_initial(b"other").unwrap().version, 1);
+        st.ingest(&batch(1, 2), 2).unwrap();
+        let mut rec = st.start_training(0, 2).unwrap();
+        assert_eq!((rec.attempts, rec.deployed_version), (1, Some(1)));
+        rec.status = RoundStatus::Published;
+        let v2 = st.publish(b"trained", 1, Some(0), Some(&rec)).unwrap();
+        assert_eq!(v2.version, 2);
+        assert_eq!(st.deployed().unwrap().unwrap().blob, b"trained");
+        assert_eq!(st.round(0).unwrap().unwrap().published_version, Some(2));
+        assert_eq!(st.policy_versions().unwrap(), vec![1, 2]);
+        assert!(st.unfinished_rounds().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,92 @@
+//! The server's identity: a self-signed certificate made on first start and kept in the data dir
+//! (DER files), and the QUIC endpoint settings built around it. Agents pin the certificate by
+//! loading `cert.der` as their only trust root.
+
+use irec_shared::protocol::ALPN;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The name agents use to connect unless told otherwise (it is in every certificate we make).
+pub const DEFAULT_SERVER_NAME: &str = "irec-server";
+
+/// Certificate file inside the data dir: the file agents pin.
+pub const CERT_FILE: &str = "cert.der";
+/// Private key file inside the data dir (PKCS#8 DER; keep it private).
+pub const KEY_FILE: &str = "key.der";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("generating the certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("QUIC crypto setup: {0}")]
+    Quic(String),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Io { path: path.to_path_buf(), source }
+}
+
+/// The certificate and key in `dir`, created there if absent.
+pub fn load_or_create(dir: &Path, names: &[String]) -> Result<(CertificateDer<'static>, PrivateKeyDer<'static>), TlsError> {
+    let cert_path = dir.join(CERT_FILE);
+    let key_path = dir.join(KEY_FILE);
+    if !cert_path.exists() || !key_path.exists() {
+        let made = rcgen::generate_simple_self_signed(names.to_vec())?;
+        // The key first: a crash in between leaves no certificate, so the next start makes both.
+        write_private(&key_path, &made.signing_key.serialize_der())?;
+        write_atomic(&cert_path, made.cert.der())?;
+    }
+    let cert = std::fs::read(&cert_path).map_err(io(&cert_path))?;
+    let key = std::fs::read(&key_path).map_err(io(&key_path))?;
+    Ok((CertificateDer::from(cert), PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key))))
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), TlsError> {
+    write_atomic(path, bytes)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io(path))?;
+    }
+    Ok(())
+}
+
+/// The ring provider, explicitly: no process-wide default is assumed (and aws-lc is not built).
+pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// QUIC server settings: TLS 1.3, ALPN `irec/1`, the idle timeout, generous stream limits.
+pub fn server_config(
+    cert: CertificateDer<'static>,
+    key: PrivateKeyDer<'static>,
+    idle_timeout: Duration,
+) -> Result<quinn::ServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(vec![cert], key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    let idle = quinn::IdleTimeout::try_from(idle_timeout).map_err(|e| TlsError::Quic(e.to_string()))?;
+    transport.max_idle_timeout(Some(idle));
+    // Agents never open unidirectional streams; bidi streams are one per request.
+    transport.max_concurrent_uni_streams(0u8.into());
+    transport.max_concurrent_bidi_streams(64u8.into());
+    config.transport_config(Arc::new(transport));
+    Ok(config)
+}
