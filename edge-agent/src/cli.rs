@@ -50,9 +50,26 @@ pub struct Cli {
     /// Seed of the simulated world (must match the server's).
     #[arg(long)]
     pub world_seed: Option<u64>,
+    /// A checkpoint to run until the server publishes one (a round-0 behaviour policy).
+    #[arg(long)]
+    pub initial_policy: Option<PathBuf>,
+    /// Sessions to run with each policy version before waiting for the next.
+    #[arg(long)]
+    pub sessions_per_policy: Option<u64>,
+    /// What to run: the learned checkpoints (default), or the rule-based tracker whatever
+    /// checkpoint arrives (networking tests without the learning core).
+    #[arg(long, value_enum, default_value_t = PolicyKind::Learned)]
+    pub policy: PolicyKind,
     /// Print the effective config as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+}
+
+/// Which policies the agent runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PolicyKind {
+    Learned,
+    Tracker,
 }
 
 impl Cli {
@@ -96,6 +113,12 @@ impl Cli {
         }
         if let Some(v) = self.items {
             c.world.catalog.items = v;
+        }
+        if let Some(v) = self.initial_policy {
+            c.initial_policy = Some(v);
+        }
+        if let Some(v) = self.sessions_per_policy {
+            c.sessions_per_policy = Some(v);
         }
         if let Some(v) = self.world_seed {
             c.world.catalog.seed = v;

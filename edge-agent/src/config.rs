@@ -52,6 +52,13 @@ pub struct AgentConfig {
     pub sessions: Option<u64>,
     /// Pause between sessions, in milliseconds.
     pub session_interval_ms: u64,
+    /// Sessions run with each policy (the fallback counts as one) before waiting for a newer
+    /// version (unset: no limit). A simulated fleet sets it to its share of a round's quota, so
+    /// that each round's D′ comes from the policy deployed for that round. Counted per process.
+    pub sessions_per_policy: Option<u64>,
+    /// A checkpoint to run before the server has published any (a behaviour policy for round 0);
+    /// unset: wait for the server's.
+    pub initial_policy: Option<PathBuf>,
     /// Sessions per upload batch (fewer when the server's caps require, or when flushing).
     pub batch_size: usize,
     /// A partial batch is formed once no new session arrived for this long, in milliseconds.
@@ -83,6 +90,8 @@ impl Default for AgentConfig {
             device: DeviceConfig::default(),
             sessions: None,
             session_interval_ms: 0,
+            sessions_per_policy: None,
+            initial_policy: None,
             batch_size: 32,
             batch_linger_ms: 2_000,
             exit_when_done: true,

@@ -17,6 +17,7 @@
 pub mod cli;
 pub mod config;
 pub mod io;
+pub mod learned;
 pub mod loader;
 pub mod net;
 pub mod sessions;
@@ -25,6 +26,7 @@ pub mod tls;
 
 pub use config::AgentConfig;
 pub use irec_shared::policy::DeviceProfile;
+pub use learned::NeuralLoader;
 pub use loader::{BaselineLoader, LoadError, LoadedPolicy, PolicyLoader};
 
 use irec_shared::protocol::ErrorMessage;
@@ -84,6 +86,20 @@ pub struct Stats {
     /// Left in the store at the end (0 and 0 after a complete run).
     pub pending_batches: usize,
     pub unbatched_sessions: usize,
+    /// Acked uploads by the round of the policy that collected them.
+    pub per_round: std::collections::BTreeMap<u32, RoundUploads>,
+}
+
+/// Acked uploads of one round.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundUploads {
+    pub batches: u64,
+    /// Sessions newly stored by the server (duplicates excluded).
+    pub sessions: u64,
+    /// Upload frame bodies, in bytes.
+    pub bytes: u64,
+    /// Send-to-ack time of each batch, in milliseconds.
+    pub ack_latencies_ms: Vec<f64>,
 }
 
 impl Stats {
@@ -154,6 +170,7 @@ pub async fn run_in(
         slot: slot.clone(),
         profile,
         target_sessions: config.sessions,
+        sessions_per_policy: config.sessions_per_policy,
         interval: Duration::from_millis(config.session_interval_ms),
         stop: stop_flag.clone(),
         done: generator_done.clone(),

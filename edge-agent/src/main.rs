@@ -1,6 +1,7 @@
 use clap::Parser;
 use irec_edge_agent::cli::Cli;
-use irec_edge_agent::BaselineLoader;
+use irec_edge_agent::cli::PolicyKind;
+use irec_edge_agent::{BaselineLoader, NeuralLoader, PolicyLoader};
 use irec_shared::sim::{Environment, Pool, World};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -20,19 +21,22 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let print = cli.print_config;
+    let cli_policy = cli.policy;
     let config = cli.into_config()?;
     if print {
         println!("{}", toml::to_string_pretty(&config)?);
         return Ok(());
     }
-    // Until the learning core's loader is wired in, the agent runs the rule-based tracker
-    // whatever checkpoint it receives (and before any arrives).
     let world = Arc::new(World::build(&config.world)?);
-    let env = Environment::with_truth(world.clone(), Pool::Train);
-    let loader = BaselineLoader::Tracker { lexicon: Arc::new(world.lexicon.clone()), index: Arc::new(env.index.clone()) }
-        .with_fallback(true);
+    let env = Arc::new(Environment::with_truth(world.clone(), Pool::Train));
+    let loader: Arc<dyn PolicyLoader> = match cli_policy {
+        PolicyKind::Learned => Arc::new(NeuralLoader::new(world.clone(), config.initial_policy.clone())),
+        PolicyKind::Tracker => Arc::new(
+            BaselineLoader::Tracker { lexicon: Arc::new(world.lexicon.clone()), index: Arc::new(env.index.clone()) }.with_fallback(true),
+        ),
+    };
     let runtime = tokio::runtime::Runtime::new()?;
-    let stats = runtime.block_on(irec_edge_agent::run(config, Arc::new(loader), async {
+    let stats = runtime.block_on(irec_edge_agent::run_in(config, env, loader, async {
         let _ = tokio::signal::ctrl_c().await;
     }))?;
     let mut summary = serde_json::to_value(&stats)?;

@@ -44,7 +44,7 @@ enum Ended {
 
 /// Results of the tasks a connection runs.
 enum TaskOut {
-    Upload { id: BatchId, result: Result<Message, RequestError>, started: Instant, bytes: usize, sessions: usize },
+    Upload { id: BatchId, result: Result<Message, RequestError>, started: Instant, bytes: usize, sessions: usize, round: u32 },
     Policy(Result<Message, RequestError>),
     Loaded { verified: Verified, result: Result<Arc<dyn LoadedPolicy>, LoadError> },
 }
@@ -232,12 +232,14 @@ impl Net {
                     Some(b) => {
                         let conn = conn.clone();
                         let sessions = b.sessions.len();
+                        // The round of the newest policy that collected a session of this batch.
+                        let round = b.sessions.iter().map(|s| s.round).max().unwrap_or(0);
                         let h = tasks.spawn(async move {
                             let msg = Message::UploadBatch(b.upload());
                             let bytes = frame::body_len(&msg).unwrap_or(0);
                             let started = Instant::now();
                             let result = io::request(&conn, &msg, limits).await;
-                            TaskOut::Upload { id, result, started, bytes, sessions }
+                            TaskOut::Upload { id, result, started, bytes, sessions, round }
                         });
                         uploads.insert(id, h);
                     }
@@ -318,7 +320,7 @@ impl Net {
         conn: &quinn::Connection,
     ) -> Result<Option<Ended>, AgentError> {
         match out {
-            TaskOut::Upload { id, result, started, bytes, sessions } => {
+            TaskOut::Upload { id, result, started, bytes, sessions, round } => {
                 uploads.remove(&id);
                 match result {
                     Ok(Message::Ack(ack)) if ack.batch_id == id => {
@@ -331,10 +333,15 @@ impl Net {
                             s.batches_acked += 1;
                             s.bytes_uploaded += bytes as u64;
                             s.ack_latencies_ms.push(ms);
+                            let r = s.per_round.entry(round).or_default();
+                            r.batches += 1;
+                            r.bytes += bytes as u64;
+                            r.ack_latencies_ms.push(ms);
                             if ack.duplicate {
                                 s.duplicate_acks += 1;
                             } else {
                                 s.sessions_acked += sessions as u64;
+                                r.sessions += sessions as u64;
                             }
                         });
                     }

@@ -84,6 +84,8 @@ pub struct Generator {
     pub profile: DeviceProfile,
     /// Lifetime session count to reach (`None`: until stopped).
     pub target_sessions: Option<u64>,
+    /// Sessions to run with one policy before waiting for the next (`None`: no limit).
+    pub sessions_per_policy: Option<u64>,
     pub interval: Duration,
     pub stop: Arc<AtomicBool>,
     /// Set when the thread ends (target reached, stopped, or failed).
@@ -108,6 +110,8 @@ impl Generator {
 
     fn run_inner(&mut self) -> Result<(), StoreError> {
         let mut index = self.store.next_session()?;
+        // Sessions run with the policy of this id (None: the fallback).
+        let mut with_policy: (Option<Option<PolicyId>>, u64) = (None, 0);
         while !self.stop.load(Ordering::SeqCst) {
             if self.target_sessions.is_some_and(|t| index >= t) {
                 return Ok(());
@@ -116,6 +120,14 @@ impl Generator {
                 std::thread::sleep(NAP);
                 continue;
             };
+            if with_policy.0 != Some(active.id) {
+                with_policy = (Some(active.id), 0);
+            }
+            if self.sessions_per_policy.is_some_and(|n| with_policy.1 >= n) {
+                std::thread::sleep(NAP);
+                continue;
+            }
+            with_policy.1 += 1;
             let mut policy = active.loaded.instantiate(&self.profile);
             let transcript = run_session(&self.env, &self.targets, policy.as_mut(), self.profile.seed, index);
             let session = ExperienceSession::from_transcript(&transcript, active.id.map_or(0, |i| i.round));
