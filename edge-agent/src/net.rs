@@ -81,6 +81,7 @@ impl Net {
         let all = self.generator_done.load(Ordering::SeqCst) || last_session.elapsed() >= linger;
         if waiting >= max_sessions || all {
             for id in self.store.form_batches(max_sessions, max_bytes, all)? {
+                debug!(batch = %id, "batch formed");
                 uploader.add(id);
             }
         }
@@ -234,6 +235,7 @@ impl Net {
                         let sessions = b.sessions.len();
                         // The round of the newest policy that collected a session of this batch.
                         let round = b.sessions.iter().map(|s| s.round).max().unwrap_or(0);
+                        debug!(batch = %id, sessions, "upload sent");
                         let h = tasks.spawn(async move {
                             let msg = Message::UploadBatch(b.upload());
                             let bytes = frame::body_len(&msg).unwrap_or(0);
@@ -326,7 +328,10 @@ impl Net {
                     Ok(Message::Ack(ack)) if ack.batch_id == id => {
                         // Durably gone here before the uploader forgets it: a crash in between
                         // resends the batch, which the server acks as a duplicate.
+                        // (The debug events let fault-injection campaigns tell where a kill hit.)
+                        debug!(batch = %id, duplicate = ack.duplicate, "ack received");
                         self.store.remove_acked(id).await?;
+                        debug!(batch = %id, "batch deleted");
                         uploader.on_ack(id);
                         let ms = started.elapsed().as_secs_f64() * 1000.0;
                         self.stat(|s| {

@@ -21,6 +21,9 @@ pub enum Command {
     Compare(CompareArgs),
     /// Time one CQL(H) + discrete SAC gradient step with the reference workload's shapes.
     BenchTrain(BenchArgs),
+    /// Reliability campaigns: kill -9 agents or the server, fuzz the protocol, load with a
+    /// thousand agents, audit privacy (docs/reliability.md).
+    Chaos(crate::commands::chaos::ChaosArgs),
 }
 
 /// Where the world comes from.

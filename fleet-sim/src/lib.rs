@@ -5,6 +5,7 @@
 //!
 //! Every command takes `--json`, which makes the last line of stdout one JSON object.
 
+pub mod chaos;
 pub mod chart;
 pub mod cli;
 pub mod commands;

@@ -64,6 +64,7 @@ impl Shared {
         } else if let Ok(c) = self.store.counters() {
             self.status.send_modify(|s| s.counters = c);
         }
+        tracing::debug!(batch = %batch_id, stored = outcome.stored, duplicate = outcome.duplicate, "ingested");
         let ack = Ack { batch_id, stored: outcome.stored, duplicate: outcome.duplicate };
         encode(&Message::Ack(ack), &self.limits).map(Arc::new).map_err(|e| internal(e.to_string()))
     }

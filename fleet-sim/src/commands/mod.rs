@@ -9,6 +9,7 @@ use serde_json::json;
 
 mod bench;
 mod catalog;
+pub mod chaos;
 mod compare;
 mod simulate;
 
@@ -18,6 +19,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Catalog(a) => catalog::run(a),
         Command::Compare(a) => compare::run(a),
         Command::BenchTrain(a) => bench::run(a),
+        Command::Chaos(a) => chaos::run(a),
     }
 }
 

@@ -1,0 +1,73 @@
+//! `fleet-sim chaos <campaign>`: the long reliability campaigns (docs/reliability.md). Each prints
+//! its figures, and with `--json` one JSON object as the last stdout line; the exit status is
+//! non-zero when the campaign saw a promise broken.
+
+use crate::chaos::bins::Binaries;
+use crate::chaos::{self, Outcome};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Args)]
+pub struct ChaosArgs {
+    #[command(subcommand)]
+    pub campaign: Campaign,
+    /// Directory holding irec-server and edge-agent (default: next to this executable).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Working directory; the campaign uses <DIR>/<campaign> (default: a temporary directory).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Seed of everything random in the campaign.
+    #[arg(long, global = true, default_value_t = 1)]
+    pub seed: u64,
+    /// Make the last line of stdout one JSON object.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Campaign {
+    /// R1: SIGKILL edge-agent processes at random points; D must hold every session once.
+    AgentsKilled {
+        #[arg(long, default_value_t = 6)]
+        agents: usize,
+        /// Sessions per device, over all its lives (finished devices are replaced while kills
+        /// remain).
+        #[arg(long, default_value_t = 200)]
+        sessions: u64,
+        #[arg(long, default_value_t = 120)]
+        kills: usize,
+    },
+}
+
+pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
+    let bins = || -> anyhow::Result<Binaries> {
+        Ok(match &args.bin_dir {
+            Some(d) => Binaries::in_dir(d)?,
+            None => Binaries::locate()?,
+        })
+    };
+    let mut progress = |m: &str| eprintln!("{m}");
+    let outcome = match args.campaign {
+        Campaign::AgentsKilled { agents, sessions, kills } => {
+            let c = chaos::agents_killed::AgentsKilledConfig { agents, sessions, kills, seed: args.seed, dir: args.dir.clone(), ..Default::default() };
+            chaos::agents_killed::run(&bins()?, &c, &mut progress)?
+        }
+    };
+    report(&outcome, args.json)
+}
+
+fn report(outcome: &Outcome, json: bool) -> anyhow::Result<()> {
+    println!("campaign {}: {}", outcome.campaign, if outcome.passed() { "PASSED" } else { "FAILED" });
+    for (k, v) in &outcome.figures {
+        println!("  {k:<32} {v}");
+    }
+    for v in &outcome.violations {
+        println!("  violation: {v}");
+    }
+    crate::commands::print_json(json, &serde_json::to_value(outcome)?);
+    if !outcome.passed() {
+        anyhow::bail!("{} violation(s)", outcome.violations.len());
+    }
+    Ok(())
+}
