@@ -18,7 +18,10 @@ use std::process::ExitCode;
 /// Parses the command line, runs the command, and maps errors to a non-zero exit.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_tracing();
+    // Chaos campaigns run an in-process server against hostile peers: its per-refusal warnings
+    // would bury the report.
+    let quiet = matches!(cli.command, cli::Command::Chaos(_));
+    init_tracing(if quiet { "warn,irec_server=error,irec_edge_agent=error" } else { "warn" });
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -28,8 +31,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

@@ -36,6 +36,8 @@ pub enum StoreError {
     Encode(String),
     #[error("round {0} has no record")]
     NoSuchRound(u32),
+    #[error("storage task failed: {0}")]
+    Task(String),
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -167,8 +169,14 @@ impl Store {
     }
 
     /// Makes everything written so far durable.
+    ///
+    /// sled's synchronous flush on a blocking thread, never `flush_async`: sled 0.34's async
+    /// flush runs on sled's own small thread pool, and concurrent ones there wait for a log
+    /// write queued behind them — a deadlock (spacejam/sled#1308) that froze all ingest when a
+    /// batch was raced on many streams (found by R5, `server/tests/attack.rs`).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.flush()).await.map_err(|e| StoreError::Task(format!("flush: {e}")))??;
         Ok(())
     }
 
@@ -383,6 +391,40 @@ mod tests {
         assert_eq!(st.unfinished_rounds().unwrap().iter().map(|r| r.round).collect::<Vec<_>>(), vec![0]);
         assert!(st.has_batch(BatchId(2)).unwrap());
         assert_eq!(st.all_sessions().unwrap().iter().filter(|(r, _)| *r == 1).count(), 1);
+    }
+
+    /// Regression: with sled's `flush_async`, concurrent flushes deadlocked (spacejam/sled#1308)
+    /// and every upload after them hung. Hundreds of ingest + flush pairs at once must finish.
+    #[test]
+    fn concurrent_ingests_and_flushes_do_not_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Store::open(dir.path()).unwrap();
+        // On its own thread, so that a deadlock fails the test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = st.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async {
+                for round in 0..5u128 {
+                    let mut tasks = Vec::new();
+                    for i in 0..64u128 {
+                        let st = worker.clone();
+                        tasks.push(tokio::spawn(async move {
+                            let b = batch(round * 1000 + i % 16, 2);
+                            let s = st.clone();
+                            tokio::task::spawn_blocking(move || s.ingest(&b, 0)).await.unwrap().unwrap();
+                            st.flush().await.unwrap();
+                        }));
+                    }
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                }
+            });
+            let _ = tx.send(());
+        });
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok(), "ingest + flush deadlocked");
+        assert_eq!(st.counters().unwrap().sessions_total, 5 * 16 * 2, "each batch id stored once");
     }
 
     #[test]

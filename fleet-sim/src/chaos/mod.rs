@@ -22,7 +22,9 @@
 pub mod agents_killed;
 pub mod bins;
 pub mod fleet;
-// pub mod fuzz;
+pub mod client;
+pub mod fuzz;
+pub mod fuzz_live;
 // pub mod load;
 // pub mod privacy;
 // pub mod relay;
@@ -77,6 +79,12 @@ impl Outcome {
 
     pub fn figure(&mut self, name: &str, value: impl Serialize) {
         self.figures.insert(name.to_string(), serde_json::to_value(value).unwrap_or(serde_json::Value::Null));
+    }
+
+    /// Takes over another part's figures and violations (a campaign in several parts).
+    pub fn absorb(&mut self, other: Outcome) {
+        self.figures.extend(other.figures);
+        self.violations.extend(other.violations.into_iter().map(|v| format!("{}: {v}", other.campaign)));
     }
 
     /// Records a violation unless `ok`.

@@ -38,6 +38,19 @@ pub enum Campaign {
         #[arg(long, default_value_t = 120)]
         kills: usize,
     },
+    /// R3: random and mutated input to the frame decoder and every message handler, in memory,
+    /// then a sample of it against a live server.
+    Fuzz {
+        /// Inputs for the in-memory handlers.
+        #[arg(long, default_value_t = 10_000_000)]
+        inputs: u64,
+        /// Inputs sent to a live server over QUIC.
+        #[arg(long, default_value_t = 20_000)]
+        live: u64,
+        /// Worker threads of the in-memory part (the inputs do not depend on it).
+        #[arg(long, default_value_t = 2)]
+        threads: usize,
+    },
 }
 
 pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
@@ -52,6 +65,16 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         Campaign::AgentsKilled { agents, sessions, kills } => {
             let c = chaos::agents_killed::AgentsKilledConfig { agents, sessions, kills, seed: args.seed, dir: args.dir.clone(), ..Default::default() };
             chaos::agents_killed::run(&bins()?, &c, &mut progress)?
+        }
+        Campaign::Fuzz { inputs, live, threads } => {
+            let c = chaos::fuzz::FuzzConfig { inputs, threads, seed: args.seed, ..Default::default() };
+            let say = |m: &str| eprintln!("{m}");
+            let mut out = chaos::fuzz::run(&c, &say)?;
+            if live > 0 {
+                let dir = chaos::fleet::workdir(args.dir.as_deref(), "fuzz-live")?;
+                out.absorb(chaos::fuzz_live::run(live, args.seed, &dir, &say)?);
+            }
+            out
         }
     };
     report(&outcome, args.json)
