@@ -169,6 +169,40 @@ pub fn replay(env: &Environment, device: &DeviceConfig, n: u64) -> Vec<Experienc
         .collect()
 }
 
+/// One replayed session with what only the device knew about it.
+#[derive(Clone, Debug)]
+pub struct Replayed {
+    pub session: ExperienceSession,
+    pub transcript: irec_shared::sim::Transcript,
+    /// The session's seed (its users and tie-breaking derive from it).
+    pub seed: u64,
+}
+
+/// Sessions `0..n` of a device running `policy`, exactly as its agent runs them: the profile of
+/// a first start (noise σ from `device`), and the private bias learned after every session.
+/// Returns the sessions and the profile after the last one.
+pub fn replay_with(
+    env: &Environment,
+    device: &DeviceConfig,
+    n: u64,
+    policy: &dyn irec_edge_agent::LoadedPolicy,
+) -> (Vec<Replayed>, irec_shared::policy::DeviceProfile) {
+    let mut profile = first_profile(device, env);
+    profile.noise_sigma = device.noise_sigma;
+    let targets = profile.population.sampler(env.index.pool(), &env.world.truth);
+    let out = (0..n)
+        .map(|i| {
+            let mut p = policy.instantiate(&profile);
+            let transcript = run_session(env, &targets, p.as_mut(), device.seed, i);
+            let session = ExperienceSession::from_transcript(&transcript, 0);
+            profile.bias.learn(session.turns.iter().map(|t| t.utterance.as_str()), &env.world.lexicon);
+            let seed = irec_shared::rng::derive(irec_shared::rng::derive(device.seed, irec_shared::rng::stream::SESSIONS), i);
+            Replayed { session, transcript, seed }
+        })
+        .collect();
+    (out, profile)
+}
+
 /// How what the server holds compares with what the devices produced.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Tally {

@@ -25,9 +25,10 @@ pub mod fleet;
 pub mod client;
 pub mod fuzz;
 pub mod fuzz_live;
-// pub mod load;
-// pub mod privacy;
-// pub mod relay;
+pub mod load;
+pub mod privacy;
+pub mod probe;
+pub mod relay;
 // pub mod server_killed;
 
 use serde::Serialize;

@@ -51,6 +51,28 @@ pub enum Campaign {
         #[arg(long, default_value_t = 2)]
         threads: usize,
     },
+    /// R4: a thousand in-process agents against one server process on loopback.
+    Load {
+        #[arg(long, default_value_t = 1_000)]
+        agents: usize,
+        /// Sessions per agent.
+        #[arg(long, default_value_t = 20)]
+        sessions: u64,
+        /// Pause between an agent's sessions, in milliseconds.
+        #[arg(long, default_value_t = 50)]
+        session_interval_ms: u64,
+    },
+    /// R6: search all server storage and traffic for what must stay on devices.
+    Privacy {
+        #[arg(long, default_value_t = 4)]
+        agents: usize,
+        /// Sessions per agent.
+        #[arg(long, default_value_t = 40)]
+        sessions: u64,
+        /// Extra server settings (TOML merged into its config: rounds, `[trainer]`, …).
+        #[arg(long, value_name = "FILE")]
+        server_config: Option<PathBuf>,
+    },
 }
 
 pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
@@ -75,6 +97,15 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
                 out.absorb(chaos::fuzz_live::run(live, args.seed, &dir, &say)?);
             }
             out
+        }
+        Campaign::Load { agents, sessions, session_interval_ms } => {
+            let c = chaos::load::LoadConfig { agents, sessions, session_interval_ms, dir: args.dir.clone(), ..Default::default() };
+            chaos::load::run(&bins()?, &c, &|m: &str| eprintln!("{m}"))?
+        }
+        Campaign::Privacy { agents, sessions, server_config } => {
+            let server_extra = server_config.as_deref().map(chaos::fleet::read_extra).transpose()?;
+            let c = chaos::privacy::PrivacyConfig { agents, sessions, server_extra, dir: args.dir.clone(), ..Default::default() };
+            chaos::privacy::run(&bins()?, &c)?
         }
     };
     report(&outcome, args.json)
