@@ -2,6 +2,9 @@
 //!
 //! - `simulate`: run a baseline policy against simulated users and print the metrics table.
 //! - `catalog`: print the catalog's marginals.
+//! - `compare`: the paper's Table 2 in-process.
+//! - `bench-train`: one CQL + SAC gradient step, timed.
+//! - `run`: the federated loop — an irec-server and edge agents on loopback, round by round.
 //!
 //! Every command takes `--json`, which makes the last line of stdout one JSON object.
 
@@ -17,7 +20,9 @@ use std::process::ExitCode;
 /// Parses the command line, runs the command, and maps errors to a non-zero exit.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    init_tracing();
+    // The server and agents that `run` starts log what they do (into the run's log files).
+    let child = matches!(cli.command, cli::Command::Server(_) | cli::Command::Agent(_));
+    init_tracing(if child { "info" } else { "warn" });
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -27,8 +32,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
 }

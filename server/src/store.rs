@@ -302,6 +302,22 @@ impl Store {
         Ok(record)
     }
 
+    /// Records a refused round and carries the deployed policy into the next round: its registry
+    /// entry now says it collects for `next_round`, so agents that stopped at their per-round
+    /// session budget hear a new round and go on with the same bytes. Returns the deployed record.
+    pub fn refuse(&self, round_record: &RoundRecord, next_round: u32) -> Result<Option<PolicyRecord>, StoreError> {
+        let record = (&self.policies, &self.meta, &self.rounds).transaction(|(p, m, r)| {
+            r.insert(&round_record.round.to_be_bytes()[..], json(round_record).map_err(Conflict::Abort)?)?;
+            let Some(v) = m.get(DEPLOYED)? else { return Ok(None) };
+            let Some(bytes) = p.get(&v)? else { return Ok(None) };
+            let mut rec: PolicyRecord = unbin("policies", &bytes).map_err(Conflict::Abort)?;
+            rec.round = rec.round.max(next_round);
+            p.insert(&v, bin(&rec).map_err(Conflict::Abort)?)?;
+            Ok(Some(rec))
+        })?;
+        Ok(record)
+    }
+
     /// Publishes `blob` as version 1 unless a policy exists already (then returns the deployed one
     /// unchanged): the bootstrap of round 0. Flushes.
     pub fn publish_initial(&self, blob: &[u8]) -> Result<PolicyRecord, StoreError> {

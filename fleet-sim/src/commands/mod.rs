@@ -10,6 +10,7 @@ use serde_json::json;
 mod bench;
 mod catalog;
 mod compare;
+mod run;
 mod simulate;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -18,6 +19,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Catalog(a) => catalog::run(a),
         Command::Compare(a) => compare::run(a),
         Command::BenchTrain(a) => bench::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Server(a) => Ok(irec_server::cli::execute(<irec_server::cli::Cli as clap::Parser>::parse_from(
+            std::iter::once("irec-server".to_string()).chain(a.args),
+        ))?),
+        Command::Agent(a) => Ok(irec_edge_agent::cli::execute(<irec_edge_agent::cli::Cli as clap::Parser>::parse_from(
+            std::iter::once("edge-agent".to_string()).chain(a.args),
+        ))?),
     }
 }
 
@@ -30,21 +38,7 @@ pub fn print_json(json: bool, value: &serde_json::Value) {
 
 /// The compute device named on the command line.
 pub fn device(name: &str) -> anyhow::Result<candle_core::Device> {
-    match name {
-        "cpu" => Ok(candle_core::Device::Cpu),
-        cuda if cuda.starts_with("cuda") => {
-            let ordinal: usize = cuda.strip_prefix("cuda:").unwrap_or("0").parse().context("--device cuda:N takes a number")?;
-            #[cfg(feature = "cuda")]
-            {
-                Ok(candle_core::Device::new_cuda(ordinal)?)
-            }
-            #[cfg(not(feature = "cuda"))]
-            {
-                anyhow::bail!("--device cuda:{ordinal} needs a build with `--features cuda` (see docs/gpu.md)")
-            }
-        }
-        other => anyhow::bail!("unknown device {other:?}: use cpu or cuda:N"),
-    }
+    Ok(irec_shared::model::device::open(name)?)
 }
 
 /// The world configuration the arguments describe.
