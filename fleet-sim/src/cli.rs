@@ -78,6 +78,13 @@ pub struct RunArgs {
     /// Test sessions each round's policies are evaluated on (default: the preset's).
     #[arg(long)]
     pub eval_sessions: Option<usize>,
+    /// Gradient steps of each fitted Q evaluation behind the gate (default: the preset's).
+    #[arg(long)]
+    pub fqe_steps: Option<usize>,
+    /// A TOML file overriding the preset's experiment settings (world, pretraining, on-policy
+    /// learner, behaviour noise, SAC/CQL), as for `compare`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Run the `irec-server` and `edge-agent` executables from this folder (e.g. target/release)
     /// instead of fleet-sim's own copies of their code.
     #[arg(long, value_name = "DIR")]

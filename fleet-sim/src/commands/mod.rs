@@ -67,3 +67,24 @@ pub fn metrics_json(m: &Metrics) -> serde_json::Value {
     })
 }
 
+
+/// A preset's experiment settings, overridden field by field by a TOML file's.
+pub fn experiment_config(preset: irec_shared::experiment::Preset, path: Option<&std::path::Path>) -> anyhow::Result<irec_shared::experiment::ExperimentConfig> {
+    use irec_shared::experiment::ExperimentConfig;
+    let Some(path) = path else { return Ok(ExperimentConfig::preset(preset)) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut merged: toml::Table = toml::from_str(&toml::to_string(&ExperimentConfig::preset(preset))?)?;
+    merge(&mut merged, toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?);
+    Ok(ExperimentConfig::from_toml(&toml::to_string(&merged)?)?)
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}

@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use irec_edge_agent::AgentConfig;
 use irec_server::rounds::{TrainerConfig, TrainerKind};
 use irec_server::ServerConfig;
-use irec_shared::experiment::{ExperimentConfig, Preset, Progress};
+use irec_shared::experiment::{Preset, Progress};
 use irec_shared::rng;
 use launch::{agent_address, read_status, Fleet, InProcess, Processes};
 use std::path::Path;
@@ -48,8 +48,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         PresetArg::Quick => (Preset::Quick, "quick"),
         PresetArg::Paper => (Preset::Paper, "paper"),
     };
-    let mut exp = ExperimentConfig::preset(preset);
-    exp.world = world_config(&a.world);
+    let mut exp = super::experiment_config(preset, a.config.as_deref())?;
+    if a.config.is_none() {
+        exp.world = world_config(&a.world);
+    }
     exp.seed = a.seed;
     let s = sizes(preset);
     let quota = a.sessions_per_round.unwrap_or(s.sessions_per_round).max(a.agents as u64);
@@ -95,7 +97,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             round_steps: later_steps,
             eval_sessions,
             eval_seed,
-            fqe: irec_shared::algo::fqe::FqeConfig { steps: s.fqe_steps, ..Default::default() },
+            fqe: irec_shared::algo::fqe::FqeConfig { steps: a.fqe_steps.unwrap_or(s.fqe_steps), ..Default::default() },
             ..TrainerConfig::default()
         },
         ..ServerConfig::default()

@@ -64,6 +64,8 @@ pub struct Report {
     pub sessions_in_d: u64,
     pub agent_problems: Vec<String>,
     pub agents_final_versions: Vec<Option<u64>>,
+    /// Sessions each agent ran (uploaded or still pending when it stopped).
+    pub agents_sessions_run: Vec<u64>,
 }
 
 fn metrics_at(v: &serde_json::Value, who: &str) -> Option<Metrics> {
@@ -148,6 +150,7 @@ impl Report {
             sessions_in_d: status.counters.sessions_total,
             agent_problems: agents.iter().filter_map(|x| x.problem.clone()).collect(),
             agents_final_versions: agents.iter().map(|x| x.stats.as_ref().and_then(|s| s.policy_version)).collect(),
+            agents_sessions_run: agents.iter().map(|x| x.stats.as_ref().map_or(0, |s| s.sessions_run)).collect(),
         }
     }
 
