@@ -145,3 +145,48 @@ fn three_agent_processes_two_rounds() {
     assert_eq!(round0.len(), QUOTA as usize);
     assert_eq!(round0, expected, "D's round-0 sessions differ from what the devices' behaviour policies produce");
 }
+
+/// Twenty agents as tasks of one process, beside the server: every session ingested, every agent
+/// on the published policy. Regression: before `irec_shared::storage_lock`, sled's global lock
+/// deadlocked this within seconds (a transaction waiting on flushes and iterations that waited on
+/// it), and the run hung.
+#[test]
+fn twenty_in_process_agents_one_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(&cfg, TINY).unwrap();
+    let out = dir.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-sim"))
+        .args(["run", "--in-process", "--agents", "20", "--rounds", "1", "--sessions-per-round", "40"])
+        .args(["--steps", "10", "10", "--eval-sessions", "10", "--fqe-steps", "5", "--no-cache", "--json"])
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .env("RAYON_NUM_THREADS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // A hang is the failure this guards against: give it generous time, then fail instead of
+    // blocking CI.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("an in-process fleet of 20 agents did not finish one round in 10 minutes (deadlock?)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "{stdout}");
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["rounds"][0]["sessions_in_d"], 40);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["agents_final_versions"].as_array().unwrap().len(), 20);
+    assert!(report["agent_problems"].as_array().unwrap().is_empty(), "{}", report["agent_problems"]);
+}

@@ -155,7 +155,10 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database at `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::open(dir)?;
+        // No background flusher: every durable point is an explicit flush under the storage lock
+        // (see `irec_shared::storage_lock`), and sled's own periodic flushes could deadlock a
+        // transaction exactly as unguarded ones do.
+        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
         Ok(Store {
             sessions: db.open_tree("sessions")?,
             batches: db.open_tree("batches")?,
@@ -168,11 +171,18 @@ impl Store {
 
     /// Makes everything written so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush_async().await?;
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || {
+            let _sled = irec_shared::storage_lock::guard();
+            db.flush()
+        })
+        .await
+        .map_err(|e| StoreError::Encode(format!("flush task failed: {e}")))??;
         Ok(())
     }
 
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        let _sled = irec_shared::storage_lock::guard();
         self.db.flush()?;
         Ok(())
     }
@@ -193,6 +203,7 @@ impl Store {
         let encoded = batch.sessions.iter().map(bin).collect::<Result<Vec<_>, _>>()?;
         let id = batch.batch_id.to_bytes();
         let n = encoded.len() as u64;
+        let _sled = irec_shared::storage_lock::guard();
         let outcome = (&self.sessions, &self.batches, &self.meta, &self.rounds).transaction(|(s, b, m, r)| {
             if let Some(seen) = b.get(id)? {
                 let seen: BatchRecord = unbin("batches", &seen).map_err(Conflict::Abort)?;
@@ -232,6 +243,7 @@ impl Store {
         let start_of_round = session_key(round, 0);
         let mut out = Vec::new();
         let mut new = 0;
+        let _sled = irec_shared::storage_lock::guard();
         let range = if round == u32::MAX { self.sessions.range::<&[u8], _>(..) } else { self.sessions.range(..&end[..]) };
         for kv in range {
             let (k, v) = kv?;
@@ -245,6 +257,7 @@ impl Store {
 
     /// Every session in D with its ingest round, in ingest order.
     pub fn all_sessions(&self) -> Result<Vec<(u32, ExperienceSession)>, StoreError> {
+        let _sled = irec_shared::storage_lock::guard();
         self.sessions
             .iter()
             .map(|kv| {
@@ -269,6 +282,7 @@ impl Store {
 
     /// Every published version, oldest first.
     pub fn policy_versions(&self) -> Result<Vec<PolicyVersion>, StoreError> {
+        let _sled = irec_shared::storage_lock::guard();
         self.policies
             .iter()
             .keys()
@@ -287,6 +301,7 @@ impl Store {
     ) -> Result<PolicyRecord, StoreError> {
         let sha = sha256(blob);
         let blob = blob.to_vec();
+        let _sled = irec_shared::storage_lock::guard();
         let record = (&self.policies, &self.meta, &self.rounds).transaction(|(p, m, r)| {
             let version = be_u64(m.get(DEPLOYED)?) + 1;
             let record = PolicyRecord { version, round, sha256: sha, trained_in_round, blob: blob.clone() };
@@ -306,6 +321,7 @@ impl Store {
     /// entry now says it collects for `next_round`, so agents that stopped at their per-round
     /// session budget hear a new round and go on with the same bytes. Returns the deployed record.
     pub fn refuse(&self, round_record: &RoundRecord, next_round: u32) -> Result<Option<PolicyRecord>, StoreError> {
+        let _sled = irec_shared::storage_lock::guard();
         let record = (&self.policies, &self.meta, &self.rounds).transaction(|(p, m, r)| {
             r.insert(&round_record.round.to_be_bytes()[..], json(round_record).map_err(Conflict::Abort)?)?;
             let Some(v) = m.get(DEPLOYED)? else { return Ok(None) };
@@ -340,6 +356,7 @@ impl Store {
 
     /// Every round record, oldest first.
     pub fn rounds(&self) -> Result<Vec<RoundRecord>, StoreError> {
+        let _sled = irec_shared::storage_lock::guard();
         self.rounds.iter().values().map(|v| unjson("rounds", &v?)).collect()
     }
 
