@@ -1,6 +1,9 @@
 //! Command-line flags: each overrides the same field of the TOML config.
 
 use crate::config::{AgentConfig, ConfigError};
+use crate::{AgentError, BaselineLoader, NeuralLoader, PolicyLoader};
+use irec_shared::sim::{Environment, Pool, World};
+use std::sync::Arc;
 use clap::Parser;
 use std::path::PathBuf;
 
@@ -126,4 +129,59 @@ impl Cli {
         }
         Ok(c)
     }
+}
+
+/// Why the binary stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    #[error("building the world: {0}")]
+    World(#[from] irec_shared::catalog::csv::CatalogError),
+    #[error("printing the config: {0}")]
+    Print(#[from] toml::ser::Error),
+    #[error("encoding the summary: {0}")]
+    Summary(#[from] serde_json::Error),
+    #[error("starting the async runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// What `edge-agent` does with its flags: run sessions and uploads until done or Ctrl-C /
+/// SIGINT, then print the run's counters as one JSON line. A library function so that
+/// `fleet-sim` can run the same agent as a process of its own.
+pub fn execute(cli: Cli) -> Result<(), CliError> {
+    let print = cli.print_config;
+    let cli_policy = cli.policy;
+    let config = cli.into_config()?;
+    if print {
+        println!("{}", toml::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    let world = Arc::new(World::build(&config.world)?);
+    let env = Arc::new(Environment::with_truth(world.clone(), Pool::Train));
+    let loader: Arc<dyn PolicyLoader> = match cli_policy {
+        PolicyKind::Learned => Arc::new(NeuralLoader::new(world.clone(), config.initial_policy.clone())),
+        PolicyKind::Tracker => Arc::new(
+            BaselineLoader::Tracker { lexicon: Arc::new(world.lexicon.clone()), index: Arc::new(env.index.clone()) }.with_fallback(true),
+        ),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    let stats = runtime.block_on(crate::run_in(config, env, loader, async {
+        let _ = tokio::signal::ctrl_c().await;
+    }))?;
+    println!("{}", summary(&stats)?);
+    Ok(())
+}
+
+/// The counters as printed: latency lists folded into p50/p99 (per-round lists stay).
+pub fn summary(stats: &crate::Stats) -> Result<serde_json::Value, serde_json::Error> {
+    let mut summary = serde_json::to_value(stats)?;
+    if let Some(obj) = summary.as_object_mut() {
+        obj.remove("ack_latencies_ms");
+        obj.insert("ack_p50_ms".into(), serde_json::json!(stats.ack_latency_percentile(50.0)));
+        obj.insert("ack_p99_ms".into(), serde_json::json!(stats.ack_latency_percentile(99.0)));
+    }
+    Ok(summary)
 }

@@ -24,7 +24,7 @@ pub mod sessions;
 pub mod store;
 pub mod tls;
 
-pub use config::AgentConfig;
+pub use config::{AgentConfig, DeviceConfig};
 pub use irec_shared::policy::DeviceProfile;
 pub use learned::NeuralLoader;
 pub use loader::{BaselineLoader, LoadError, LoadedPolicy, PolicyLoader};
@@ -64,6 +64,7 @@ pub enum AgentError {
 
 /// Counters of one run, for the caller and the final JSON line of the binary.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Stats {
     /// Sessions run (and stored) by this process.
     pub sessions_run: u64,

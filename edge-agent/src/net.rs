@@ -216,6 +216,9 @@ impl Net {
         let mut tasks: JoinSet<TaskOut> = JoinSet::new();
         let mut uploads: HashMap<BatchId, AbortHandle> = HashMap::new();
         uploader.connected();
+        if let Some(id) = welcome.deployed.as_ref().and_then(|a| sync.renewed(a)) {
+            self.slot.renew(id);
+        }
         if let Some(req) = sync.on_connected(welcome.deployed) {
             spawn_policy_request(&mut tasks, &conn, req, limits);
         }
@@ -276,7 +279,10 @@ impl Net {
                             loop {
                                 match decoder.next_message() {
                                     Ok(Some(Message::PolicyAnnouncement(a))) => {
-                                        info!(version = a.version, "policy announced");
+                                        info!(version = a.version, round = a.round, "policy announced");
+                                        if let Some(id) = sync.renewed(&a) {
+                                            self.slot.renew(id);
+                                        }
                                         if let Some(req) = sync.on_announcement(a) {
                                             spawn_policy_request(&mut tasks, &conn, req, limits);
                                         }

@@ -36,6 +36,15 @@ impl PolicySlot {
             *g = Some(Arc::new(active));
         }
     }
+
+    /// The same policy, now collecting for a later round (see `PolicySync::renewed`).
+    pub fn renew(&self, id: PolicyId) {
+        if let Ok(mut g) = self.0.write() {
+            if let Some(cur) = g.as_ref().filter(|c| c.id.is_some_and(|c| c.version == id.version)) {
+                *g = Some(Arc::new(ActivePolicy { id: Some(id), loaded: cur.loaded.clone() }));
+            }
+        }
+    }
 }
 
 /// The profile a device starts with: its household drawn from its seed, an empty bias. Equal to

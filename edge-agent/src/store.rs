@@ -39,8 +39,6 @@ pub enum StoreError {
     Corrupt { tree: &'static str, reason: String },
     #[error("encoding a record: {0}")]
     Encode(String),
-    #[error("storage task failed: {0}")]
-    Task(String),
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -109,7 +107,9 @@ pub struct AgentStore {
 impl AgentStore {
     pub fn open(dir: &Path) -> Result<AgentStore, StoreError> {
         // A device's store is small; a small page cache keeps a thousand in-process agents cheap.
-        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).open()?;
+        // No background flusher: every durable point is an explicit flush under the storage lock
+        // (see `irec_shared::storage_lock`).
+        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).flush_every_ms(None).open()?;
         Ok(AgentStore {
             sessions: db.open_tree("sessions")?,
             batches: db.open_tree("batches")?,
@@ -120,17 +120,23 @@ impl AgentStore {
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
+        let _sled = irec_shared::storage_lock::guard();
         self.db.flush()?;
         Ok(())
     }
 
     /// [`AgentStore::flush`] without blocking the async runtime: sled's synchronous flush on a
-    /// blocking thread. Not sled's `flush_async`, which deadlocks when called concurrently
-    /// (spacejam/sled#1308) — and sled's thread pool is shared by every store in a process, so
-    /// a thousand in-process agents would call it concurrently all the time.
+    /// blocking thread under the storage lock. Not sled's `flush_async`, which deadlocks when
+    /// called concurrently (spacejam/sled#1308) — and sled's state is shared by every store in a
+    /// process, so a thousand in-process agents would call it concurrently all the time.
     pub async fn flush_async(&self) -> Result<(), StoreError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush()).await.map_err(|e| StoreError::Task(format!("flush: {e}")))??;
+        tokio::task::spawn_blocking(move || {
+            let _sled = irec_shared::storage_lock::guard();
+            db.flush()
+        })
+        .await
+        .map_err(|e| StoreError::Encode(format!("flush task failed: {e}")))??;
         Ok(())
     }
 
@@ -152,17 +158,21 @@ impl AgentStore {
     pub fn record_session(&self, index: u64, session: &ExperienceSession, profile: &DeviceProfile) -> Result<(), StoreError> {
         let s = bin(session)?;
         let p = bin(profile)?;
-        (&self.sessions, &self.meta).transaction(|(sessions, meta)| {
-            sessions.insert(&index.to_be_bytes()[..], s.as_slice())?;
-            meta.insert(NEXT_SESSION, &(index + 1).to_be_bytes()[..])?;
-            meta.insert(PROFILE, p.as_slice())?;
-            Ok::<_, Conflict<StoreError>>(())
-        })?;
+        {
+            let _sled = irec_shared::storage_lock::guard();
+            (&self.sessions, &self.meta).transaction(|(sessions, meta)| {
+                sessions.insert(&index.to_be_bytes()[..], s.as_slice())?;
+                meta.insert(NEXT_SESSION, &(index + 1).to_be_bytes()[..])?;
+                meta.insert(PROFILE, p.as_slice())?;
+                Ok::<_, Conflict<StoreError>>(())
+            })?;
+        }
         self.flush()
     }
 
     /// Sessions waiting for a batch.
     pub fn unbatched(&self) -> usize {
+        let _sled = irec_shared::storage_lock::guard();
         self.sessions.len()
     }
 
@@ -174,6 +184,7 @@ impl AgentStore {
         let mut groups: Vec<Vec<(sled::IVec, sled::IVec)>> = Vec::new();
         let mut current: Vec<(sled::IVec, sled::IVec)> = Vec::new();
         let mut bytes = BATCH_OVERHEAD;
+        let sled = irec_shared::storage_lock::guard();
         for kv in self.sessions.iter() {
             let (k, v) = kv?;
             if !current.is_empty() && (current.len() >= max_sessions || bytes + v.len() > max_bytes) {
@@ -183,6 +194,7 @@ impl AgentStore {
             bytes += v.len();
             current.push((k, v));
         }
+        drop(sled);
         if !current.is_empty() && (all || current.len() >= max_sessions) {
             groups.push(current);
         }
@@ -192,6 +204,7 @@ impl AgentStore {
             let first_session = be_u64(group.first().map(|(k, _)| k.clone()));
             let batch = StoredBatch { id: BatchId(rand::random()), first_session, sessions };
             let encoded = bin(&batch)?;
+            let _sled = irec_shared::storage_lock::guard();
             (&self.sessions, &self.batches).transaction(|(s, b)| {
                 for (k, _) in &group {
                     s.remove(k)?;
@@ -210,6 +223,7 @@ impl AgentStore {
     /// Formed batches not yet acked, oldest first.
     pub fn pending_batches(&self) -> Result<Vec<BatchId>, StoreError> {
         let mut all: Vec<(u64, BatchId)> = Vec::new();
+        let _sled = irec_shared::storage_lock::guard();
         for v in self.batches.iter().values() {
             let b: StoredBatch = unbin("batches", &v?)?;
             all.push((b.first_session, b.id));
@@ -231,16 +245,20 @@ impl AgentStore {
     /// The server refused `id`'s content: keep it aside, never resend it.
     pub fn quarantine(&self, id: BatchId) -> Result<(), StoreError> {
         let key = id.to_bytes();
-        (&self.batches, &self.quarantine).transaction(|(b, q)| {
-            if let Some(v) = b.remove(&key[..])? {
-                q.insert(&key[..], v)?;
-            }
-            Ok::<_, Conflict<StoreError>>(())
-        })?;
+        {
+            let _sled = irec_shared::storage_lock::guard();
+            (&self.batches, &self.quarantine).transaction(|(b, q)| {
+                if let Some(v) = b.remove(&key[..])? {
+                    q.insert(&key[..], v)?;
+                }
+                Ok::<_, Conflict<StoreError>>(())
+            })?;
+        }
         self.flush()
     }
 
     pub fn quarantined(&self) -> usize {
+        let _sled = irec_shared::storage_lock::guard();
         self.quarantine.len()
     }
 

@@ -21,9 +21,84 @@ pub enum Command {
     Compare(CompareArgs),
     /// Time one CQL(H) + discrete SAC gradient step with the reference workload's shapes.
     BenchTrain(BenchArgs),
+    /// The federated loop: an irec-server and N edge agents on loopback, bootstrapped with
+    /// behaviour policies, through R rounds of offline training, gating and redeployment.
+    Run(RunArgs),
+    /// Runs the irec-server binary's code in this process (how `run` starts the server when no
+    /// `irec-server` executable sits next to fleet-sim). Takes irec-server's flags.
+    #[command(name = "irec-server", hide = true, disable_help_flag = true)]
+    Server(Passthrough),
+    /// Same for the edge-agent binary.
+    #[command(name = "edge-agent", hide = true, disable_help_flag = true)]
+    Agent(Passthrough),
     /// Reliability campaigns: kill -9 agents or the server, fuzz the protocol, load with a
     /// thousand agents, audit privacy (docs/reliability.md).
     Chaos(crate::commands::chaos::ChaosArgs),
+}
+
+/// Arguments handed to another binary's parser unchanged.
+#[derive(Debug, Args)]
+pub struct Passthrough {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Edge agents in the fleet.
+    #[arg(long, default_value_t = 3)]
+    pub agents: usize,
+    /// Rounds the server trains; round 0 learns from the behaviour policies' sessions, each later
+    /// one from D ∪ D′ after the fleet ran the policy deployed for it.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// New sessions that close a round (default: the preset's).
+    #[arg(long)]
+    pub sessions_per_round: Option<u64>,
+    /// Scale of pretraining, behaviour policies, training steps and evaluation.
+    #[arg(long, value_enum, default_value_t = PresetArg::Quick)]
+    pub preset: PresetArg,
+    /// Report folder; also holds the server's and agents' data dirs and logs.
+    #[arg(long, value_name = "DIR", default_value = "runs/run")]
+    pub out: PathBuf,
+    /// Agents as tasks of this process (for fleets of thousands) instead of processes.
+    #[arg(long)]
+    pub in_process: bool,
+    /// Seed of the bootstrap, the devices and training.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Where pretrained perception is cached between runs.
+    #[arg(long, value_name = "DIR", default_value = "runs/cache")]
+    pub cache: PathBuf,
+    #[arg(long)]
+    pub no_cache: bool,
+    /// Training device of the server: cpu, or cuda:N with a `--features cuda` build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// Gradient steps of the first trained round and of each later one (default: the preset's).
+    #[arg(long, num_args = 2, value_names = ["FIRST", "LATER"])]
+    pub steps: Option<Vec<usize>>,
+    /// Test sessions each round's policies are evaluated on (default: the preset's).
+    #[arg(long)]
+    pub eval_sessions: Option<usize>,
+    /// Gradient steps of each fitted Q evaluation behind the gate (default: the preset's).
+    #[arg(long)]
+    pub fqe_steps: Option<usize>,
+    /// A TOML file overriding the preset's experiment settings (world, pretraining, on-policy
+    /// learner, behaviour noise, SAC/CQL), as for `compare`.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Run the `irec-server` and `edge-agent` executables from this folder (e.g. target/release)
+    /// instead of fleet-sim's own copies of their code.
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Give up (and stop the fleet) after this many minutes.
+    #[arg(long, default_value_t = 60)]
+    pub timeout_min: u64,
+    #[command(flatten)]
+    pub world: WorldArgs,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Where the world comes from.

@@ -2,6 +2,9 @@
 //!
 //! - `simulate`: run a baseline policy against simulated users and print the metrics table.
 //! - `catalog`: print the catalog's marginals.
+//! - `compare`: the paper's Table 2 in-process.
+//! - `bench-train`: one CQL + SAC gradient step, timed.
+//! - `run`: the federated loop — an irec-server and edge agents on loopback, round by round.
 //!
 //! Every command takes `--json`, which makes the last line of stdout one JSON object.
 
@@ -19,9 +22,14 @@ use std::process::ExitCode;
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     // Chaos campaigns run an in-process server against hostile peers: its per-refusal warnings
-    // would bury the report.
-    let quiet = matches!(cli.command, cli::Command::Chaos(_));
-    init_tracing(if quiet { "warn,irec_server=error,irec_edge_agent=error" } else { "warn" });
+    // would bury the report. The server and agents that `run` starts log what they do (into the
+    // run's log files).
+    let filter = match cli.command {
+        cli::Command::Chaos(_) => "warn,irec_server=error,irec_edge_agent=error",
+        cli::Command::Server(_) | cli::Command::Agent(_) => "info",
+        _ => "warn",
+    };
+    init_tracing(filter);
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,6 +1,8 @@
 //! Command-line flags: each overrides the same field of the TOML config.
 
 use crate::config::{ConfigError, ServerConfig};
+use crate::rounds::{LearnedTrainer, NoTrainer, RoundTrainer, TrainerKind};
+use std::sync::Arc;
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -45,6 +47,12 @@ pub struct Cli {
     /// Seed of the simulated world (must match the agents').
     #[arg(long)]
     pub world_seed: Option<u64>,
+    /// Round trainer: learned (CQL(H) + SAC with an FQE gate) or none.
+    #[arg(long, value_parser = ["learned", "none"])]
+    pub trainer: Option<String>,
+    /// Checkpoint carrying the pretrained perception the trainer featurizes with.
+    #[arg(long)]
+    pub perception: Option<PathBuf>,
     /// Print the effective config as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -87,10 +95,49 @@ impl Cli {
         if let Some(v) = self.items {
             c.world.catalog.items = v;
         }
+        if let Some(v) = self.trainer.as_deref() {
+            c.trainer.kind = if v == "none" { TrainerKind::None } else { TrainerKind::Learned };
+        }
+        if let Some(v) = self.perception {
+            c.trainer.perception = Some(v);
+        }
         if let Some(v) = self.world_seed {
             c.world.catalog.seed = v;
             c.world.features.seed = v;
         }
         Ok(c)
     }
+}
+
+/// Why the binary stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Server(#[from] crate::ServerError),
+    #[error("printing the config: {0}")]
+    Print(#[from] toml::ser::Error),
+    #[error("starting the async runtime: {0}")]
+    Runtime(#[from] std::io::Error),
+}
+
+/// What `irec-server` does with its flags: serve until Ctrl-C / SIGINT, then stop in order.
+/// A library function so that `fleet-sim` can run the same server as a process of its own.
+pub fn execute(cli: Cli) -> Result<(), CliError> {
+    let print = cli.print_config;
+    let config = cli.into_config()?;
+    if print {
+        println!("{}", toml::to_string_pretty(&config)?);
+        return Ok(());
+    }
+    let trainer: Arc<dyn RoundTrainer> = match config.trainer.kind {
+        TrainerKind::Learned => Arc::new(LearnedTrainer::new(config.trainer.clone(), config.world.clone(), &config.data_dir)),
+        TrainerKind::None => Arc::new(NoTrainer),
+    };
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(crate::run(config, trainer, async {
+        let _ = tokio::signal::ctrl_c().await;
+    }))?;
+    Ok(())
 }

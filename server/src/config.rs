@@ -1,6 +1,7 @@
 //! Server settings: a plain struct with serde defaults, loadable from TOML, overridable by flags.
 
 use irec_shared::protocol::validate::DEFAULT_MAX_BATCH_SESSIONS;
+use crate::rounds::TrainerConfig;
 use irec_shared::protocol::FrameLimits;
 use irec_shared::sim::WorldConfig;
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     pub device: String,
     /// Base seed of training jobs (round r trains with a seed derived from it and r).
     pub seed: u64,
+    /// The round trainer (`[trainer]`).
+    pub trainer: TrainerConfig,
 }
 
 impl Default for ServerConfig {
@@ -71,6 +74,7 @@ impl Default for ServerConfig {
             cert_names: vec![crate::tls::DEFAULT_SERVER_NAME.to_string(), "localhost".to_string()],
             device: "cpu".to_string(),
             seed: 2022,
+            trainer: TrainerConfig::default(),
         }
     }
 }

@@ -39,6 +39,8 @@ pub struct Shared {
     /// Wakes the round driver when an ingest closes a round.
     pub round_wake: Notify,
     pub connections: AtomicUsize,
+    /// Where the endpoint listens (reported in the status).
+    pub local_addr: Option<SocketAddr>,
     /// The deployed policy's encoded `PolicyBlob` frame, built once per version and shared by
     /// every request for it (a thousand agents pulling a 5 MB policy share one copy).
     blob_frame: Mutex<Option<(PolicyVersion, Arc<Vec<u8>>)>>,
@@ -109,7 +111,8 @@ impl Shared {
     /// Refreshes the live status from the store.
     pub fn publish_status(&self) {
         match ServerStatus::read(&self.store, self.connections.load(Ordering::Relaxed)) {
-            Ok(s) => {
+            Ok(mut s) => {
+                s.listening = self.local_addr;
                 self.status.send_replace(s);
             }
             Err(e) => warn!("reading status: {e}"),
@@ -191,7 +194,9 @@ impl Server {
 
         let deployed = store.deployed()?.map(|p| p.announcement());
         let (announce_tx, announce) = watch::channel(deployed);
-        let initial = ServerStatus::read(&store, 0)?;
+        let local_addr = endpoint.local_addr().ok();
+        let mut initial = ServerStatus::read(&store, 0)?;
+        initial.listening = local_addr;
         let (status_tx, status) = watch::channel(initial);
         let shared = Arc::new(Shared {
             store,
@@ -206,6 +211,7 @@ impl Server {
             status: status_tx,
             round_wake: Notify::new(),
             connections: AtomicUsize::new(0),
+            local_addr,
             blob_frame: Mutex::new(None),
         });
         shared.write_status_file();

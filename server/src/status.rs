@@ -20,6 +20,10 @@ pub struct ServerStatus {
     pub rounds: Vec<RoundRecord>,
     /// Agents connected now.
     pub connections: usize,
+    /// The UDP address the endpoint is bound to (tools that started the server on port 0 read
+    /// the real port here).
+    #[serde(default)]
+    pub listening: Option<std::net::SocketAddr>,
 }
 
 impl ServerStatus {
@@ -29,6 +33,7 @@ impl ServerStatus {
             deployed: store.deployed()?.map(|p| p.announcement()),
             rounds: store.rounds()?,
             connections,
+            listening: None,
         })
     }
 }

@@ -36,8 +36,6 @@ pub enum StoreError {
     Encode(String),
     #[error("round {0} has no record")]
     NoSuchRound(u32),
-    #[error("storage task failed: {0}")]
-    Task(String),
 }
 
 impl From<TransactionError<StoreError>> for StoreError {
@@ -157,7 +155,10 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database at `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        let db = sled::open(dir)?;
+        // No background flusher: every durable point is an explicit flush under the storage lock
+        // (see `irec_shared::storage_lock`), and sled's own periodic flushes could deadlock a
+        // transaction exactly as unguarded ones do.
+        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
         Ok(Store {
             sessions: db.open_tree("sessions")?,
             batches: db.open_tree("batches")?,
@@ -170,17 +171,22 @@ impl Store {
 
     /// Makes everything written so far durable.
     ///
-    /// sled's synchronous flush on a blocking thread, never `flush_async`: sled 0.34's async
-    /// flush runs on sled's own small thread pool, and concurrent ones there wait for a log
-    /// write queued behind them — a deadlock (spacejam/sled#1308) that froze all ingest when a
-    /// batch was raced on many streams (found by R5, `server/tests/attack.rs`).
+    /// sled's synchronous flush on a blocking thread under the storage lock, never
+    /// `flush_async`: concurrent flushes deadlock in sled 0.34 (spacejam/sled#1308, #1301; R5's
+    /// race test in `server/tests/attack.rs` froze all ingest with it).
     pub async fn flush(&self) -> Result<(), StoreError> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.flush()).await.map_err(|e| StoreError::Task(format!("flush: {e}")))??;
+        tokio::task::spawn_blocking(move || {
+            let _sled = irec_shared::storage_lock::guard();
+            db.flush()
+        })
+        .await
+        .map_err(|e| StoreError::Encode(format!("flush task failed: {e}")))??;
         Ok(())
     }
 
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
+        let _sled = irec_shared::storage_lock::guard();
         self.db.flush()?;
         Ok(())
     }
@@ -201,6 +207,7 @@ impl Store {
         let encoded = batch.sessions.iter().map(bin).collect::<Result<Vec<_>, _>>()?;
         let id = batch.batch_id.to_bytes();
         let n = encoded.len() as u64;
+        let _sled = irec_shared::storage_lock::guard();
         let outcome = (&self.sessions, &self.batches, &self.meta, &self.rounds).transaction(|(s, b, m, r)| {
             if let Some(seen) = b.get(id)? {
                 let seen: BatchRecord = unbin("batches", &seen).map_err(Conflict::Abort)?;
@@ -240,6 +247,7 @@ impl Store {
         let start_of_round = session_key(round, 0);
         let mut out = Vec::new();
         let mut new = 0;
+        let _sled = irec_shared::storage_lock::guard();
         let range = if round == u32::MAX { self.sessions.range::<&[u8], _>(..) } else { self.sessions.range(..&end[..]) };
         for kv in range {
             let (k, v) = kv?;
@@ -253,6 +261,7 @@ impl Store {
 
     /// Every session in D with its ingest round, in ingest order.
     pub fn all_sessions(&self) -> Result<Vec<(u32, ExperienceSession)>, StoreError> {
+        let _sled = irec_shared::storage_lock::guard();
         self.sessions
             .iter()
             .map(|kv| {
@@ -277,6 +286,7 @@ impl Store {
 
     /// Every published version, oldest first.
     pub fn policy_versions(&self) -> Result<Vec<PolicyVersion>, StoreError> {
+        let _sled = irec_shared::storage_lock::guard();
         self.policies
             .iter()
             .keys()
@@ -295,6 +305,7 @@ impl Store {
     ) -> Result<PolicyRecord, StoreError> {
         let sha = sha256(blob);
         let blob = blob.to_vec();
+        let _sled = irec_shared::storage_lock::guard();
         let record = (&self.policies, &self.meta, &self.rounds).transaction(|(p, m, r)| {
             let version = be_u64(m.get(DEPLOYED)?) + 1;
             let record = PolicyRecord { version, round, sha256: sha, trained_in_round, blob: blob.clone() };
@@ -306,6 +317,23 @@ impl Store {
                 r.insert(&rr.round.to_be_bytes()[..], json(&rr).map_err(Conflict::Abort)?)?;
             }
             Ok(record)
+        })?;
+        Ok(record)
+    }
+
+    /// Records a refused round and carries the deployed policy into the next round: its registry
+    /// entry now says it collects for `next_round`, so agents that stopped at their per-round
+    /// session budget hear a new round and go on with the same bytes. Returns the deployed record.
+    pub fn refuse(&self, round_record: &RoundRecord, next_round: u32) -> Result<Option<PolicyRecord>, StoreError> {
+        let _sled = irec_shared::storage_lock::guard();
+        let record = (&self.policies, &self.meta, &self.rounds).transaction(|(p, m, r)| {
+            r.insert(&round_record.round.to_be_bytes()[..], json(round_record).map_err(Conflict::Abort)?)?;
+            let Some(v) = m.get(DEPLOYED)? else { return Ok(None) };
+            let Some(bytes) = p.get(&v)? else { return Ok(None) };
+            let mut rec: PolicyRecord = unbin("policies", &bytes).map_err(Conflict::Abort)?;
+            rec.round = rec.round.max(next_round);
+            p.insert(&v, bin(&rec).map_err(Conflict::Abort)?)?;
+            Ok(Some(rec))
         })?;
         Ok(record)
     }
@@ -332,6 +360,7 @@ impl Store {
 
     /// Every round record, oldest first.
     pub fn rounds(&self) -> Result<Vec<RoundRecord>, StoreError> {
+        let _sled = irec_shared::storage_lock::guard();
         self.rounds.iter().values().map(|v| unjson("rounds", &v?)).collect()
     }
 

@@ -88,8 +88,12 @@ async fn the_gate_refuses_a_candidate_estimated_worse_and_records_why() {
     assert_eq!(r0.status, RoundStatus::Refused);
     assert_eq!((r0.candidate_estimate, r0.deployed_estimate, r0.published_version), (Some(0.5), Some(1.0), None));
     assert!(r0.gate.as_ref().unwrap().reason.contains("<"), "{:?}", r0.gate);
-    assert_eq!(status.deployed.map(|d| d.version), Some(1));
-    assert_eq!(c.announcement(Duration::from_millis(300)).await, None, "nothing announced");
+    // The deployed policy carries on into round 1: same version and bytes, announced for round 1
+    // (agents that stopped at their per-round budget hear a new round; nothing to fetch).
+    let deployed = status.deployed.unwrap();
+    assert_eq!((deployed.version, deployed.round), (1, 1));
+    let ann = c.announcement(Duration::from_secs(5)).await.expect("the carried-on policy is announced");
+    assert_eq!(ann, deployed);
     server.stop().await;
 }
 

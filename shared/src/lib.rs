@@ -9,6 +9,7 @@
 //! - [`experience`]: the anonymized sessions devices upload.
 //! - [`metrics`]: SR@K, NI, NV with standard errors; the Markdown table.
 //! - [`rng`]: seeded, order-independent randomness.
+//! - [`storage_lock`]: the process-wide guard around sled transactions and iterations.
 
 pub mod algo;
 pub mod bench;
@@ -22,3 +23,4 @@ pub mod protocol;
 pub mod retrieval;
 pub mod rng;
 pub mod sim;
+pub mod storage_lock;

@@ -5,7 +5,7 @@ use crate::cli::{CompareArgs, PresetArg};
 use crate::progress::Bars;
 use crate::report;
 use anyhow::Context;
-use irec_shared::experiment::{compare, ExperimentConfig, Preset};
+use irec_shared::experiment::{compare, Preset};
 use serde_json::json;
 
 pub fn run(a: CompareArgs) -> anyhow::Result<()> {
@@ -13,17 +13,7 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         PresetArg::Quick => (Preset::Quick, "quick"),
         PresetArg::Paper => (Preset::Paper, "paper"),
     };
-    let mut cfg = match &a.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-            let base = toml::to_string(&ExperimentConfig::preset(preset))?;
-            // The file overrides the preset field by field.
-            let mut merged: toml::Table = toml::from_str(&base)?;
-            merge(&mut merged, toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?);
-            ExperimentConfig::from_toml(&toml::to_string(&merged)?)?
-        }
-        None => ExperimentConfig::preset(preset),
-    };
+    let mut cfg = super::experiment_config(preset, a.config.as_deref())?;
     cfg.seed = a.seed;
     let dev = device(&a.device)?;
     let started = std::time::Instant::now();
@@ -48,15 +38,4 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
         .collect();
     print_json(a.json, &json!({"preset": name, "seed": a.seed, "rows": rows}));
     Ok(())
-}
-
-fn merge(base: &mut toml::Table, over: toml::Table) {
-    for (k, v) in over {
-        match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
-            (_, v) => {
-                base.insert(k, v);
-            }
-        }
-    }
 }

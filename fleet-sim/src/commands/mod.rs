@@ -11,6 +11,7 @@ mod bench;
 mod catalog;
 pub mod chaos;
 mod compare;
+mod run;
 mod simulate;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -20,6 +21,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(a) => compare::run(a),
         Command::BenchTrain(a) => bench::run(a),
         Command::Chaos(a) => chaos::run(a),
+        Command::Run(a) => run::run(a),
+        Command::Server(a) => Ok(irec_server::cli::execute(<irec_server::cli::Cli as clap::Parser>::parse_from(
+            std::iter::once("irec-server".to_string()).chain(a.args),
+        ))?),
+        Command::Agent(a) => Ok(irec_edge_agent::cli::execute(<irec_edge_agent::cli::Cli as clap::Parser>::parse_from(
+            std::iter::once("edge-agent".to_string()).chain(a.args),
+        ))?),
     }
 }
 
@@ -32,21 +40,7 @@ pub fn print_json(json: bool, value: &serde_json::Value) {
 
 /// The compute device named on the command line.
 pub fn device(name: &str) -> anyhow::Result<candle_core::Device> {
-    match name {
-        "cpu" => Ok(candle_core::Device::Cpu),
-        cuda if cuda.starts_with("cuda") => {
-            let ordinal: usize = cuda.strip_prefix("cuda:").unwrap_or("0").parse().context("--device cuda:N takes a number")?;
-            #[cfg(feature = "cuda")]
-            {
-                Ok(candle_core::Device::new_cuda(ordinal)?)
-            }
-            #[cfg(not(feature = "cuda"))]
-            {
-                anyhow::bail!("--device cuda:{ordinal} needs a build with `--features cuda` (see docs/gpu.md)")
-            }
-        }
-        other => anyhow::bail!("unknown device {other:?}: use cpu or cuda:N"),
-    }
+    Ok(irec_shared::model::device::open(name)?)
 }
 
 /// The world configuration the arguments describe.
@@ -75,3 +69,24 @@ pub fn metrics_json(m: &Metrics) -> serde_json::Value {
     })
 }
 
+
+/// A preset's experiment settings, overridden field by field by a TOML file's.
+pub fn experiment_config(preset: irec_shared::experiment::Preset, path: Option<&std::path::Path>) -> anyhow::Result<irec_shared::experiment::ExperimentConfig> {
+    use irec_shared::experiment::ExperimentConfig;
+    let Some(path) = path else { return Ok(ExperimentConfig::preset(preset)) };
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut merged: toml::Table = toml::from_str(&toml::to_string(&ExperimentConfig::preset(preset))?)?;
+    merge(&mut merged, toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?);
+    Ok(ExperimentConfig::from_toml(&toml::to_string(&merged)?)?)
+}
+
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}

@@ -173,8 +173,12 @@ async fn finish(shared: &Arc<Shared>, config: &DriverConfig, mut rec: RoundRecor
         }
         Decision::Refused => {
             rec.status = RoundStatus::Refused;
-            shared.store.put_round(&rec)?;
+            let deployed = shared.store.refuse(&rec, round + 1)?;
             shared.store.flush().await?;
+            if let Some(d) = deployed {
+                // Same version and bytes, next round: agents keep collecting with it.
+                shared.announce(d.announcement());
+            }
         }
     }
     Ok(())

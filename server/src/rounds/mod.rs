@@ -3,6 +3,7 @@
 //! - [`trainer`]: the [`RoundTrainer`] trait the learning core implements, and its job/outcome.
 //! - [`gate`]: the deployment gate (a pure function of two value estimates).
 //! - [`record`]: what is stored per round.
+//! - [`learned`]: the learning core's trainer (CQL(H) + SAC, FQE, simulator evaluation).
 //! - [`driver`]: the task that trains closed rounds one at a time while ingest runs.
 //!
 //! A round closes inside the ingest transaction that fills its quota (the record is `queued`,
@@ -13,9 +14,11 @@
 
 pub mod driver;
 pub mod gate;
+pub mod learned;
 pub mod record;
 pub mod trainer;
 
+pub use learned::{LearnedTrainer, TrainerConfig, TrainerKind};
 pub use gate::{decide, Decision, GateVerdict};
 pub use record::{RoundRecord, RoundStatus};
 pub use trainer::{CancelFlag, DeployedPolicy, NoTrainer, RoundTrainer, TrainError, TrainJob, TrainOutcome};

@@ -351,11 +351,14 @@ impl DiscreteSac {
         nets.losses(&s, &s_next, &s_next_target, &rows)
     }
 
-    /// Σ_d logsumexp of the first critic on given states (for the conservatism test).
+    /// Both critics' per-head outputs Q_{i,d}(s, ·), each (N, Σ heads), on given states (N, hidden):
+    /// Q_i(s, a) = Σ_d of the slots `a` picks (diagnostics; the conservatism test).
     pub fn q_values(&self, states: &Tensor) -> Result<(Tensor, Tensor)> {
         Ok((self.q1.forward(states)?, self.q2.forward(states)?))
     }
 
+    /// log Σ_a exp Q(s, a) over the joint action space, per row of a critic output `q` (N, Σ heads):
+    /// Σ_d logsumexp Q_d(s, ·), exact because Q factorizes.
     pub fn lse(&self, q: &Tensor) -> Result<Tensor> {
         seg_logsumexp(q, self.rec.heads())?.sum(D::Minus1)
     }

@@ -333,7 +333,7 @@ fn iterative(
 }
 
 /// Each behaviour device's policy, with its noise and bias, on an equal share of the test sessions.
-fn behaviour_on_test(lab: &Lab, devices: &[BehaviourDevice], sessions: usize, seed: u64) -> Result<Metrics> {
+pub fn behaviour_on_test(lab: &Lab, devices: &[BehaviourDevice], sessions: usize, seed: u64) -> Result<Metrics> {
     use crate::model::{rollout, Acting, SessionSpec};
     let m = devices.len().max(1);
     let mut ts = Vec::with_capacity(sessions);

@@ -10,11 +10,13 @@
 //!   per-head softmax).
 //! - [`params`]: seeded parameter store.
 //! - [`checkpoint`]: safetensors + config + version in one blob.
+//! - [`device`]: `cpu` / `cuda:N` by name.
 //! - [`acting`]: from a session to an action, with device noise and bias; batched rollouts.
 
 pub mod acting;
 pub mod attrnet;
 pub mod checkpoint;
+pub mod device;
 pub mod gru_sequence;
 pub mod heads;
 pub mod kernels;

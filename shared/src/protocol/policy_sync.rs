@@ -75,6 +75,18 @@ impl PolicySync {
         self.requesting
     }
 
+    /// An announcement of the installed policy (same version, same hash) for a later round: the
+    /// server refused that round's candidate and carries the deployed policy on. Returns the
+    /// installed id with the new round, for the shell to tag sessions with; nothing to fetch.
+    pub fn renewed(&mut self, a: &PolicyAnnouncement) -> Option<PolicyId> {
+        let i = self.installed.as_mut()?;
+        if a.version == i.version && a.sha256 == i.sha256 && a.round > i.round {
+            i.round = a.round;
+            return Some(*i);
+        }
+        None
+    }
+
     /// The server's welcome on (re)connect; it doubles as a poll.
     pub fn on_connected(&mut self, deployed: Option<PolicyAnnouncement>) -> Option<PolicyRequest> {
         self.requesting = false;
@@ -165,6 +177,19 @@ mod tests {
 
     fn blob(version: u64, bytes: &[u8]) -> PolicyBlob {
         PolicyBlob { version, round: version as u32 - 1, sha256: sha256(bytes), bytes: bytes.to_vec() }
+    }
+
+    #[test]
+    fn a_refused_round_renews_the_installed_policy_without_a_fetch() {
+        let b = blob(1, b"weights-1");
+        let id = PolicyId::from(b.announcement());
+        let mut s = PolicySync::new(Some(id));
+        assert_eq!(s.renewed(&b.announcement()), None, "same round: nothing new");
+        let next = PolicyAnnouncement { round: id.round + 1, ..b.announcement() };
+        assert_eq!(s.renewed(&next), Some(PolicyId { round: id.round + 1, ..id }));
+        assert_eq!(s.on_announcement(next), None, "same version: nothing to fetch");
+        let other = PolicyAnnouncement { round: id.round + 2, sha256: sha256(b"other"), ..b.announcement() };
+        assert_eq!(s.renewed(&other), None, "another hash is not the installed policy");
     }
 
     #[test]

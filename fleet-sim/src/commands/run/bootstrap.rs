@@ -1,0 +1,85 @@
+//! Round 0's ingredients, made before the fleet starts: the pretrained perception, the behaviour
+//! policies (snapshots of the on-policy learner), every device's private settings, and the
+//! reference figures the rounds are judged against (the behaviour devices and the rule-based
+//! tracker on the same test sessions the server evaluates each round on).
+
+use crate::progress::Bars;
+use anyhow::Context;
+use irec_edge_agent::sessions::first_profile;
+use irec_edge_agent::DeviceConfig;
+use irec_shared::rng;
+use rand::Rng as _;
+use irec_shared::experiment::behaviour::{train_on_policy, BehaviourDevice};
+use irec_shared::experiment::compare::behaviour_on_test;
+use irec_shared::experiment::{ExperimentConfig, Lab, Progress};
+use irec_shared::metrics::Metrics;
+use irec_shared::model::PolicyModel;
+use irec_shared::policy::{evaluate_metrics, DeviceProfile, TrackerPolicy};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+pub struct Bootstrap {
+    /// The frozen text encoder + AttrNet, for the server's trainer.
+    pub perception: PathBuf,
+    /// Behaviour policy checkpoints; device i starts with `behaviour[i % len]`.
+    pub behaviour: Vec<PathBuf>,
+    /// Device i's private settings (its seed and noise σ); the reference figures use the profile
+    /// the agent itself derives from them, so they describe the real fleet.
+    pub devices: Vec<DeviceConfig>,
+    /// The devices running their behaviour policies, with their noise and bias, on the test split.
+    pub behaviour_metrics: Metrics,
+    pub tracker_metrics: Metrics,
+    pub seconds: f64,
+}
+
+pub fn bootstrap(
+    cfg: &ExperimentConfig,
+    agents: usize,
+    dir: &Path,
+    device: &candle_core::Device,
+    cache: Option<&Path>,
+    eval_sessions: usize,
+    eval_seed: u64,
+    bars: &Bars,
+) -> anyhow::Result<Bootstrap> {
+    let started = Instant::now();
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let lab = Lab::build(&cfg.world, &cfg.pretrain, device, cache, bars)?;
+    let onp = train_on_policy(&lab, &cfg.on_policy, cfg.seed, bars)?;
+    let perception = dir.join("perception.ckpt");
+    std::fs::write(&perception, lab.perception.to_checkpoint().to_bytes()?).with_context(|| format!("writing {}", perception.display()))?;
+    let mut behaviour = Vec::new();
+    let mut models = Vec::new();
+    for (k, (_, ck)) in onp.snapshots.iter().enumerate() {
+        let path = dir.join(format!("behaviour-{k}.ckpt"));
+        std::fs::write(&path, ck.to_bytes()?).with_context(|| format!("writing {}", path.display()))?;
+        behaviour.push(path);
+        models.push(Arc::new(PolicyModel::from_checkpoint(ck, device)?));
+    }
+    anyhow::ensure!(!models.is_empty(), "the on-policy learner left no snapshot to behave with");
+
+    // Seeds stay below 2^63: the agents read them from TOML, whose integers are signed.
+    let devices: Vec<DeviceConfig> = (0..agents as u64)
+        .map(|i| {
+            let seed = rng::derive(rng::derive(cfg.seed, rng::stream::DEVICES), i) & (i64::MAX as u64);
+            let (lo, hi) = cfg.behaviour.noise_sigma;
+            let noise_sigma = if hi > lo { rng::rng(seed).random_range(lo..hi) } else { lo };
+            DeviceConfig { seed, noise_sigma, ..DeviceConfig::default() }
+        })
+        .collect();
+    // The very profile each agent will start from (household, noise, empty bias).
+    let profiles: Vec<DeviceProfile> = devices.iter().map(|d| first_profile(d, &lab.collect_env)).collect();
+
+    bars.start("reference figures (behaviour devices, tracker)", 2);
+    let fleet: Vec<BehaviourDevice> =
+        profiles.into_iter().enumerate().map(|(i, profile)| BehaviourDevice { profile, policy: models[i % models.len()].clone() }).collect();
+    let behaviour_metrics = behaviour_on_test(&lab, &fleet, eval_sessions, eval_seed)?;
+    bars.advance(1);
+    let lexicon = Arc::new(lab.world.lexicon.clone());
+    let index = Arc::new(lab.eval_env.index.clone());
+    let tracker_metrics = evaluate_metrics(&lab.eval_env, || TrackerPolicy::new(lexicon.clone(), index.clone()), eval_sessions, eval_seed, 2);
+    bars.advance(1);
+    bars.finish();
+    Ok(Bootstrap { perception, behaviour, devices, behaviour_metrics, tracker_metrics, seconds: started.elapsed().as_secs_f64() })
+}

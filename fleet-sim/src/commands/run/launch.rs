@@ -1,0 +1,283 @@
+//! Starting and stopping the fleet: the server and the agents as separate processes (fleet-sim's
+//! own executable running their code through its hidden `irec-server` / `edge-agent`
+//! subcommands, or the real executables from `--bin-dir`), or all in this process as
+//! tasks for large fleets. Either way the server writes `status.json`, which is what we watch.
+
+use anyhow::{bail, Context};
+use irec_edge_agent::{AgentConfig, NeuralLoader, PolicyLoader, Stats};
+use irec_server::rounds::{LearnedTrainer, RoundTrainer};
+use irec_server::status::STATUS_FILE;
+use irec_server::{ServerConfig, ServerStatus};
+use irec_shared::sim::{Environment, Pool, World};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// How long a stopped process may take to exit before it is killed.
+const GRACE: Duration = Duration::from_secs(30);
+
+/// The latest `status.json` a server wrote, if any (it is replaced atomically).
+pub fn read_status(server_dir: &Path) -> Option<ServerStatus> {
+    let text = std::fs::read(server_dir.join(STATUS_FILE)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// What an agent reported when it stopped.
+#[derive(Clone, Debug)]
+pub struct AgentReport {
+    pub stats: Option<Stats>,
+    /// Why there are no stats (exit status, unreadable output).
+    pub problem: Option<String>,
+}
+
+/// A running fleet.
+pub enum Fleet {
+    Processes(Processes),
+    InProcess(InProcess),
+}
+
+impl Fleet {
+    /// Fails when the server or an agent is gone before it was asked to stop.
+    pub fn check(&mut self) -> anyhow::Result<()> {
+        match self {
+            Fleet::Processes(p) => p.check(),
+            Fleet::InProcess(p) => p.check(),
+        }
+    }
+
+    /// Stops the agents (each uploads nothing more and reports), then the server.
+    pub fn stop(self) -> anyhow::Result<Vec<AgentReport>> {
+        match self {
+            Fleet::Processes(p) => p.stop(),
+            Fleet::InProcess(p) => p.stop(),
+        }
+    }
+}
+
+/// Waits for the server's status to name its bound address.
+fn wait_listening(server_dir: &Path, alive: &mut dyn FnMut() -> anyhow::Result<()>) -> anyhow::Result<SocketAddr> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        alive()?;
+        if let Some(addr) = read_status(server_dir).and_then(|s| s.listening) {
+            return Ok(addr);
+        }
+        if Instant::now() > deadline {
+            bail!("the server did not report its address within 2 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Where the agents reach the server (it listens on 127.0.0.1 port 0).
+pub fn agent_address(listening: SocketAddr) -> String {
+    format!("127.0.0.1:{}", listening.port())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes
+// ---------------------------------------------------------------------------------------------
+
+pub struct Processes {
+    server: Child,
+    agents: Vec<(usize, Child, PathBuf)>,
+    bin_dir: Option<PathBuf>,
+    /// How the executables were found, for the report.
+    pub launcher: String,
+}
+
+/// A command that runs `name` (`irec-server` or `edge-agent`): the executable of that name in
+/// `bin_dir`, or else this very executable's hidden subcommand of the same name, which runs the
+/// same library code and can never be a stale build of it.
+fn command_for(name: &str, bin_dir: Option<&Path>) -> anyhow::Result<(Command, String)> {
+    if let Some(dir) = bin_dir {
+        let exe = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+        anyhow::ensure!(exe.is_file(), "{} does not exist", exe.display());
+        return Ok((Command::new(&exe), exe.display().to_string()));
+    }
+    let me = std::env::current_exe().context("locating fleet-sim's executable")?;
+    let mut c = Command::new(&me);
+    c.arg(name);
+    Ok((c, format!("{} {name}", me.display())))
+}
+
+fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))
+}
+
+/// Asks a process to stop as Ctrl-C would (SIGINT), so it shuts down in order.
+fn interrupt(child: &Child) {
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).status();
+}
+
+fn wait_or_kill(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
+    let deadline = Instant::now() + GRACE;
+    loop {
+        if let Some(s) = child.try_wait()? {
+            return Ok(s);
+        }
+        if Instant::now() > deadline {
+            child.kill()?;
+            return child.wait();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+impl Processes {
+    /// Starts the server from `config_path` and waits until it listens.
+    pub fn start(server_config: &Path, server_dir: &Path, logs: &Path, bin_dir: Option<&Path>) -> anyhow::Result<(Processes, SocketAddr)> {
+        let (mut cmd, launcher) = command_for("irec-server", bin_dir)?;
+        let server = cmd
+            .arg("--config")
+            .arg(server_config)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log_file(&logs.join("server.out"))?)
+            .stderr(log_file(&logs.join("server.log"))?)
+            .spawn()
+            .with_context(|| format!("starting the server ({launcher})"))?;
+        let mut p = Processes { server, agents: Vec::new(), bin_dir: bin_dir.map(Path::to_path_buf), launcher };
+        let addr = wait_listening(server_dir, &mut || p.check())?;
+        Ok((p, addr))
+    }
+
+    pub fn spawn_agent(&mut self, i: usize, config: &Path, logs: &Path) -> anyhow::Result<()> {
+        let (mut cmd, launcher) = command_for("edge-agent", self.bin_dir.as_deref())?;
+        let out = logs.join(format!("agent-{i}.out"));
+        let child = cmd
+            .arg("--config")
+            .arg(config)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(log_file(&out)?)
+            .stderr(log_file(&logs.join(format!("agent-{i}.log")))?)
+            .spawn()
+            .with_context(|| format!("starting agent {i} ({launcher})"))?;
+        self.agents.push((i, child, out));
+        Ok(())
+    }
+
+    fn check(&mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.server.try_wait()? {
+            bail!("the server exited early ({s}); see its log in the run's logs/");
+        }
+        for (i, c, _) in &mut self.agents {
+            if let Some(s) = c.try_wait()? {
+                bail!("agent {i} exited early ({s}); see logs/agent-{i}.log");
+            }
+        }
+        Ok(())
+    }
+
+    fn stop(mut self) -> anyhow::Result<Vec<AgentReport>> {
+        for (_, c, _) in &self.agents {
+            interrupt(c);
+        }
+        let mut reports = Vec::new();
+        for (i, c, out) in &mut self.agents {
+            let status = wait_or_kill(c)?;
+            let text = std::fs::read_to_string(&*out).unwrap_or_default();
+            let stats = text.lines().rev().find(|l| l.starts_with('{')).and_then(|l| serde_json::from_str::<Stats>(l).ok());
+            let problem = match (&stats, status.success()) {
+                (Some(_), true) => None,
+                _ => Some(format!("agent {i} ended with {status}; its summary {}", if stats.is_some() { "was read" } else { "is missing" })),
+            };
+            reports.push(AgentReport { stats, problem });
+        }
+        interrupt(&self.server);
+        let status = wait_or_kill(&mut self.server)?;
+        if !status.success() {
+            bail!("the server ended with {status}; see logs/server.log");
+        }
+        Ok(reports)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// In process
+// ---------------------------------------------------------------------------------------------
+
+type AgentTask = tokio::task::JoinHandle<Result<Stats, irec_edge_agent::AgentError>>;
+
+pub struct InProcess {
+    runtime: tokio::runtime::Runtime,
+    server: tokio::task::JoinHandle<Result<(), irec_server::ServerError>>,
+    stop_server: watch::Sender<bool>,
+    stop_agents: watch::Sender<bool>,
+    agents: Vec<AgentTask>,
+    env: Option<Arc<Environment>>,
+    /// One loader per initial policy, shared by the agents that start with it.
+    loaders: HashMap<Option<PathBuf>, Arc<NeuralLoader>>,
+}
+
+async fn raised(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+impl InProcess {
+    pub fn start(config: ServerConfig) -> anyhow::Result<(InProcess, SocketAddr)> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let trainer: Arc<dyn RoundTrainer> = Arc::new(LearnedTrainer::new(config.trainer.clone(), config.world.clone(), &config.data_dir));
+        let server = runtime.block_on(irec_server::Server::bind(config, trainer))?;
+        let addr = server.local_addr()?;
+        let (stop_server, rx) = watch::channel(false);
+        let server = runtime.spawn(server.serve(raised(rx)));
+        let (stop_agents, _) = watch::channel(false);
+        Ok((InProcess { runtime, server, stop_server, stop_agents, agents: Vec::new(), env: None, loaders: HashMap::new() }, addr))
+    }
+
+    pub fn spawn_agent(&mut self, config: AgentConfig) -> anyhow::Result<()> {
+        let env = match &self.env {
+            Some(e) => e.clone(),
+            None => {
+                let world = Arc::new(World::build(&config.world)?);
+                let e = Arc::new(Environment::with_truth(world, Pool::Train));
+                self.env = Some(e.clone());
+                e
+            }
+        };
+        let loader = self
+            .loaders
+            .entry(config.initial_policy.clone())
+            .or_insert_with(|| Arc::new(NeuralLoader::new(env.world.clone(), config.initial_policy.clone())))
+            .clone();
+        let loader: Arc<dyn PolicyLoader> = loader;
+        let rx = self.stop_agents.subscribe();
+        self.agents.push(self.runtime.spawn(irec_edge_agent::run_in(config, env, loader, raised(rx))));
+        Ok(())
+    }
+
+    fn check(&mut self) -> anyhow::Result<()> {
+        if self.server.is_finished() {
+            bail!("the server task ended early");
+        }
+        if let Some(i) = self.agents.iter().position(|a| a.is_finished()) {
+            bail!("agent {i} ended early");
+        }
+        Ok(())
+    }
+
+    fn stop(self) -> anyhow::Result<Vec<AgentReport>> {
+        let InProcess { runtime, server, stop_server, stop_agents, agents, .. } = self;
+        let _ = stop_agents.send(true);
+        let reports = runtime.block_on(async {
+            let mut out = Vec::new();
+            for a in agents {
+                out.push(match a.await {
+                    Ok(Ok(stats)) => AgentReport { stats: Some(stats), problem: None },
+                    Ok(Err(e)) => AgentReport { stats: None, problem: Some(e.to_string()) },
+                    Err(e) => AgentReport { stats: None, problem: Some(format!("agent task: {e}")) },
+                });
+            }
+            out
+        });
+        let _ = stop_server.send(true);
+        runtime.block_on(server).context("server task")??;
+        Ok(reports)
+    }
+}

@@ -1,0 +1,183 @@
+//! `fleet-sim run`: the federated loop on loopback.
+//!
+//! 1. [`bootstrap`]: pretrained perception, behaviour policies, device settings, reference figures.
+//! 2. Configs for an `irec-server` (learned trainer, quota K per round) and N `edge-agent`s (each
+//!    starts with a behaviour policy and runs K/N sessions per policy round), in `<out>/fleet/`.
+//! 3. [`launch`]: the processes (or in-process tasks); we watch the server's `status.json` until
+//!    R rounds are trained, gated and published or refused, then stop everyone in order.
+//! 4. [`outcome`]: the per-round table, JSON, CSV, curves and fleet figures.
+
+mod bootstrap;
+mod launch;
+mod outcome;
+
+use super::{device, print_json, world_config};
+use crate::cli::{PresetArg, RunArgs};
+use crate::progress::Bars;
+use anyhow::{bail, Context};
+use irec_edge_agent::AgentConfig;
+use irec_server::rounds::{TrainerConfig, TrainerKind};
+use irec_server::ServerConfig;
+use irec_shared::experiment::{Preset, Progress};
+use irec_shared::rng;
+use launch::{agent_address, read_status, Fleet, InProcess, Processes};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// A preset's sizes for the loop.
+struct LoopSizes {
+    sessions_per_round: u64,
+    first_round_steps: usize,
+    round_steps: usize,
+    eval_sessions: usize,
+    fqe_steps: usize,
+}
+
+fn sizes(preset: Preset) -> LoopSizes {
+    match preset {
+        Preset::Quick => LoopSizes { sessions_per_round: 900, first_round_steps: 1_000, round_steps: 400, eval_sessions: 500, fqe_steps: 300 },
+        Preset::Paper => LoopSizes { sessions_per_round: 8_000, first_round_steps: 6_000, round_steps: 2_000, eval_sessions: 1_000, fqe_steps: 1_000 },
+    }
+}
+
+pub fn run(a: RunArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.agents >= 1, "--agents must be at least 1");
+    anyhow::ensure!(a.rounds >= 1, "--rounds must be at least 1");
+    let started = Instant::now();
+    let (preset, name) = match a.preset {
+        PresetArg::Quick => (Preset::Quick, "quick"),
+        PresetArg::Paper => (Preset::Paper, "paper"),
+    };
+    let mut exp = super::experiment_config(preset, a.config.as_deref())?;
+    if a.config.is_none() {
+        exp.world = world_config(&a.world);
+    }
+    exp.seed = a.seed;
+    let s = sizes(preset);
+    let quota = a.sessions_per_round.unwrap_or(s.sessions_per_round).max(a.agents as u64);
+    let (first_steps, later_steps) = match a.steps.as_deref() {
+        Some([f, l]) => (*f, *l),
+        _ => (s.first_round_steps, s.round_steps),
+    };
+    let eval_sessions = a.eval_sessions.unwrap_or(s.eval_sessions);
+    let eval_seed = rng::derive(a.seed, rng::stream::EVALUATION) & (i64::MAX as u64);
+
+    if a.out.exists() {
+        // A run's data dirs are its own: a second run in the same folder would resume the first.
+        std::fs::remove_dir_all(&a.out).with_context(|| format!("clearing {}", a.out.display()))?;
+    }
+    let fleet_dir = a.out.join("fleet");
+    let logs = a.out.join("logs");
+    for d in [&fleet_dir, &logs] {
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    let bars = Bars::default();
+    let dev = device(&a.device)?;
+    let cache = (!a.no_cache).then_some(a.cache.as_path());
+    let boot = bootstrap::bootstrap(&exp, a.agents, &fleet_dir.join("bootstrap"), &dev, cache, eval_sessions, eval_seed, &bars)?;
+
+    // The server: learned trainer on the bootstrap's perception, no initial policy (every device
+    // starts with its own behaviour policy; version 1 is round 0's candidate).
+    let server_dir = fleet_dir.join("server");
+    let token = format!("fleet-sim-{:016x}", rng::derive(a.seed, 0x70_6b));
+    let server_cfg = ServerConfig {
+        listen: "127.0.0.1:0".parse()?,
+        data_dir: server_dir.clone(),
+        fleet_token: token.clone(),
+        round_quota: quota,
+        world: exp.world.clone(),
+        device: a.device.clone(),
+        seed: a.seed,
+        trainer: TrainerConfig {
+            kind: TrainerKind::Learned,
+            perception: Some(boot.perception.clone()),
+            sac: exp.offline.sac.clone(),
+            cql: exp.offline.cql.clone(),
+            first_round_steps: first_steps,
+            round_steps: later_steps,
+            eval_sessions,
+            eval_seed,
+            fqe: irec_shared::algo::fqe::FqeConfig { steps: a.fqe_steps.unwrap_or(s.fqe_steps), ..Default::default() },
+            ..TrainerConfig::default()
+        },
+        ..ServerConfig::default()
+    };
+    let server_toml = fleet_dir.join("server.toml");
+    std::fs::write(&server_toml, toml::to_string_pretty(&server_cfg)?)?;
+
+    bars.message(&format!("starting the server and {} agents ({} mode)", a.agents, if a.in_process { "in-process" } else { "process" }));
+    let (mut fleet, addr, launcher) = if a.in_process {
+        let (f, addr) = InProcess::start(server_cfg.clone())?;
+        (Fleet::InProcess(f), addr, "in-process tasks".to_string())
+    } else {
+        let (p, addr) = Processes::start(&server_toml, &server_dir, &logs, a.bin_dir.as_deref())?;
+        let l = p.launcher.clone();
+        (Fleet::Processes(p), addr, l)
+    };
+    let per_agent = quota.div_ceil(a.agents as u64);
+    for (i, device_cfg) in boot.devices.iter().enumerate() {
+        let cfg = AgentConfig {
+            server: agent_address(addr),
+            server_cert: server_dir.join(irec_server::tls::CERT_FILE),
+            fleet_token: token.clone(),
+            data_dir: fleet_dir.join(format!("agent-{i}")),
+            device: device_cfg.clone(),
+            sessions_per_policy: Some(per_agent),
+            initial_policy: Some(boot.behaviour[i % boot.behaviour.len()].clone()),
+            batch_linger_ms: 300,
+            world: exp.world.clone(),
+            ..AgentConfig::default()
+        };
+        match &mut fleet {
+            Fleet::Processes(p) => {
+                let path = fleet_dir.join(format!("agent-{i}.toml"));
+                std::fs::write(&path, toml::to_string_pretty(&cfg)?)?;
+                p.spawn_agent(i, &path, &logs)?;
+            }
+            Fleet::InProcess(p) => p.spawn_agent(cfg)?,
+        }
+    }
+
+    let watched = watch_rounds(&mut fleet, &server_dir, a.rounds, quota, Duration::from_secs(a.timeout_min * 60), &bars);
+    let agents = fleet.stop();
+    watched?;
+    let agents = agents?;
+    let status = read_status(&server_dir).context("reading the server's final status")?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let report = outcome::Report::new(name, &a, quota, &boot, &status, &agents, &launcher, elapsed);
+    report.write(&a.out)?;
+    println!("{}", report.table());
+    println!("{}", report.verdict());
+    println!("{:.0} s in all; report in {}", elapsed, a.out.display());
+    print_json(a.json, &report.json());
+    Ok(())
+}
+
+/// Waits until `rounds` rounds are finished (published, refused or failed).
+fn watch_rounds(fleet: &mut Fleet, server_dir: &Path, rounds: u32, quota: u64, timeout: Duration, bars: &Bars) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    bars.start(&format!("{rounds} rounds of {quota} sessions"), rounds as u64);
+    let mut shown = 0u64;
+    loop {
+        fleet.check()?;
+        if let Some(st) = read_status(server_dir) {
+            let done = st.rounds.iter().filter(|r| r.status.is_finished()).count() as u64;
+            if done > shown {
+                bars.advance(done - shown);
+                shown = done;
+                if let Some(r) = st.rounds.iter().rev().find(|r| r.status.is_finished()) {
+                    bars.message(&format!("round {} {:?}: {} sessions in D, {} s training", r.round, r.status, r.sessions_in_d, r.train_ms.unwrap_or(0) / 1000));
+                }
+            }
+            if done >= rounds as u64 {
+                bars.finish();
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            bars.finish();
+            bail!("{rounds} rounds did not finish within the timeout (--timeout-min)");
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}

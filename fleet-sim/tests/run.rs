@@ -1,0 +1,192 @@
+//! `fleet-sim run` end to end: an irec-server and three edge-agent processes on loopback, two
+//! rounds, at toy sizes. Afterwards the server's D holds exactly what the agents produced — as
+//! many sessions, none twice, and round 0's sessions byte for byte as the devices' behaviour
+//! policies regenerate them — and every agent runs the newest policy.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use irec_edge_agent::sessions::{first_profile, run_session};
+use irec_edge_agent::store::AgentStore;
+use irec_edge_agent::{AgentConfig, LoadedPolicy};
+use irec_server::store::Store;
+use irec_shared::experience::ExperienceSession;
+use irec_shared::sim::{Environment, Pool, World};
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::Command;
+use std::sync::Arc;
+
+const AGENTS: u64 = 3;
+const QUOTA: u64 = 45;
+
+/// A 600-item world, pretraining and on-policy learning cut to seconds.
+const TINY: &str = r#"
+[world.catalog]
+items = 600
+seed = 5
+
+[pretrain]
+sentences = 3000
+heldout_template_sentences = 300
+text_epochs = 3
+attr_epochs = 6
+
+[on_policy]
+iterations = 2
+warm_start_snapshots = [0.5]
+snapshot_stages = [1.0]
+
+[on_policy.ppo]
+warm_start_steps = 60
+warm_start_sessions = 100
+sessions_per_iteration = 16
+epochs = 1
+
+[behaviour]
+noise_sigma = [0.3, 1.0]
+"#;
+
+fn fingerprint(s: &ExperienceSession) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+fn multiset(sessions: impl IntoIterator<Item = ExperienceSession>) -> BTreeMap<String, usize> {
+    let mut m = BTreeMap::new();
+    for s in sessions {
+        *m.entry(fingerprint(&s)).or_insert(0) += 1;
+    }
+    m
+}
+
+/// Agent `i`'s first `n` sessions as its behaviour policy runs them, its bias learning as it goes.
+fn regenerate(config: &AgentConfig, env: &Environment, n: u64) -> Vec<ExperienceSession> {
+    let blob = std::fs::read(config.initial_policy.as_ref().unwrap()).unwrap();
+    let loaded = irec_edge_agent::learned::LoadedNeural::from_bytes(&blob, &env.world).unwrap();
+    let mut profile = first_profile(&config.device, env);
+    let targets = profile.population.sampler(env.index.pool(), &env.world.truth);
+    (0..n)
+        .map(|i| {
+            let mut policy = loaded.instantiate(&profile);
+            let t = run_session(env, &targets, policy.as_mut(), profile.seed, i);
+            let s = ExperienceSession::from_transcript(&t, 0);
+            profile.bias.learn(s.turns.iter().map(|t| t.utterance.as_str()), &env.world.lexicon);
+            s
+        })
+        .collect()
+}
+
+fn pending(dir: &Path) -> usize {
+    let store = AgentStore::open(&dir.join("db")).unwrap();
+    let batched: usize = store.pending_batches().unwrap().into_iter().map(|id| store.batch(id).unwrap().unwrap().sessions.len()).sum();
+    batched + store.unbatched()
+}
+
+#[test]
+fn three_agent_processes_two_rounds() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(&cfg, TINY).unwrap();
+    let out = dir.path().join("run");
+    let output = Command::new(env!("CARGO_BIN_EXE_fleet-sim"))
+        .args(["run", "--agents", &AGENTS.to_string(), "--rounds", "2", "--sessions-per-round", &QUOTA.to_string()])
+        .args(["--steps", "20", "10", "--eval-sessions", "20", "--fqe-steps", "10", "--no-cache", "--json"])
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let logs = std::fs::read_to_string(out.join("logs/server.log")).unwrap_or_default();
+    assert!(output.status.success(), "fleet-sim run failed:\n{}\n{stdout}\nserver log tail:\n{}", String::from_utf8_lossy(&output.stderr), &logs[logs.len().saturating_sub(3000)..]);
+
+    // The JSON line: two rounds, each gated, with figures.
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let rounds = last["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    for (r, row) in rounds.iter().enumerate() {
+        assert_eq!(row["round"], r as u64);
+        assert!(["published", "refused"].contains(&row["gate"].as_str().unwrap()), "{row}");
+        assert!((0.0..=1.0).contains(&row["sr30"].as_f64().unwrap()));
+        assert!(row["ni"]["mean"].as_f64().unwrap() >= 1.0);
+    }
+    assert_eq!(rounds[0]["gate"], "published", "round 0 has nothing deployed to lose against");
+    assert_eq!(rounds[0]["sessions_in_d"], QUOTA);
+    assert_eq!(rounds[1]["sessions_in_d"], 2 * QUOTA);
+    for f in ["table.md", "report.json", "rounds.csv", "fleet.csv", "curves.svg", "curves.png", "fleet.svg", "fleet.png"] {
+        assert!(out.join(f).is_file(), "{f} missing from the report");
+    }
+
+    // Every agent ends on the newest version.
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    let newest = rounds.iter().filter_map(|r| r["policy_version"].as_u64()).max().unwrap();
+    for v in report["agents_final_versions"].as_array().unwrap() {
+        assert_eq!(v.as_u64(), Some(newest), "agents: {}", report["agents_final_versions"]);
+    }
+
+    // D: no duplicates, and with what the agents still hold, everything they ran.
+    let fleet = out.join("fleet");
+    let d: Vec<(u32, ExperienceSession)> = Store::open(&fleet.join("server/db")).unwrap().all_sessions().unwrap();
+    let set = multiset(d.iter().map(|x| x.1.clone()));
+    assert_eq!(set.values().sum::<usize>(), d.len());
+    assert!(set.values().all(|n| *n == 1), "a session is in D twice");
+    let ran: u64 = report["agents_sessions_run"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).sum();
+    let held: usize = (0..AGENTS).map(|i| pending(&fleet.join(format!("agent-{i}")))).sum();
+    assert_eq!(d.len() + held, ran as usize, "D ({}) + pending on devices ({held}) must be every session run ({ran})", d.len());
+
+    // Round 0 content: the devices' behaviour sessions, regenerated, are exactly D's round-0 part.
+    let configs: Vec<AgentConfig> = (0..AGENTS).map(|i| AgentConfig::load(&fleet.join(format!("agent-{i}.toml"))).unwrap()).collect();
+    let world = Arc::new(World::build(&configs[0].world).unwrap());
+    let env = Environment::with_truth(world, Pool::Train);
+    let per_agent = QUOTA / AGENTS;
+    let expected = multiset(configs.iter().flat_map(|c| regenerate(c, &env, per_agent)));
+    let round0 = multiset(d.iter().filter(|x| x.1.round == 0).map(|x| x.1.clone()));
+    assert_eq!(round0.len(), QUOTA as usize);
+    assert_eq!(round0, expected, "D's round-0 sessions differ from what the devices' behaviour policies produce");
+}
+
+/// Twenty agents as tasks of one process, beside the server: every session ingested, every agent
+/// on the published policy. Regression: before `irec_shared::storage_lock`, sled's global lock
+/// deadlocked this within seconds (a transaction waiting on flushes and iterations that waited on
+/// it), and the run hung.
+#[test]
+fn twenty_in_process_agents_one_round() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(&cfg, TINY).unwrap();
+    let out = dir.path().join("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fleet-sim"))
+        .args(["run", "--in-process", "--agents", "20", "--rounds", "1", "--sessions-per-round", "40"])
+        .args(["--steps", "10", "10", "--eval-sessions", "10", "--fqe-steps", "5", "--no-cache", "--json"])
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .env("RAYON_NUM_THREADS", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // A hang is the failure this guards against: give it generous time, then fail instead of
+    // blocking CI.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("an in-process fleet of 20 agents did not finish one round in 10 minutes (deadlock?)");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "{stdout}");
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["rounds"][0]["sessions_in_d"], 40);
+    let report: serde_json::Value = serde_json::from_slice(&std::fs::read(out.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["agents_final_versions"].as_array().unwrap().len(), 20);
+    assert!(report["agent_problems"].as_array().unwrap().is_empty(), "{}", report["agent_problems"]);
+}
