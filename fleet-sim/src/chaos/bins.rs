@@ -7,41 +7,53 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-/// Paths of `irec-server` and `edge-agent`.
+/// How to start one of the binaries: a program and the arguments that precede its own flags.
+#[derive(Clone, Debug)]
+pub struct Launcher {
+    pub program: PathBuf,
+    pub prefix: Vec<String>,
+}
+
+impl Launcher {
+    pub fn describe(&self) -> String {
+        std::iter::once(self.program.display().to_string()).chain(self.prefix.iter().cloned()).collect::<Vec<_>>().join(" ")
+    }
+}
+
+/// How to start `irec-server` and `edge-agent`.
 #[derive(Clone, Debug)]
 pub struct Binaries {
-    pub server: PathBuf,
-    pub agent: PathBuf,
+    pub server: Launcher,
+    pub agent: Launcher,
 }
 
 impl Binaries {
-    /// The binaries in `dir`.
+    /// The executables `irec-server` and `edge-agent` in `dir` (e.g. `target/release`).
     pub fn in_dir(dir: &Path) -> Result<Binaries, ChaosError> {
-        let server = dir.join(format!("irec-server{}", std::env::consts::EXE_SUFFIX));
-        let agent = dir.join(format!("edge-agent{}", std::env::consts::EXE_SUFFIX));
-        for p in [&server, &agent] {
+        let exe = |name: &str| -> Result<Launcher, ChaosError> {
+            let p = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
             if !p.is_file() {
                 return Err(ChaosError::Binary(format!(
-                    "{} (build it: cargo build --release -p irec-server -p irec-edge-agent, or set IREC_BIN_DIR)",
+                    "{} (build it: cargo build --release -p irec-server -p irec-edge-agent)",
                     p.display()
                 )));
             }
-        }
-        Ok(Binaries { server, agent })
+            Ok(Launcher { program: p, prefix: Vec::new() })
+        };
+        Ok(Binaries { server: exe("irec-server")?, agent: exe("edge-agent")? })
     }
 
-    /// `$IREC_BIN_DIR`, else the directory of the running executable (`target/<profile>/`), or its
-    /// parent when running from `target/<profile>/deps/` (a test binary).
-    pub fn locate() -> Result<Binaries, ChaosError> {
-        if let Some(dir) = std::env::var_os("IREC_BIN_DIR") {
-            return Binaries::in_dir(Path::new(&dir));
-        }
+    /// A fleet-sim executable's hidden `irec-server` / `edge-agent` subcommands, which run the
+    /// binaries' own code (and so can never be a stale build of it).
+    pub fn via_fleet_sim(fleet_sim: &Path) -> Binaries {
+        let sub = |name: &str| Launcher { program: fleet_sim.to_path_buf(), prefix: vec![name.to_string()] };
+        Binaries { server: sub("irec-server"), agent: sub("edge-agent") }
+    }
+
+    /// This fleet-sim executable's subcommands.
+    pub fn this_executable() -> Result<Binaries, ChaosError> {
         let exe = std::env::current_exe().map_err(|e| ChaosError::Io(PathBuf::from("current_exe"), e))?;
-        let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
-        if dir.file_name().is_some_and(|n| n == "deps") {
-            dir.pop();
-        }
-        Binaries::in_dir(&dir)
+        Ok(Binaries::via_fleet_sim(&exe))
     }
 }
 
@@ -57,18 +69,18 @@ pub struct Proc {
 }
 
 impl Proc {
-    /// Starts `program args` with `env` added, writing `<logs>.out` and `<logs>.log`.
-    pub fn spawn(name: &str, program: &Path, args: &[String], env: &[(&str, &str)], logs: &Path) -> Result<Proc, ChaosError> {
+    /// Starts `launcher args` with `env` added, writing `<logs>.out` and `<logs>.log`.
+    pub fn spawn(name: &str, launcher: &Launcher, args: &[String], env: &[(&str, &str)], logs: &Path) -> Result<Proc, ChaosError> {
         let stdout = logs.with_extension("out");
         let stderr = logs.with_extension("log");
         let out = File::create(&stdout).map_err(|e| ChaosError::Io(stdout.clone(), e))?;
         let err = File::create(&stderr).map_err(|e| ChaosError::Io(stderr.clone(), e))?;
-        let mut cmd = Command::new(program);
-        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
+        let mut cmd = Command::new(&launcher.program);
+        cmd.args(&launcher.prefix).args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().map_err(|e| ChaosError::Spawn(format!("{name} ({})", program.display()), e))?;
+        let child = cmd.spawn().map_err(|e| ChaosError::Spawn(format!("{name} ({})", launcher.describe()), e))?;
         Ok(Proc { name: name.to_string(), child, stdout, stderr, started: Instant::now(), exit: None })
     }
 

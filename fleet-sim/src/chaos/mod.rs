@@ -29,7 +29,7 @@ pub mod load;
 pub mod privacy;
 pub mod probe;
 pub mod relay;
-// pub mod server_killed;
+pub mod server_killed;
 
 use serde::Serialize;
 use std::path::PathBuf;

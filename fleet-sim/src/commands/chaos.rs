@@ -11,7 +11,8 @@ use std::path::PathBuf;
 pub struct ChaosArgs {
     #[command(subcommand)]
     pub campaign: Campaign,
-    /// Directory holding irec-server and edge-agent (default: next to this executable).
+    /// Run the irec-server and edge-agent executables from this folder (e.g. target/release)
+    /// instead of this executable's copies of their code (`fleet-sim irec-server|edge-agent`).
     #[arg(long, global = true, value_name = "DIR")]
     pub bin_dir: Option<PathBuf>,
     /// Working directory; the campaign uses <DIR>/<campaign> (default: a temporary directory).
@@ -37,6 +38,20 @@ pub enum Campaign {
         sessions: u64,
         #[arg(long, default_value_t = 120)]
         kills: usize,
+    },
+    /// R2: SIGKILL the server mid-ingest, mid-training and mid-publish; agents keep going.
+    ServerKilled {
+        #[arg(long, default_value_t = 24)]
+        kills: usize,
+        #[arg(long, default_value_t = 4)]
+        agents: usize,
+        /// New sessions that close a round.
+        #[arg(long, default_value_t = 100)]
+        round_quota: u64,
+        /// Extra server settings, TOML (e.g. a `[trainer]` section; default: a small learned
+        /// trainer on a perception pretrained at the start).
+        #[arg(long, value_name = "FILE")]
+        server_config: Option<PathBuf>,
     },
     /// R3: random and mutated input to the frame decoder and every message handler, in memory,
     /// then a sample of it against a live server.
@@ -79,7 +94,7 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
     let bins = || -> anyhow::Result<Binaries> {
         Ok(match &args.bin_dir {
             Some(d) => Binaries::in_dir(d)?,
-            None => Binaries::locate()?,
+            None => Binaries::this_executable()?,
         })
     };
     let mut progress = |m: &str| eprintln!("{m}");
@@ -87,6 +102,19 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         Campaign::AgentsKilled { agents, sessions, kills } => {
             let c = chaos::agents_killed::AgentsKilledConfig { agents, sessions, kills, seed: args.seed, dir: args.dir.clone(), ..Default::default() };
             chaos::agents_killed::run(&bins()?, &c, &mut progress)?
+        }
+        Campaign::ServerKilled { kills, agents, round_quota, server_config } => {
+            let server_extra = server_config.as_deref().map(chaos::fleet::read_extra).transpose()?;
+            let c = chaos::server_killed::ServerKilledConfig {
+                kills,
+                agents,
+                round_quota,
+                server_extra,
+                seed: args.seed,
+                dir: args.dir.clone(),
+                ..Default::default()
+            };
+            chaos::server_killed::run(&bins()?, &c, &mut progress)?
         }
         Campaign::Fuzz { inputs, live, threads } => {
             let c = chaos::fuzz::FuzzConfig { inputs, threads, seed: args.seed, ..Default::default() };
