@@ -282,6 +282,7 @@ impl Server {
         let driver_result = driver.await;
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         shared.store.flush().await?;
+        info!(flushes = shared.store.flushes(), "stopped");
         shared.publish_status();
         shared.write_status_file();
         match driver_result {

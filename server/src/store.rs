@@ -145,6 +145,8 @@ pub fn session_key(round: u32, seq: u64) -> [u8; 12] {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: sled::Db,
+    /// Concurrent acks share flushes.
+    commit: std::sync::Arc<crate::commit::GroupCommit>,
     sessions: Tree,
     batches: Tree,
     policies: Tree,
@@ -166,6 +168,7 @@ impl Store {
             rounds: db.open_tree("rounds")?,
             meta: db.open_tree("meta")?,
             db,
+            commit: Default::default(),
         })
     }
 
@@ -175,14 +178,24 @@ impl Store {
     /// `flush_async`: concurrent flushes deadlock in sled 0.34 (spacejam/sled#1308, #1301; R5's
     /// race test in `server/tests/attack.rs` froze all ingest with it).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let _sled = irec_shared::storage_lock::guard();
-            db.flush()
-        })
-        .await
-        .map_err(|e| StoreError::Encode(format!("flush task failed: {e}")))??;
-        Ok(())
+        // Concurrent callers share one flush when theirs is already covered (group commit).
+        self.commit
+            .commit(|| async {
+                let db = self.db.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _sled = irec_shared::storage_lock::guard();
+                    db.flush()
+                })
+                .await
+                .map_err(|e| StoreError::Encode(format!("flush task failed: {e}")))??;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Flushes actually run by [`Store::flush`] (fewer than its callers under load).
+    pub fn flushes(&self) -> u64 {
+        self.commit.flushes()
     }
 
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
@@ -453,6 +466,7 @@ mod tests {
             let _ = tx.send(());
         });
         assert!(rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok(), "ingest + flush deadlocked");
+        assert!(st.flushes() <= 5 * 64, "flushes are shared, never added");
         assert_eq!(st.counters().unwrap().sessions_total, 5 * 16 * 2, "each batch id stored once");
     }
 

@@ -74,8 +74,11 @@ pub enum Campaign {
         #[arg(long, default_value_t = 20)]
         sessions: u64,
         /// Pause between an agent's sessions, in milliseconds.
-        #[arg(long, default_value_t = 50)]
+        #[arg(long, default_value_t = 1_000)]
         session_interval_ms: u64,
+        /// Agents start evenly over this many milliseconds (0: all at once).
+        #[arg(long, default_value_t = 5_000)]
+        ramp_ms: u64,
     },
     /// R6: search all server storage and traffic for what must stay on devices.
     Privacy {
@@ -126,8 +129,8 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
             }
             out
         }
-        Campaign::Load { agents, sessions, session_interval_ms } => {
-            let c = chaos::load::LoadConfig { agents, sessions, session_interval_ms, dir: args.dir.clone(), ..Default::default() };
+        Campaign::Load { agents, sessions, session_interval_ms, ramp_ms } => {
+            let c = chaos::load::LoadConfig { agents, sessions, session_interval_ms, ramp_ms, dir: args.dir.clone(), ..Default::default() };
             chaos::load::run(&bins()?, &c, &|m: &str| eprintln!("{m}"))?
         }
         Campaign::Privacy { agents, sessions, server_config } => {
