@@ -71,6 +71,8 @@ enum Aim {
     Ingest,
     Training,
     Publish,
+    /// Just after a publication, while agents pull the new policy.
+    Pull,
 }
 
 /// Where a kill landed, read from the life's log.
@@ -80,6 +82,8 @@ pub enum ServerKillPoint {
     /// The gate had decided; recording the decision (registry and round record in one
     /// transaction, flush) or announcing it had not finished.
     MidPublish,
+    /// A policy was published and announced (agents pulling it); no new round training yet.
+    AfterPublish,
     /// A round was training.
     MidTraining,
     /// Neither: ingest only (or idle).
@@ -110,10 +114,12 @@ pub fn line_time(line: &str) -> Option<f64> {
 /// `window_s` seconds before `killed_at` (seconds since the epoch).
 pub fn classify(log: &str, killed_at: f64, window_s: f64) -> (ServerKillPoint, bool) {
     let (mut training, mut publishing, mut ingested, mut ingesting) = (false, false, false, false);
+    let mut pulling = false;
     for line in log.lines() {
         if line.contains("training round") {
             training = true;
             publishing = false;
+            pulling = false;
         } else if line.contains("gate round=") {
             training = false;
             // Published: until the "published" line. Refused: the record is written and the
@@ -122,6 +128,7 @@ pub fn classify(log: &str, killed_at: f64, window_s: f64) -> (ServerKillPoint, b
             publishing = true;
         } else if line.contains("published round=") {
             publishing = false;
+            pulling = true;
         } else if line.contains("round=") && line.contains("WARN") {
             training = false;
         } else if line.contains("ingested") {
@@ -131,6 +138,8 @@ pub fn classify(log: &str, killed_at: f64, window_s: f64) -> (ServerKillPoint, b
     }
     let point = if publishing {
         ServerKillPoint::MidPublish
+    } else if pulling {
+        ServerKillPoint::AfterPublish
     } else if training {
         ServerKillPoint::MidTraining
     } else if ingested {
@@ -211,28 +220,36 @@ pub fn run(bins: &Binaries, config: &ServerKilledConfig, progress: &mut dyn FnMu
     // Kills that landed after a gate decision: (the life that was killed next, the round).
     let mut gated: Vec<(usize, Option<u32>)> = Vec::new();
     for kill in 0..config.kills {
-        let aim = match r.random_range(0..3) {
-            0 => Aim::Ingest,
-            1 => Aim::Training,
-            _ => Aim::Publish,
+        let aim = match r.random_range(0..100) {
+            0..30 => Aim::Ingest,
+            30..55 => Aim::Training,
+            55..80 => Aim::Publish,
+            _ => Aim::Pull,
         };
         *aims.entry(format!("{aim:?}").to_lowercase()).or_default() += 1;
         let log_path = server.stderr.clone();
         let seen = |needle: &str| std::fs::read_to_string(&log_path).map(|l| l.contains(needle)).unwrap_or(false);
+        // Decisions take a few milliseconds to record: those are polled every millisecond.
+        let poll_for = |needle: &str, server: &mut Proc| {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while !seen(needle) && Instant::now() < deadline && server.exited().is_none() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
         match aim {
             Aim::Ingest => std::thread::sleep(Duration::from_millis(r.random_range(200..1_500))),
             Aim::Training => {
-                let waited = wait_until(&mut server, Duration::from_secs(120), "training", || seen("training round"));
-                if waited.is_ok() {
-                    std::thread::sleep(Duration::from_millis(r.random_range(0..1_500)));
-                }
+                poll_for("training round", &mut server);
+                // Up to about a round's training time, so that some rounds finish.
+                std::thread::sleep(Duration::from_millis(r.random_range(0..4_000)));
             }
             Aim::Publish => {
-                // Polled every millisecond: recording a decision takes a few.
-                let deadline = Instant::now() + Duration::from_secs(180);
-                while !seen("gate round=") && Instant::now() < deadline && server.exited().is_none() {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+                poll_for("gate round=", &mut server);
+                std::thread::sleep(Duration::from_micros(r.random_range(0..6_000)));
+            }
+            Aim::Pull => {
+                poll_for("published round=", &mut server);
+                std::thread::sleep(Duration::from_micros(r.random_range(0..30_000)));
             }
         }
         out.check(server.exited().is_none(), || format!("server life {lives} died on its own: {}", server.stderr_tail(10)));
@@ -397,7 +414,7 @@ mod tests {
         assert_eq!(classify(&gated, at, 0.2).0, ServerKillPoint::MidPublish);
         assert_eq!(gated_round(&gated), Some(0));
         let published = format!("{gated}{t} INFO irec_server::rounds::driver: published round=0 version=2\n");
-        assert_eq!(classify(&published, at, 0.2).0, ServerKillPoint::Ingest);
+        assert_eq!(classify(&published, at, 0.2).0, ServerKillPoint::AfterPublish);
         let next = format!("{published}{t} INFO irec_server::rounds::driver: training round round=1 sessions=200\n");
         assert_eq!(classify(&next, at, 0.2).0, ServerKillPoint::MidTraining);
     }
