@@ -63,6 +63,9 @@ impl Shared {
             info!(round = r, "round closed");
             self.round_wake.notify_one();
             self.publish_status();
+            // Before the ack: a tool that saw its last upload acked finds every round it closed
+            // in status.json (queued), and can wait for them to finish.
+            self.write_status_file();
         } else if let Ok(c) = self.store.counters() {
             self.status.send_modify(|s| s.counters = c);
         }

@@ -6,7 +6,14 @@
 //!    every plaintext byte it received or sent is searched for each device's seed, noise σ and
 //!    final learned bias, each session's seed and its user's seed (the "user id"), and every
 //!    action probability the devices acted on — in the encodings a leak would use (little and
-//!    big endian, f32 and f64, decimal text).
+//!    big endian, f32 and f64, decimal text). Needles of 8 bytes or more (u64s, f64s, adjacent
+//!    pairs of f32s as a vector would hold them, text) are searched everywhere: a chance match is
+//!    out of the question. A lone f32 is 4 bytes, and float32 weights (checkpoints: the trainer's
+//!    state, policy blobs in the registry and on the wire) share its sign and exponent bits so
+//!    often that thousands of such needles match a megabyte of weights by chance (the first
+//!    audit with a trainer found 16 such hits in a perception checkpoint made before any agent
+//!    ran). So lone f32s are searched where no weights live: every database tree but the policy
+//!    registry (read entry by entry), the other files, and all that agents sent.
 //! 2. **Structure.** Every frame on the wire decodes, and re-encodes to exactly the bytes sent (no
 //!    hidden payload); agents send only hellos (with the fleet's token), uploads and policy
 //!    requests; the uploaded sessions are exactly the sessions the devices ran (so every reward is
@@ -52,28 +59,16 @@ impl Default for PrivacyConfig {
 
 /// Byte strings to look for, by what they would reveal.
 #[derive(Default)]
-struct Needles {
+struct NeedleSet {
     by_len: HashMap<usize, HashMap<Vec<u8>, &'static str>>,
     counts: BTreeMap<&'static str, usize>,
 }
 
-impl Needles {
+impl NeedleSet {
     fn add(&mut self, what: &'static str, bytes: Vec<u8>) {
         if self.by_len.entry(bytes.len()).or_default().insert(bytes, what).is_none() {
             *self.counts.entry(what).or_default() += 1;
         }
-    }
-
-    fn u64(&mut self, what: &'static str, v: u64) {
-        self.add(what, v.to_le_bytes().to_vec());
-        self.add(what, v.to_be_bytes().to_vec());
-        self.add(what, v.to_string().into_bytes());
-    }
-
-    fn f32(&mut self, what: &'static str, v: f32) {
-        self.add(what, v.to_le_bytes().to_vec());
-        self.add(what, v.to_be_bytes().to_vec());
-        self.add(what, (v as f64).to_le_bytes().to_vec());
     }
 
     /// Every needle found in `hay`, as (what, offset).
@@ -88,6 +83,79 @@ impl Needles {
         }
         out
     }
+}
+
+/// Needles of 8 bytes or more (`strong`: searched everywhere) and lone f32s (`weak`: searched
+/// where no float32 weights live).
+#[derive(Default)]
+struct Needles {
+    strong: NeedleSet,
+    weak: NeedleSet,
+}
+
+impl Needles {
+    fn u64(&mut self, what: &'static str, v: u64) {
+        self.strong.add(what, v.to_le_bytes().to_vec());
+        self.strong.add(what, v.to_be_bytes().to_vec());
+        self.strong.add(what, v.to_string().into_bytes());
+    }
+
+    fn f32(&mut self, what: &'static str, v: f32) {
+        self.weak.add(what, v.to_le_bytes().to_vec());
+        self.weak.add(what, v.to_be_bytes().to_vec());
+        self.strong.add(what, (v as f64).to_le_bytes().to_vec());
+        self.strong.add(what, (v as f64).to_be_bytes().to_vec());
+    }
+
+    /// A vector of f32s as it would be stored: each value, and each adjacent pair.
+    fn f32s(&mut self, what: &'static str, vs: &[f32]) {
+        for v in vs {
+            self.f32(what, *v);
+        }
+        for w in vs.windows(2) {
+            self.strong.add(what, [w[0].to_le_bytes(), w[1].to_le_bytes()].concat());
+            self.strong.add(what, [w[0].to_be_bytes(), w[1].to_be_bytes()].concat());
+        }
+    }
+
+    /// (what, offset) of every needle in `hay`; lone f32s only when `weak`.
+    fn find(&self, hay: &[u8], weak: bool) -> Vec<(&'static str, usize)> {
+        let mut out = self.strong.find(hay);
+        if weak {
+            out.extend(self.weak.find(hay));
+        }
+        out
+    }
+
+    fn counts(&self) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for (k, v) in &self.strong.counts {
+            out.insert(format!("{k} (8+ bytes)"), *v);
+        }
+        for (k, v) in &self.weak.counts {
+            out.insert(format!("{k} (lone f32)"), *v);
+        }
+        out
+    }
+}
+
+/// Every key and value of every tree of a stopped server's database, but the policy registry's
+/// values (checkpoints: float32 weights), as (tree, bytes).
+fn db_entries(db_dir: &Path) -> Result<Vec<(String, Vec<u8>)>, ChaosError> {
+    let db = sled::open(db_dir).map_err(|e| ChaosError::Store(irec_server::store::StoreError::Sled(e)))?;
+    let mut out = Vec::new();
+    for name in db.tree_names() {
+        let label = String::from_utf8_lossy(&name).into_owned();
+        let tree = db.open_tree(&name).map_err(|e| ChaosError::Store(irec_server::store::StoreError::Sled(e)))?;
+        for kv in tree.iter() {
+            let (k, v) = kv.map_err(|e| ChaosError::Store(irec_server::store::StoreError::Sled(e)))?;
+            out.push((label.clone(), k.to_vec()));
+            if label != "policies" {
+                out.push((label.clone(), v.to_vec()));
+            }
+        }
+    }
+    Ok(out)
 }
 
 fn files_under(dir: &Path) -> Vec<PathBuf> {
@@ -149,6 +217,11 @@ pub fn run(bins: &Binaries, config: &PrivacyConfig) -> Result<Outcome, ChaosErro
     });
     let (streams, failures) = traffic?;
     runtime.shutdown_timeout(Duration::from_secs(5));
+    // Rounds the uploads closed finish first, so the trainer's state and the registry are audited.
+    let rounds_done = super::bins::wait_until(&mut server, Duration::from_secs(600), "done with its rounds", || {
+        fleet::read_status(&server_dir).is_some_and(|s| s.rounds.iter().all(|r| r.status.is_finished()))
+    });
+    out.check(rounds_done.is_ok(), || format!("rounds did not finish: {rounds_done:?}"));
     let stopped = server.interrupt(Duration::from_secs(20));
     out.check(stopped.is_some_and(|s| s.success()), || format!("the server did not stop cleanly: {stopped:?}"));
     out.violations.extend(failures);
@@ -162,41 +235,49 @@ pub fn run(bins: &Binaries, config: &PrivacyConfig) -> Result<Outcome, ChaosErro
         let (sessions, profile) = fleet::replay_with(&env, d, config.sessions, &probe);
         needles.u64("device seed", d.seed);
         needles.f32("noise sigma", d.noise_sigma);
-        needles.add("noise sigma", d.noise_sigma.to_string().into_bytes());
+        needles.strong.add("noise sigma", d.noise_sigma.to_string().into_bytes());
         // Values a quantised bias could take by chance in any float data are left out.
-        for b in profile.bias.values().into_iter().filter(|b| (*b * 1024.0).fract() != 0.0).take(16) {
-            needles.add("learned bias", b.to_le_bytes().to_vec());
-        }
+        let bias: Vec<f32> = profile.bias.values().into_iter().filter(|b| (*b * 1024.0).fract() != 0.0).collect();
+        needles.f32s("learned bias", &bias);
         for s in &sessions {
             needles.u64("session seed", s.seed);
             needles.u64("user id (user seed)", rng::derive(s.seed, 1));
         }
         replayed.extend(sessions);
     }
-    for p in &probabilities {
-        needles.add("action probability", p.to_le_bytes().to_vec());
-        needles.add("action probability", p.to_be_bytes().to_vec());
+    for turn in &probabilities {
+        needles.f32s("action probability", turn);
     }
 
     // The scan can see a leak: the first device's own store holds its seed.
     let own: Vec<u8> = files_under(&dir.join("agent-0")).iter().flat_map(|p| std::fs::read(p).unwrap_or_default()).collect();
-    let seen_on_device = needles.find(&own).iter().filter(|(w, _)| *w == "device seed").count();
+    let seen_on_device = needles.find(&own, false).iter().filter(|(w, _)| *w == "device seed").count();
     out.check(seen_on_device > 0, || "the scan does not find a device's seed even in the device's own store".to_string());
 
     // 1. Bytes: server storage and traffic.
-    let (mut storage_bytes, mut files) = (0usize, 0usize);
+    let mut scanned: BTreeMap<&str, usize> = BTreeMap::new();
     let mut found: BTreeMap<String, usize> = BTreeMap::new();
+    let mut files = 0usize;
     for f in files_under(&server_dir) {
         let bytes = std::fs::read(&f).map_err(|e| ChaosError::Io(f.clone(), e))?;
-        storage_bytes += bytes.len();
         files += 1;
-        for (what, at) in needles.find(&bytes) {
+        // Weights live in the trainer's state and, inside the database files, the registry.
+        let weights = f.starts_with(server_dir.join("trainer")) || f.starts_with(server_dir.join("db"));
+        *scanned.entry(if weights { "server_files_8_byte_needles" } else { "server_files_all_needles" }).or_default() += bytes.len();
+        for (what, at) in needles.find(&bytes, !weights) {
             *found.entry(format!("{what} in {} at {at}", f.display())).or_default() += 1;
         }
     }
-    let traffic_bytes: usize = streams.iter().map(|s| s.bytes.len()).sum();
+    for (tree, bytes) in db_entries(&server_dir.join("db"))? {
+        *scanned.entry("database_entries_all_needles").or_default() += bytes.len();
+        for (what, _) in needles.find(&bytes, true) {
+            *found.entry(format!("{what} in database tree {tree}")).or_default() += 1;
+        }
+    }
     for s in &streams {
-        for (what, _) in needles.find(&s.bytes) {
+        let to_server = s.direction == Direction::ToServer;
+        *scanned.entry(if to_server { "traffic_to_server_all_needles" } else { "traffic_to_agents_8_byte_needles" }).or_default() += s.bytes.len();
+        for (what, _) in needles.find(&s.bytes, to_server) {
             *found.entry(format!("{what} in traffic {:?}", s.direction)).or_default() += 1;
         }
     }
@@ -246,17 +327,17 @@ pub fn run(bins: &Binaries, config: &PrivacyConfig) -> Result<Outcome, ChaosErro
     }
     out.check(target_shown_unfound == 0, || format!("{target_shown_unfound} sessions reveal a target they did not find"));
 
-    let distinct_probabilities: HashSet<u32> = probabilities.iter().map(|p| p.to_bits()).collect();
+    let distinct_probabilities: HashSet<u32> = probabilities.iter().flatten().map(|p| p.to_bits()).collect();
     out.figure("agents", config.agents);
     out.figure("sessions", t_d);
     out.figure("failed_sessions_checked_for_target", failed);
     out.figure("server_files_scanned", files);
-    out.figure("server_bytes_scanned", storage_bytes);
+    out.figure("rounds_trained", irec_server::store::Store::open(&server_dir.join("db"))?.rounds()?.len());
+    out.figure("bytes_scanned", &scanned);
     out.figure("traffic_streams", streams.len());
-    out.figure("traffic_bytes_scanned", traffic_bytes);
     out.figure("frames", &kinds);
-    out.figure("needles", &needles.counts);
-    out.figure("action_probabilities_recorded", probabilities.len());
+    out.figure("needles", needles.counts());
+    out.figure("action_probabilities_recorded", probabilities.len() * irec_shared::catalog::NUM_ATTRS);
     out.figure("action_probabilities_distinct", distinct_probabilities.len());
     out.figure("device_seed_hits_in_own_store", seen_on_device);
     out.figure("private_values_found", found.len());

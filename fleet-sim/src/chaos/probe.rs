@@ -4,8 +4,7 @@
 //! the audit then proves they appear nowhere on the server or the wire.
 //!
 //! Each recorded probability carries a 12-bit watermark in its lowest mantissa bits (the value
-//! the policy actually samples with), so that a byte search over megabytes cannot match one by
-//! chance (odds about 2^-44 per position instead of 2^-32).
+//! the policy acts on), so that a value found anywhere can be told for one of the probe's.
 
 use irec_edge_agent::{LoadError, LoadedPolicy, PolicyLoader};
 use irec_shared::catalog::{Action, NUM_ATTRS};
@@ -29,8 +28,9 @@ pub fn watermarked(p: f32) -> bool {
 #[derive(Clone, Debug)]
 pub struct ProbeLoader {
     pub heads: [usize; NUM_ATTRS],
-    /// Every probability any probe policy acted on, in order.
-    pub record: Arc<Mutex<Vec<f32>>>,
+    /// The probabilities of the chosen slots (one per action head) of every turn any probe
+    /// policy acted on, in order.
+    pub record: Arc<Mutex<Vec<[f32; NUM_ATTRS]>>>,
 }
 
 impl ProbeLoader {
@@ -38,7 +38,7 @@ impl ProbeLoader {
         ProbeLoader { heads, record: Arc::new(Mutex::new(Vec::new())) }
     }
 
-    pub fn recorded(&self) -> Vec<f32> {
+    pub fn recorded(&self) -> Vec<[f32; NUM_ATTRS]> {
         self.record.lock().map(|r| r.clone()).unwrap_or_default()
     }
 }
@@ -72,7 +72,7 @@ struct ProbePolicy {
     heads: [usize; NUM_ATTRS],
     logits: Vec<f32>,
     sigma: f32,
-    record: Arc<Mutex<Vec<f32>>>,
+    record: Arc<Mutex<Vec<[f32; NUM_ATTRS]>>>,
 }
 
 impl Policy for ProbePolicy {
@@ -82,7 +82,7 @@ impl Policy for ProbePolicy {
 
     fn act(&mut self, rng: &mut Rng) -> Action {
         let mut action = Action::default();
-        let mut chosen = Vec::with_capacity(NUM_ATTRS);
+        let mut chosen = [0f32; NUM_ATTRS];
         let mut off = 0;
         for (d, &n) in self.heads.iter().enumerate() {
             let z: Vec<f32> = self.logits[off..off + n]
@@ -93,12 +93,12 @@ impl Policy for ProbePolicy {
             let w: Vec<f64> = z.iter().map(|x| ((x - m) as f64).exp()).collect();
             let slot = rng::weighted_index(&w, rng).unwrap_or(0);
             let p = (w[slot] / w.iter().sum::<f64>()) as f32;
-            chosen.push(f32::from_bits((p.to_bits() & !MASK) | WATERMARK));
+            chosen[d] = f32::from_bits((p.to_bits() & !MASK) | WATERMARK);
             action.0[d] = slot as u8;
             off += n;
         }
         if let Ok(mut r) = self.record.lock() {
-            r.extend(chosen);
+            r.push(chosen);
         }
         action
     }
