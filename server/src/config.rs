@@ -35,6 +35,16 @@ pub struct ServerConfig {
     pub gate_tolerance: f64,
     /// Per-kind frame caps, in bytes (uploads and policy blobs).
     pub frames: FrameLimits,
+    /// Request bytes all connections together may hold at once, in bytes: a request's frame is
+    /// read only once its size fits (else it waits, within `request_timeout_ms`). With
+    /// `connection_receive_window_bytes`, what bounds the server's memory under slow or
+    /// hostile uploads.
+    pub max_request_bytes_in_flight: u64,
+    /// The same for one connection (at most this of the server's budget is one agent's).
+    pub max_request_bytes_per_connection: u64,
+    /// QUIC flow-control window of one connection, in bytes: what an agent may send that the
+    /// server has not read yet.
+    pub connection_receive_window_bytes: u64,
     /// Most sessions accepted in one upload batch.
     pub max_batch_sessions: usize,
     /// Turn cap of a session (uploads with more turns are refused).
@@ -67,6 +77,9 @@ impl Default for ServerConfig {
             round_quota: 1000,
             gate_tolerance: 0.0,
             frames: FrameLimits::default(),
+            max_request_bytes_in_flight: 64 << 20,
+            max_request_bytes_per_connection: 8 << 20,
+            connection_receive_window_bytes: 1 << 20,
             max_batch_sessions: DEFAULT_MAX_BATCH_SESSIONS,
             max_turns: 50,
             initial_policy: None,
@@ -114,6 +127,16 @@ impl ServerConfig {
         }
         if !self.gate_tolerance.is_finite() || self.gate_tolerance < 0.0 {
             return bad("gate_tolerance must be a finite number ≥ 0");
+        }
+        let largest_request = (self.frames.upload_bytes.max(self.frames.small_bytes) as u64) + 5;
+        if self.max_request_bytes_per_connection < largest_request {
+            return bad("max_request_bytes_per_connection must hold at least one largest upload frame");
+        }
+        if self.max_request_bytes_in_flight < self.max_request_bytes_per_connection {
+            return bad("max_request_bytes_in_flight must be at least max_request_bytes_per_connection");
+        }
+        if self.connection_receive_window_bytes < 16 << 10 {
+            return bad("connection_receive_window_bytes must be at least 16 KiB");
         }
         if self.cert_names.is_empty() {
             return bad("cert_names must name at least one host");

@@ -49,13 +49,13 @@ async fn refuse_connection(
     conn.close(close_code(error.code), error.message.as_bytes());
 }
 
-fn frame_input(r: Result<Message, ReadError>) -> Result<Result<Message, FrameError>, ReadError> {
+fn frame_input(r: Result<(Message, io::Held), ReadError>) -> Result<(Result<Message, FrameError>, io::Held), ReadError> {
     match r {
-        Ok(m) => Ok(Ok(m)),
-        Err(ReadError::Frame(e)) => Ok(Err(e)),
+        Ok((m, held)) => Ok((Ok(m), held)),
+        Err(ReadError::Frame(e)) => Ok((Err(e), Vec::new())),
         // A stream finished without a byte is not a frame either: refuse it clearly rather
         // than hang up without a word (found by the R3 live fuzzer).
-        Err(ReadError::Finished) => Ok(Err(FrameError::NoFrame)),
+        Err(ReadError::Finished) => Ok((Err(FrameError::NoFrame), Vec::new())),
         Err(other) => Err(other),
     }
 }
@@ -86,8 +86,10 @@ pub async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut stop: wat
             return conn.close(close_code(e.code), e.message.as_bytes());
         }
     };
-    let input = match frame_input(io::read_message(&mut recv, shared.limits, shared.hello_timeout).await) {
-        Ok(i) => i,
+    // A hello takes no budget: it is small, and waiting behind others' uploads would let them
+    // keep new agents out.
+    let input = match frame_input(io::read_message(&mut recv, shared.limits, shared.hello_timeout, &[]).await) {
+        Ok((i, _held)) => i,
         Err(ReadError::Timeout(_)) => {
             let e = ErrorMessage::new(ErrorCode::Timeout, "hello not complete in time");
             return refuse_connection(&shared, &conn, &mut control, &mut recv, &e).await;
@@ -110,12 +112,15 @@ pub async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut stop: wat
     debug!(%peer, "agent connected");
 
     let machine = Arc::new(machine);
+    // This connection's share of the request budget: one agent's slow or stalled uploads can
+    // hold no more than this of the server's, and never all of it.
+    let budgets = [Arc::new(tokio::sync::Semaphore::new(shared.connection_request_bytes)), shared.request_budget.clone()];
     let mut requests = JoinSet::new();
     loop {
         tokio::select! {
             stream = conn.accept_bi() => match stream {
                 Ok((send, recv)) => {
-                    requests.spawn(serve_request(shared.clone(), machine.clone(), send, recv));
+                    requests.spawn(serve_request(shared.clone(), machine.clone(), budgets.clone(), send, recv));
                 }
                 Err(e) => {
                     debug!(%peer, "connection ended: {e}");
@@ -150,8 +155,9 @@ pub async fn serve(incoming: quinn::Incoming, shared: Arc<Shared>, mut stop: wat
     while requests.join_next().await.is_some() {}
 }
 
-async fn serve_request(shared: Arc<Shared>, machine: Arc<ServerConnection>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
-    let input = match frame_input(io::read_message(&mut recv, shared.limits, shared.request_timeout).await) {
+async fn serve_request(shared: Arc<Shared>, machine: Arc<ServerConnection>, budgets: [io::Budget; 2], mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+    // The request's share of the byte budget is held until its reply is sent.
+    let (input, _held) = match frame_input(io::read_message(&mut recv, shared.limits, shared.request_timeout, &budgets).await) {
         Ok(i) => i,
         Err(ReadError::Timeout(_)) => {
             let e = ErrorMessage::new(ErrorCode::Timeout, "request not complete in time");

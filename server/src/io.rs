@@ -1,7 +1,10 @@
 //! Frames over quinn streams: the only place the server touches stream bytes.
 
+use irec_shared::protocol::frame::HEADER_LEN;
 use irec_shared::protocol::{FrameDecoder, FrameError, FrameLimits, Message, Side};
+use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Most bytes asked of the stream per read (the decoder never asks beyond the current frame).
 const READ_CHUNK: usize = 64 * 1024;
@@ -23,22 +26,37 @@ pub enum ReadError {
     Stream(#[from] quinn::ReadError),
 }
 
-/// Reads exactly one message sent by the agent.
-pub async fn read_message(recv: &mut quinn::RecvStream, limits: FrameLimits, within: Duration) -> Result<Message, ReadError> {
-    match tokio::time::timeout(within, read_inner(recv, limits)).await {
+/// A budget of request bytes (a connection's, or the server's).
+pub type Budget = Arc<Semaphore>;
+/// A request's share of its budgets, released when dropped.
+pub type Held = Vec<OwnedSemaphorePermit>;
+
+/// Reads exactly one message sent by the agent, taking its frame's size from each of `budgets`
+/// in order from the moment the header announced it: the body is read only within them, and
+/// the returned permits keep the bytes taken until the caller is done with the message.
+pub async fn read_message(recv: &mut quinn::RecvStream, limits: FrameLimits, within: Duration, budgets: &[Budget]) -> Result<(Message, Held), ReadError> {
+    match tokio::time::timeout(within, read_inner(recv, limits, budgets)).await {
         Ok(r) => r,
         Err(_) => Err(ReadError::Timeout(within)),
     }
 }
 
-async fn read_inner(recv: &mut quinn::RecvStream, limits: FrameLimits) -> Result<Message, ReadError> {
+async fn read_inner(recv: &mut quinn::RecvStream, limits: FrameLimits, budgets: &[Budget]) -> Result<(Message, Held), ReadError> {
     let mut decoder = FrameDecoder::new(Side::Server, limits);
+    let mut held: Held = Vec::new();
     loop {
         if let Some(m) = decoder.next_message()? {
-            return Ok(m);
+            return Ok((m, held));
         }
-        let want = decoder.wanted()?.clamp(1, READ_CHUNK);
-        match recv.read_chunk(want, true).await? {
+        let want = decoder.wanted()?;
+        if held.len() < budgets.len() && decoder.buffered() >= HEADER_LEN {
+            // The header passed its checks (kind, direction, cap): take the frame's size.
+            let size = u32::try_from(decoder.buffered() + want).unwrap_or(u32::MAX);
+            for b in budgets {
+                held.push(b.clone().acquire_many_owned(size).await.map_err(|_| ReadError::Finished)?);
+            }
+        }
+        match recv.read_chunk(want.clamp(1, READ_CHUNK), true).await? {
             Some(chunk) => decoder.push(&chunk.bytes)?,
             None if decoder.buffered() == 0 => return Err(ReadError::Finished),
             None => {

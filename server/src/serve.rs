@@ -31,6 +31,10 @@ pub struct Shared {
     pub quota: u64,
     pub hello_timeout: Duration,
     pub request_timeout: Duration,
+    /// Request bytes all connections may hold at once (see `ServerConfig::max_request_bytes_in_flight`).
+    pub request_budget: crate::io::Budget,
+    /// Request bytes one connection may hold at once.
+    pub connection_request_bytes: usize,
     pub data_dir: PathBuf,
     /// The deployed policy; connections forward changes to their agents.
     announce_tx: watch::Sender<Option<PolicyAnnouncement>>,
@@ -192,7 +196,7 @@ impl Server {
         let mut upload = UploadRules::new(experience_limits(&cat.schema, cat.len(), config.max_turns));
         upload.max_batch_sessions = config.max_batch_sessions;
         let rules = Arc::new(ServerRules::new(&config.fleet_token, upload, config.frames.upload_bytes));
-        let server_config = tls::server_config(cert, key, Duration::from_millis(config.idle_timeout_ms))?;
+        let server_config = tls::server_config(cert, key, Duration::from_millis(config.idle_timeout_ms), config.connection_receive_window_bytes)?;
         // The reset key survives restarts, so agents learn of a crash at their next packet.
         let endpoint_config = tls::endpoint_config(&config.data_dir)?;
         let socket = std::net::UdpSocket::bind(config.listen).map_err(|e| ServerError::Bind(config.listen, e))?;
@@ -212,6 +216,8 @@ impl Server {
             quota: config.round_quota,
             hello_timeout: Duration::from_millis(config.hello_timeout_ms),
             request_timeout: Duration::from_millis(config.request_timeout_ms),
+            connection_request_bytes: usize::try_from(config.max_request_bytes_per_connection).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS),
+            request_budget: Arc::new(tokio::sync::Semaphore::new(usize::try_from(config.max_request_bytes_in_flight).unwrap_or(usize::MAX).min(tokio::sync::Semaphore::MAX_PERMITS))),
             data_dir: config.data_dir.clone(),
             announce_tx,
             announce,

@@ -108,6 +108,7 @@ pub fn server_config(
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,
     idle_timeout: Duration,
+    receive_window: u64,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let mut tls = rustls::ServerConfig::builder_with_provider(crypto_provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -122,6 +123,12 @@ pub fn server_config(
     // Agents never open unidirectional streams; bidi streams are one per request.
     transport.max_concurrent_uni_streams(0u8.into());
     transport.max_concurrent_bidi_streams(64u8.into());
+    // Bounded flow control: quinn buffers what a peer sent until the server reads it, and by
+    // default lets a connection send without limit — sixty half-sent 4 MiB uploads on each of
+    // two connections pinned half a gigabyte (found by R5). The stream window cannot exceed it.
+    let window = quinn::VarInt::from_u64(receive_window).map_err(|e| TlsError::Quic(e.to_string()))?;
+    transport.receive_window(window);
+    transport.stream_receive_window(window);
     config.transport_config(Arc::new(transport));
     Ok(config)
 }

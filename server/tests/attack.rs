@@ -228,3 +228,47 @@ async fn hellos_with_every_kind_of_wrong_version_or_token_are_refused() {
     server.stop().await;
     assert!(stored(dir.path()).is_empty());
 }
+
+/// Found by R5: quinn let a connection send without limit and the server read every stream into
+/// its decoder, so sixty half-sent 4 MiB uploads on each of two connections pinned half a
+/// gigabyte. Bounded flow control and a byte budget (per connection and server-wide) keep it to
+/// tens of megabytes, and the stalled uploads do not keep a well-behaved agent waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_maximal_uploads_pin_bounded_memory_and_block_no_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut cfg, path) = process_config(dir.path());
+    // The stalled uploads stay stalled (not timed out) while the good agent uploads.
+    cfg.request_timeout_ms = 30_000;
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let mut server = start_process(&path, &cfg.data_dir);
+    let (addr, cert) = (cfg.listen, cfg.data_dir.join(irec_server::tls::CERT_FILE));
+    let before = peak_rss_kib(server.id());
+    // A frame announcing the largest upload, all but its last byte sent, then silence.
+    let mut f = ((cfg.frames.upload_bytes + 1).to_be_bytes()).to_vec();
+    f.push(Kind::UploadBatch.tag());
+    f.resize(f.len() + cfg.frames.upload_bytes as usize - 1, 7);
+    let f = Arc::new(f);
+    let mut attackers = Vec::new();
+    for _ in 0..2 {
+        let c = client(addr, &cert).await;
+        for _ in 0..60 {
+            let (mut send, recv) = c.conn.open_bi().await.unwrap();
+            let f = f.clone();
+            tokio::spawn(async move {
+                let _ = send.write_all(&f).await;
+                tokio::time::sleep(Duration::from_secs(60)).await;
+                drop((send, recv));
+            });
+        }
+        attackers.push(c);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let good = client(addr, &cert).await;
+    let t = Instant::now();
+    assert_eq!(expect_ack(&good.request(&batch(1, vec![session(1, 1.0)])).await).stored, 1);
+    assert!(t.elapsed() < Duration::from_secs(2), "a good upload waited {:?}", t.elapsed());
+    let grown_mib = (peak_rss_kib(server.id()) - before) / 1024;
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert!(grown_mib < 128, "stalled uploads pinned {grown_mib} MiB of server memory");
+}

@@ -7,37 +7,13 @@
 mod common;
 
 use common::*;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-
-fn start_process(config_path: &Path, data_dir: &Path) -> Child {
-    let status = data_dir.join("status.json");
-    let _ = std::fs::remove_file(&status);
-    let child = Command::new(env!("CARGO_BIN_EXE_irec-server"))
-        .arg("--config")
-        .arg(config_path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !status.exists() {
-        assert!(Instant::now() < deadline, "the server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_learn_of_a_crashed_server_at_their_next_packet() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let data = dir.path().join("server");
-    let mut cfg = config(&data);
-    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
-    let path = dir.path().join("server.toml");
-    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    let (cfg, path) = process_config(dir.path());
+    let data = cfg.data_dir.clone();
     let (addr, cert) = (cfg.listen, data.join(irec_server::tls::CERT_FILE));
 
     let mut first = start_process(&path, &data);

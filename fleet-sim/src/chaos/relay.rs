@@ -59,7 +59,7 @@ impl Relay {
         std::fs::create_dir_all(dir).map_err(|e| ChaosError::Io(dir.into(), e))?;
         let names = vec![irec_server::tls::DEFAULT_SERVER_NAME.to_string()];
         let (cert, key) = irec_server::tls::load_or_create(dir, &names).map_err(|e| ChaosError::Relay(e.to_string()))?;
-        let config = irec_server::tls::server_config(cert, key, Duration::from_secs(30)).map_err(|e| ChaosError::Relay(e.to_string()))?;
+        let config = irec_server::tls::server_config(cert, key, Duration::from_secs(30), 1 << 20).map_err(|e| ChaosError::Relay(e.to_string()))?;
         let endpoint = quinn::Endpoint::server(config, SocketAddr::from(([127, 0, 0, 1], 0))).map_err(|e| ChaosError::Io(dir.into(), e))?;
         let addr = endpoint.local_addr().map_err(|e| ChaosError::Io(dir.into(), e))?;
         let traffic = Traffic::default();

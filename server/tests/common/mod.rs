@@ -220,3 +220,40 @@ pub fn expect_ack(r: &Reply) -> Ack {
         other => panic!("expected ack, got {other:?}"),
     }
 }
+
+/// Starts the `irec-server` executable on a TOML config and waits until it is bound (it writes
+/// `status.json` right after binding).
+pub fn start_process(config_path: &Path, data_dir: &Path) -> std::process::Child {
+    let status = data_dir.join("status.json");
+    let _ = std::fs::remove_file(&status);
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_irec-server"))
+        .arg("--config")
+        .arg(config_path)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !status.exists() {
+        assert!(std::time::Instant::now() < deadline, "the server did not start");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+/// A config for a server process on a fixed loopback port in `dir/server`, written to
+/// `dir/server.toml`; returns (config, its path).
+pub fn process_config(dir: &Path) -> (ServerConfig, PathBuf) {
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cfg = config(&dir.join("server"));
+    cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    let path = dir.join("server.toml");
+    std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
+    (cfg, path)
+}
+
+/// Peak resident memory of a process, in KiB (Linux).
+pub fn peak_rss_kib(pid: u32) -> u64 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    text.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap()
+}
