@@ -30,6 +30,8 @@ pub fn read_status(server_dir: &Path) -> Option<ServerStatus> {
 #[derive(Clone, Debug)]
 pub struct AgentReport {
     pub stats: Option<Stats>,
+    /// The agent process's peak RSS in KiB, as it reported it (process mode, Linux).
+    pub peak_rss_kib: Option<u64>,
     /// Why there are no stats (exit status, unreadable output).
     pub problem: Option<String>,
 }
@@ -201,12 +203,14 @@ impl Processes {
         for (i, c, out) in &mut self.agents {
             let status = wait_or_kill(c)?;
             let text = std::fs::read_to_string(&*out).unwrap_or_default();
-            let stats = text.lines().rev().find(|l| l.starts_with('{')).and_then(|l| serde_json::from_str::<Stats>(l).ok());
+            let line = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or_default();
+            let stats = serde_json::from_str::<Stats>(line).ok();
+            let peak_rss_kib = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["peak_rss_kib"].as_u64());
             let problem = match (&stats, status.success()) {
                 (Some(_), true) => None,
                 _ => Some(format!("agent {i} ended with {status}; its summary {}", if stats.is_some() { "was read" } else { "is missing" })),
             };
-            reports.push(AgentReport { stats, problem });
+            reports.push(AgentReport { stats, peak_rss_kib, problem });
         }
         interrupt(&self.server);
         let status = wait_or_kill(&mut self.server)?;
@@ -285,9 +289,9 @@ impl InProcess {
             let mut out = Vec::new();
             for a in agents {
                 out.push(match a.await {
-                    Ok(Ok(stats)) => AgentReport { stats: Some(stats), problem: None },
-                    Ok(Err(e)) => AgentReport { stats: None, problem: Some(e.to_string()) },
-                    Err(e) => AgentReport { stats: None, problem: Some(format!("agent task: {e}")) },
+                    Ok(Ok(stats)) => AgentReport { stats: Some(stats), peak_rss_kib: None, problem: None },
+                    Ok(Err(e)) => AgentReport { stats: None, peak_rss_kib: None, problem: Some(e.to_string()) },
+                    Err(e) => AgentReport { stats: None, peak_rss_kib: None, problem: Some(format!("agent task: {e}")) },
                 });
             }
             out
