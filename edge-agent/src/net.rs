@@ -72,7 +72,7 @@ impl Net {
             && uploader.is_idle()
     }
 
-    fn form_batches(&self, uploader: &mut Uploader, max_sessions: usize, max_bytes: usize, last_session: Instant) -> Result<(), AgentError> {
+    async fn form_batches(&self, uploader: &mut Uploader, max_sessions: usize, max_bytes: usize, last_session: Instant) -> Result<(), AgentError> {
         let waiting = self.store.unbatched();
         if waiting == 0 {
             return Ok(());
@@ -80,7 +80,15 @@ impl Net {
         let linger = Duration::from_millis(self.config.batch_linger_ms);
         let all = self.generator_done.load(Ordering::SeqCst) || last_session.elapsed() >= linger;
         if waiting >= max_sessions || all {
-            for id in self.store.form_batches(max_sessions, max_bytes, all)? {
+            // Forming a batch flushes under the process-wide storage lock: on a blocking thread,
+            // or a thousand in-process agents stall the runtime's workers (and every ack waiting
+            // on them) behind each other's fsyncs (seen in R4).
+            let store = self.store.clone();
+            let formed = tokio::task::spawn_blocking(move || store.form_batches(max_sessions, max_bytes, all))
+                .await
+                .map_err(|e| AgentError::Sessions(format!("batch task: {e}")))??;
+            for id in formed {
+                debug!(batch = %id, "batch formed");
                 uploader.add(id);
             }
         }
@@ -100,7 +108,7 @@ impl Net {
         let mut last_session = Instant::now();
         loop {
             let (bs, bb) = (self.config.batch_size, self.config.frames.upload_bytes as usize);
-            self.form_batches(&mut uploader, bs, bb, last_session)?;
+            self.form_batches(&mut uploader, bs, bb, last_session).await?;
             if self.done(&uploader) {
                 return Ok(());
             }
@@ -222,7 +230,7 @@ impl Net {
             spawn_policy_request(&mut tasks, &conn, req, limits);
         }
         let ended = loop {
-            self.form_batches(uploader, max_sessions, max_bytes, *last_session)?;
+            self.form_batches(uploader, max_sessions, max_bytes, *last_session).await?;
             let now = Instant::now();
             for id in uploader.poll_timeouts(now) {
                 warn!(batch = %id, "upload timed out; will retry");
@@ -237,6 +245,7 @@ impl Net {
                         let sessions = b.sessions.len();
                         // The round of the newest policy that collected a session of this batch.
                         let round = b.sessions.iter().map(|s| s.round).max().unwrap_or(0);
+                        debug!(batch = %id, sessions, "upload sent");
                         let h = tasks.spawn(async move {
                             let msg = Message::UploadBatch(b.upload());
                             let bytes = frame::body_len(&msg).unwrap_or(0);
@@ -332,7 +341,10 @@ impl Net {
                     Ok(Message::Ack(ack)) if ack.batch_id == id => {
                         // Durably gone here before the uploader forgets it: a crash in between
                         // resends the batch, which the server acks as a duplicate.
+                        // (The debug events let fault-injection campaigns tell where a kill hit.)
+                        debug!(batch = %id, duplicate = ack.duplicate, "ack received");
                         self.store.remove_acked(id).await?;
+                        debug!(batch = %id, "batch deleted");
                         uploader.on_ack(id);
                         let ms = started.elapsed().as_secs_f64() * 1000.0;
                         self.stat(|s| {
@@ -359,7 +371,10 @@ impl Net {
                     Err(RequestError::Refused(e)) if e.code.is_permanent() => {
                         warn!(batch = %id, "server refused the batch: {e}; quarantined");
                         if uploader.on_failure(id, Failure::Permanent, Instant::now()) == AfterFailure::Quarantine {
-                            self.store.quarantine(id)?;
+                            let store = self.store.clone();
+                            tokio::task::spawn_blocking(move || store.quarantine(id))
+                                .await
+                                .map_err(|e| AgentError::Sessions(format!("quarantine task: {e}")))??;
                             self.stat(|s| s.quarantined_batches += 1);
                         }
                     }

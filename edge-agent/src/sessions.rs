@@ -142,7 +142,9 @@ impl Generator {
             let session = ExperienceSession::from_transcript(&transcript, active.id.map_or(0, |i| i.round));
             // Minor adaptation from what the device heard; the bias stays on the device.
             self.profile.bias.learn(session.turns.iter().map(|t| t.utterance.as_str()), &self.env.world.lexicon);
+            tracing::debug!(index, "recording session");
             self.store.record_session(index, &session, &self.profile)?;
+            tracing::debug!(index, "session recorded");
             index += 1;
             self.ran.fetch_add(1, Ordering::Relaxed);
             self.new_session.notify_one();

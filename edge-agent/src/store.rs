@@ -125,6 +125,10 @@ impl AgentStore {
         Ok(())
     }
 
+    /// [`AgentStore::flush`] without blocking the async runtime: sled's synchronous flush on a
+    /// blocking thread under the storage lock. Not sled's `flush_async`, which deadlocks when
+    /// called concurrently (spacejam/sled#1308) — and sled's state is shared by every store in a
+    /// process, so a thousand in-process agents would call it concurrently all the time.
     pub async fn flush_async(&self) -> Result<(), StoreError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
@@ -320,6 +324,36 @@ mod tests {
         st.quarantine(rest[0]).unwrap();
         assert_eq!(st.quarantined(), 1);
         assert_eq!(st.pending_batches().unwrap(), ids);
+    }
+
+    /// Regression: sled's `flush_async` deadlocks when called concurrently, and its thread pool
+    /// is shared by every store in the process (an in-process fleet). Many stores flushing at
+    /// once must finish.
+    #[test]
+    fn many_stores_flushing_at_once_do_not_deadlock() {
+        let dirs: Vec<_> = (0..16).map(|_| tempfile::tempdir().unwrap()).collect();
+        let stores: Vec<_> = dirs.iter().map(|d| AgentStore::open(d.path()).unwrap()).collect();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async {
+                let mut tasks = Vec::new();
+                for (i, st) in stores.iter().enumerate() {
+                    for j in 0..8u64 {
+                        let st = st.clone();
+                        tasks.push(tokio::spawn(async move {
+                            st.record_session(j, &session(i as u32), &profile()).unwrap();
+                            st.flush_async().await.unwrap();
+                        }));
+                    }
+                }
+                for t in tasks {
+                    t.await.unwrap();
+                }
+            });
+            let _ = tx.send(());
+        });
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok(), "concurrent flushes deadlocked");
     }
 
     #[test]

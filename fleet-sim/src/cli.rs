@@ -31,6 +31,9 @@ pub enum Command {
     /// Same for the edge-agent binary.
     #[command(name = "edge-agent", hide = true, disable_help_flag = true)]
     Agent(Passthrough),
+    /// Reliability campaigns: kill -9 agents or the server, fuzz the protocol, load with a
+    /// thousand agents, audit privacy (docs/reliability.md).
+    Chaos(crate::commands::chaos::ChaosArgs),
 }
 
 /// Arguments handed to another binary's parser unchanged.

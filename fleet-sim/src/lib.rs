@@ -8,6 +8,7 @@
 //!
 //! Every command takes `--json`, which makes the last line of stdout one JSON object.
 
+pub mod chaos;
 pub mod chart;
 pub mod cli;
 pub mod commands;
@@ -20,9 +21,15 @@ use std::process::ExitCode;
 /// Parses the command line, runs the command, and maps errors to a non-zero exit.
 pub fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    // The server and agents that `run` starts log what they do (into the run's log files).
-    let child = matches!(cli.command, cli::Command::Server(_) | cli::Command::Agent(_));
-    init_tracing(if child { "info" } else { "warn" });
+    // Chaos campaigns run an in-process server against hostile peers: its per-refusal warnings
+    // would bury the report. The server and agents that `run` starts log what they do (into the
+    // run's log files).
+    let filter = match cli.command {
+        cli::Command::Chaos(_) => "warn,irec_server=error,irec_edge_agent=error",
+        cli::Command::Server(_) | cli::Command::Agent(_) => "info",
+        _ => "warn",
+    };
+    init_tracing(filter);
     match commands::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

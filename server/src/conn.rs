@@ -53,6 +53,9 @@ fn frame_input(r: Result<Message, ReadError>) -> Result<Result<Message, FrameErr
     match r {
         Ok(m) => Ok(Ok(m)),
         Err(ReadError::Frame(e)) => Ok(Err(e)),
+        // A stream finished without a byte is not a frame either: refuse it clearly rather
+        // than hang up without a word (found by the R3 live fuzzer).
+        Err(ReadError::Finished) => Ok(Err(FrameError::NoFrame)),
         Err(other) => Err(other),
     }
 }

@@ -13,6 +13,7 @@
 //! - [`config`], [`cli`]: settings from TOML and flags; [`status`]: what the server reports.
 
 pub mod cli;
+pub mod commit;
 pub mod config;
 pub mod conn;
 pub mod io;

@@ -66,6 +66,7 @@ impl Shared {
         } else if let Ok(c) = self.store.counters() {
             self.status.send_modify(|s| s.counters = c);
         }
+        tracing::debug!(batch = %batch_id, stored = outcome.stored, duplicate = outcome.duplicate, "ingested");
         let ack = Ack { batch_id, stored: outcome.stored, duplicate: outcome.duplicate };
         encode(&Message::Ack(ack), &self.limits).map(Arc::new).map_err(|e| internal(e.to_string()))
     }
@@ -281,6 +282,7 @@ impl Server {
         let driver_result = driver.await;
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         shared.store.flush().await?;
+        info!(flushes = shared.store.flushes(), "stopped");
         shared.publish_status();
         shared.write_status_file();
         match driver_result {

@@ -145,6 +145,8 @@ pub fn session_key(round: u32, seq: u64) -> [u8; 12] {
 #[derive(Debug, Clone)]
 pub struct Store {
     db: sled::Db,
+    /// Concurrent acks share flushes.
+    commit: std::sync::Arc<crate::commit::GroupCommit>,
     sessions: Tree,
     batches: Tree,
     policies: Tree,
@@ -166,19 +168,34 @@ impl Store {
             rounds: db.open_tree("rounds")?,
             meta: db.open_tree("meta")?,
             db,
+            commit: Default::default(),
         })
     }
 
     /// Makes everything written so far durable.
+    ///
+    /// sled's synchronous flush on a blocking thread under the storage lock, never
+    /// `flush_async`: concurrent flushes deadlock in sled 0.34 (spacejam/sled#1308, #1301; R5's
+    /// race test in `server/tests/attack.rs` froze all ingest with it).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let _sled = irec_shared::storage_lock::guard();
-            db.flush()
-        })
-        .await
-        .map_err(|e| StoreError::Encode(format!("flush task failed: {e}")))??;
-        Ok(())
+        // Concurrent callers share one flush when theirs is already covered (group commit).
+        self.commit
+            .commit(|| async {
+                let db = self.db.clone();
+                tokio::task::spawn_blocking(move || {
+                    let _sled = irec_shared::storage_lock::guard();
+                    db.flush()
+                })
+                .await
+                .map_err(|e| StoreError::Encode(format!("flush task failed: {e}")))??;
+                Ok(())
+            })
+            .await
+    }
+
+    /// Flushes actually run by [`Store::flush`] (fewer than its callers under load).
+    pub fn flushes(&self) -> u64 {
+        self.commit.flushes()
     }
 
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
@@ -416,6 +433,41 @@ mod tests {
         assert_eq!(st.unfinished_rounds().unwrap().iter().map(|r| r.round).collect::<Vec<_>>(), vec![0]);
         assert!(st.has_batch(BatchId(2)).unwrap());
         assert_eq!(st.all_sessions().unwrap().iter().filter(|(r, _)| *r == 1).count(), 1);
+    }
+
+    /// Regression: with sled's `flush_async`, concurrent flushes deadlocked (spacejam/sled#1308)
+    /// and every upload after them hung. Hundreds of ingest + flush pairs at once must finish.
+    #[test]
+    fn concurrent_ingests_and_flushes_do_not_deadlock() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Store::open(dir.path()).unwrap();
+        // On its own thread, so that a deadlock fails the test instead of hanging it.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let worker = st.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            rt.block_on(async {
+                for round in 0..5u128 {
+                    let mut tasks = Vec::new();
+                    for i in 0..64u128 {
+                        let st = worker.clone();
+                        tasks.push(tokio::spawn(async move {
+                            let b = batch(round * 1000 + i % 16, 2);
+                            let s = st.clone();
+                            tokio::task::spawn_blocking(move || s.ingest(&b, 0)).await.unwrap().unwrap();
+                            st.flush().await.unwrap();
+                        }));
+                    }
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                }
+            });
+            let _ = tx.send(());
+        });
+        assert!(rx.recv_timeout(std::time::Duration::from_secs(60)).is_ok(), "ingest + flush deadlocked");
+        assert!(st.flushes() <= 5 * 64, "flushes are shared, never added");
+        assert_eq!(st.counters().unwrap().sessions_total, 5 * 16 * 2, "each batch id stored once");
     }
 
     #[test]

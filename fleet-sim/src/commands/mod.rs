@@ -9,6 +9,7 @@ use serde_json::json;
 
 mod bench;
 mod catalog;
+pub mod chaos;
 mod compare;
 mod run;
 mod simulate;
@@ -19,6 +20,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Catalog(a) => catalog::run(a),
         Command::Compare(a) => compare::run(a),
         Command::BenchTrain(a) => bench::run(a),
+        Command::Chaos(a) => chaos::run(a),
         Command::Run(a) => run::run(a),
         Command::Server(a) => Ok(irec_server::cli::execute(<irec_server::cli::Cli as clap::Parser>::parse_from(
             std::iter::once("irec-server".to_string()).chain(a.args),

@@ -64,6 +64,8 @@ pub enum FrameError {
     Trailing { kind: Kind, extra: usize },
     #[error("stream ended inside a frame ({buffered} bytes buffered)")]
     Truncated { buffered: usize },
+    #[error("stream ended before a frame")]
+    NoFrame,
     #[error("message does not encode: {0}")]
     Encode(String),
 }

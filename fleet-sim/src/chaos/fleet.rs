@@ -1,0 +1,297 @@
+//! What every campaign's fleet shares: a small world (agents restart often, and each start
+//! builds it), configs for server and agents written as TOML, starting the processes, replaying
+//! what a device produced, and counting sessions against that replay.
+
+use super::bins::{wait_until, Binaries, Proc};
+use super::ChaosError;
+use irec_edge_agent::config::DeviceConfig;
+use irec_edge_agent::sessions::{first_profile, run_session};
+use irec_edge_agent::AgentConfig;
+use irec_server::ServerConfig;
+use irec_shared::catalog::GeneratorConfig;
+use irec_shared::experience::ExperienceSession;
+use irec_shared::policy::TrackerPolicy;
+use irec_shared::protocol::Backoff;
+use irec_shared::sim::{Environment, Pool, World, WorldConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The fleet token of every campaign.
+pub const TOKEN: &str = "chaos-fleet-token";
+
+/// The simulated world of a campaign: small, so that an agent restarted a hundred times does not
+/// spend the campaign building catalogs.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct WorldSize {
+    pub items: usize,
+    pub seed: u64,
+    pub feature_dim: usize,
+}
+
+impl Default for WorldSize {
+    fn default() -> Self {
+        WorldSize { items: 2_000, seed: 2022, feature_dim: 16 }
+    }
+}
+
+impl WorldSize {
+    pub fn config(&self) -> WorldConfig {
+        let mut w = WorldConfig { catalog: GeneratorConfig { items: self.items, seed: self.seed }, ..WorldConfig::default() };
+        w.features.dim = self.feature_dim;
+        w.features.seed = self.seed;
+        w
+    }
+
+    /// The train-pool environment agents run in.
+    pub fn environment(&self) -> Result<Arc<Environment>, ChaosError> {
+        let world = World::build(&self.config()).map_err(|e| ChaosError::World(e.to_string()))?;
+        Ok(Arc::new(Environment::with_truth(Arc::new(world), Pool::Train)))
+    }
+}
+
+/// A server config on `127.0.0.1:port` in `data_dir`, no rounds (campaigns set what they need).
+pub fn server_config(data_dir: &Path, port: u16, world: &WorldSize) -> ServerConfig {
+    ServerConfig {
+        listen: SocketAddr::from(([127, 0, 0, 1], port)),
+        data_dir: data_dir.to_path_buf(),
+        fleet_token: TOKEN.to_string(),
+        round_quota: 0,
+        world: world.config(),
+        ..ServerConfig::default()
+    }
+}
+
+/// An agent config for device `seed` running `sessions` sessions against `server`, with short
+/// backoffs (a campaign restarts things all the time; waiting 10 s between tries only slows it).
+pub fn agent_config(data_dir: &Path, server: SocketAddr, cert: &Path, world: &WorldSize, seed: u64, sessions: u64) -> AgentConfig {
+    let mut c = AgentConfig {
+        server: server.to_string(),
+        server_cert: cert.to_path_buf(),
+        fleet_token: TOKEN.to_string(),
+        data_dir: data_dir.to_path_buf(),
+        sessions: Some(sessions),
+        batch_size: 4,
+        batch_linger_ms: 100,
+        connect_timeout_ms: 2_000,
+        world: world.config(),
+        ..AgentConfig::default()
+    };
+    c.device.seed = seed;
+    c.reconnect = Backoff { base_ms: 50, max_ms: 500 };
+    c.upload.backoff = Backoff { base_ms: 50, max_ms: 500 };
+    c.upload.ack_timeout_ms = 5_000;
+    c
+}
+
+/// Writes `value` as TOML, with the tables of `extra` merged over it (e.g. a `[trainer]`
+/// section the campaign's own types do not know about).
+pub fn write_toml<T: Serialize>(path: &Path, value: &T, extra: Option<&toml::Table>) -> Result<(), ChaosError> {
+    let mut table = match toml::Value::try_from(value).map_err(|e| ChaosError::Config(e.to_string()))? {
+        toml::Value::Table(t) => t,
+        other => return Err(ChaosError::Config(format!("expected a table, got {}", other.type_str()))),
+    };
+    if let Some(extra) = extra {
+        merge(&mut table, extra);
+    }
+    let text = toml::to_string_pretty(&table).map_err(|e| ChaosError::Config(e.to_string()))?;
+    std::fs::write(path, text).map_err(|e| ChaosError::Io(path.to_path_buf(), e))
+}
+
+fn merge(into: &mut toml::Table, from: &toml::Table) {
+    for (k, v) in from {
+        match (into.get_mut(k), v) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            _ => {
+                into.insert(k.clone(), v.clone());
+            }
+        }
+    }
+}
+
+/// Reads a TOML file of extra server settings.
+pub fn read_extra(path: &Path) -> Result<toml::Table, ChaosError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ChaosError::Io(path.to_path_buf(), e))?;
+    text.parse::<toml::Table>().map_err(|e| ChaosError::Config(format!("{}: {e}", path.display())))
+}
+
+/// Starts `irec-server` on `config` (plus `extra`) and waits until it is bound: it writes
+/// `status.json` right after binding, so the file is removed first and awaited.
+pub fn start_server(bins: &Binaries, config: &ServerConfig, extra: Option<&toml::Table>, logs: &Path, env: &[(&str, &str)]) -> Result<Proc, ChaosError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|e| ChaosError::Io(config.data_dir.clone(), e))?;
+    let toml_path = config.data_dir.with_extension("toml");
+    write_toml(&toml_path, config, extra)?;
+    let status = config.data_dir.join(irec_server::status::STATUS_FILE);
+    match std::fs::remove_file(&status) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ChaosError::Io(status, e)),
+    }
+    let args = vec!["--config".to_string(), toml_path.display().to_string()];
+    let mut proc = Proc::spawn("irec-server", &bins.server, &args, env, logs)?;
+    wait_until(&mut proc, Duration::from_secs(120), "listening", || status.exists())?;
+    Ok(proc)
+}
+
+/// Starts `edge-agent` on `config` with the rule-based tracker (its sessions can be replayed
+/// exactly, whatever policy bytes arrive).
+pub fn start_agent(bins: &Binaries, name: &str, config: &AgentConfig, logs: &Path, env: &[(&str, &str)]) -> Result<Proc, ChaosError> {
+    let toml_path = config.data_dir.with_extension("toml");
+    if !toml_path.exists() {
+        write_toml(&toml_path, config, None)?;
+    }
+    let args = vec!["--config".to_string(), toml_path.display().to_string(), "--policy".to_string(), "tracker".to_string()];
+    Proc::spawn(name, &bins.agent, &args, env, logs)
+}
+
+/// The server's status snapshot, if readable now.
+pub fn read_status(data_dir: &Path) -> Option<irec_server::ServerStatus> {
+    let bytes = std::fs::read(data_dir.join(irec_server::status::STATUS_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Sessions `0..n` of device `device` with the rule-based tracker, as the agent uploads them
+/// (round tag 0). The tracker ignores the device's learned bias, so this is exact.
+pub fn replay(env: &Environment, device: &DeviceConfig, n: u64) -> Vec<ExperienceSession> {
+    let profile = first_profile(device, env);
+    let targets = profile.population.sampler(env.index.pool(), &env.world.truth);
+    let lexicon = Arc::new(env.world.lexicon.clone());
+    let index = Arc::new(env.index.clone());
+    (0..n)
+        .map(|i| {
+            let mut p = TrackerPolicy::new(lexicon.clone(), index.clone());
+            ExperienceSession::from_transcript(&run_session(env, &targets, &mut p, device.seed, i), 0)
+        })
+        .collect()
+}
+
+/// One replayed session with what only the device knew about it.
+#[derive(Clone, Debug)]
+pub struct Replayed {
+    pub session: ExperienceSession,
+    pub transcript: irec_shared::sim::Transcript,
+    /// The session's seed (its users and tie-breaking derive from it).
+    pub seed: u64,
+}
+
+/// Sessions `0..n` of a device running `policy`, exactly as its agent runs them: the profile of
+/// a first start (noise σ from `device`), and the private bias learned after every session.
+/// Returns the sessions and the profile after the last one.
+pub fn replay_with(
+    env: &Environment,
+    device: &DeviceConfig,
+    n: u64,
+    policy: &dyn irec_edge_agent::LoadedPolicy,
+) -> (Vec<Replayed>, irec_shared::policy::DeviceProfile) {
+    let mut profile = first_profile(device, env);
+    profile.noise_sigma = device.noise_sigma;
+    let targets = profile.population.sampler(env.index.pool(), &env.world.truth);
+    let out = (0..n)
+        .map(|i| {
+            let mut p = policy.instantiate(&profile);
+            let transcript = run_session(env, &targets, p.as_mut(), device.seed, i);
+            let session = ExperienceSession::from_transcript(&transcript, 0);
+            profile.bias.learn(session.turns.iter().map(|t| t.utterance.as_str()), &env.world.lexicon);
+            let seed = irec_shared::rng::derive(irec_shared::rng::derive(device.seed, irec_shared::rng::stream::SESSIONS), i);
+            Replayed { session, transcript, seed }
+        })
+        .collect();
+    (out, profile)
+}
+
+/// How what the server holds compares with what the devices produced.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Tally {
+    pub expected: usize,
+    pub found: usize,
+    /// Produced but not in D.
+    pub missing: usize,
+    /// Extra copies of produced sessions.
+    pub duplicates: usize,
+    /// In D but produced by nobody.
+    pub unexpected: usize,
+}
+
+impl Tally {
+    pub fn exact(&self) -> bool {
+        self.missing == 0 && self.duplicates == 0 && self.unexpected == 0 && self.expected == self.found
+    }
+}
+
+/// Compares multisets of sessions, ignoring the round tag (it depends on which policy version a
+/// device ran, not on what happened in the session).
+pub fn tally(expected: &[ExperienceSession], found: &[ExperienceSession]) -> Tally {
+    let key = |s: &ExperienceSession| {
+        let mut s = s.clone();
+        s.round = 0;
+        bincode::serde::encode_to_vec(&s, bincode::config::standard()).unwrap_or_default()
+    };
+    let mut counts: HashMap<Vec<u8>, (usize, usize)> = HashMap::new();
+    for s in expected {
+        counts.entry(key(s)).or_default().0 += 1;
+    }
+    for s in found {
+        counts.entry(key(s)).or_default().1 += 1;
+    }
+    let mut t = Tally { expected: expected.len(), found: found.len(), ..Tally::default() };
+    for (e, f) in counts.values() {
+        match (e, f) {
+            (0, f) => t.unexpected += f,
+            (e, f) if f < e => t.missing += e - f,
+            (e, f) => t.duplicates += f - e,
+        }
+    }
+    t
+}
+
+/// Every session in a stopped server's D.
+pub fn server_sessions(data_dir: &Path) -> Result<Vec<ExperienceSession>, ChaosError> {
+    let store = irec_server::store::Store::open(&data_dir.join("db"))?;
+    Ok(store.all_sessions()?.into_iter().map(|(_, s)| s).collect())
+}
+
+/// What is left in a stopped agent's store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AgentLeft {
+    pub next_session: u64,
+    pub unbatched: usize,
+    pub pending_batches: usize,
+    pub quarantined: usize,
+}
+
+pub fn agent_left(data_dir: &Path) -> Result<AgentLeft, ChaosError> {
+    let st = irec_edge_agent::store::AgentStore::open(&data_dir.join("db"))?;
+    Ok(AgentLeft {
+        next_session: st.next_session()?,
+        unbatched: st.unbatched(),
+        pending_batches: st.pending_batches()?.len(),
+        quarantined: st.quarantined(),
+    })
+}
+
+/// Marks a directory as a campaign's own, so that a rerun may clear it and nothing else.
+const MARKER: &str = ".irec-chaos";
+
+/// A campaign's working directory: `<given>/<campaign>`, or one under the system temp dir. An
+/// earlier run's directory is cleared; any other existing non-empty directory is refused.
+pub fn workdir(given: Option<&Path>, campaign: &str) -> Result<PathBuf, ChaosError> {
+    let dir = match given {
+        Some(d) => d.join(campaign),
+        None => std::env::temp_dir().join(format!("irec-chaos-{campaign}-{}", std::process::id())),
+    };
+    let io = |e| ChaosError::Io(dir.clone(), e);
+    if dir.exists() {
+        let empty = std::fs::read_dir(&dir).map_err(io)?.next().is_none();
+        if !empty && !dir.join(MARKER).exists() {
+            return Err(ChaosError::Config(format!("{} exists and is not a campaign directory", dir.display())));
+        }
+        std::fs::remove_dir_all(&dir).map_err(io)?;
+    }
+    std::fs::create_dir_all(&dir).map_err(io)?;
+    std::fs::write(dir.join(MARKER), campaign).map_err(io)?;
+    Ok(dir)
+}

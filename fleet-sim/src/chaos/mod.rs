@@ -1,0 +1,131 @@
+//! Fault injection, fuzzing, load and audits: the reliability campaigns (docs/reliability.md).
+//!
+//! Each campaign is a function from a config struct (with defaults sized for a long run; the CI
+//! tests shrink them) to an [`Outcome`]: the figures it measured and every invariant it saw
+//! broken. A campaign only returns `Err` when it could not run at all (a binary missing, a port
+//! taken); a broken promise is a violation in the outcome, so the report always shows it.
+//!
+//! - [`agents_killed`] (R1): SIGKILL edge-agent processes at random points; D must hold every
+//!   session exactly once.
+//! - [`server_killed`] (R2): SIGKILL the server mid-ingest, mid-training, mid-publish.
+//! - [`fuzz`] (R3): seeded random and mutated input to the frame decoder and every handler.
+//! - [`load`] (R4): a thousand in-process agents against one server process.
+//! - [`privacy`] (R6): every byte the server stores or receives, searched for private values.
+//!
+//! R5 (attacks on a live server) lives with the server's own tests (`server/tests/ingest.rs`,
+//! `server/tests/attack.rs`), which have the hand-made QUIC client it needs.
+//!
+//! Building blocks: [`bins`] (the binaries as child processes, SIGKILL), [`fleet`] (configs of a
+//! small world, replaying what a device produced, counting sessions), [`relay`] (a recording
+//! QUIC relay for the traffic audit).
+
+pub mod agents_killed;
+pub mod bins;
+pub mod fleet;
+pub mod client;
+pub mod fuzz;
+pub mod fuzz_live;
+pub mod load;
+pub mod privacy;
+pub mod probe;
+pub mod relay;
+pub mod server_killed;
+
+use serde::Serialize;
+use std::path::PathBuf;
+
+/// Why a campaign could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ChaosError {
+    #[error("{0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error("starting {0}: {1}")]
+    Spawn(String, std::io::Error),
+    #[error("{0}")]
+    Timeout(String),
+    #[error("binary not found: {0}")]
+    Binary(String),
+    #[error("config: {0}")]
+    Config(String),
+    #[error("building the world: {0}")]
+    World(String),
+    #[error("server storage: {0}")]
+    Store(#[from] irec_server::store::StoreError),
+    #[error("agent storage: {0}")]
+    AgentStore(#[from] irec_edge_agent::store::StoreError),
+    #[error("server: {0}")]
+    Server(#[from] irec_server::ServerError),
+    #[error("relay: {0}")]
+    Relay(String),
+}
+
+/// What a campaign measured and which promises it saw broken.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Outcome {
+    pub campaign: &'static str,
+    /// Measured figures (counts, rates, latencies), campaign-specific.
+    pub figures: serde_json::Map<String, serde_json::Value>,
+    /// Broken invariants, each in one sentence. Empty when the campaign passed.
+    pub violations: Vec<String>,
+}
+
+impl Outcome {
+    pub fn new(campaign: &'static str) -> Outcome {
+        Outcome { campaign, ..Outcome::default() }
+    }
+
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+
+    pub fn figure(&mut self, name: &str, value: impl Serialize) {
+        self.figures.insert(name.to_string(), serde_json::to_value(value).unwrap_or(serde_json::Value::Null));
+    }
+
+    /// Takes over another part's figures and violations (a campaign in several parts).
+    pub fn absorb(&mut self, other: Outcome) {
+        self.figures.extend(other.figures);
+        self.violations.extend(other.violations.into_iter().map(|v| format!("{}: {v}", other.campaign)));
+    }
+
+    /// Records a violation unless `ok`.
+    pub fn check(&mut self, ok: bool, what: impl FnOnce() -> String) {
+        if !ok {
+            self.violations.push(what());
+        }
+    }
+}
+
+/// The `p`-th percentile (0..=100) of `values` (nearest rank), or `None` when empty.
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v.get(i.min(v.len() - 1)).copied()
+}
+
+/// Peak and current resident memory of a process, in KiB, from `/proc/<pid>/status` (Linux).
+pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmHWM:")?, field("VmRSS:")?))
+}
+
+/// CPU time a process has used (user + system), in seconds, from `/proc/<pid>/stat` (Linux,
+/// assuming the usual 100 clock ticks per second).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = &text[text.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}

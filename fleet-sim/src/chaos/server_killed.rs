@@ -1,0 +1,333 @@
+//! R2: the server killed with SIGKILL mid-ingest, mid-training and mid-publish, and restarted on
+//! the same data dir and port, while agent processes keep uploading and pulling policies.
+//!
+//! Each server life is aimed at one phase, drawn at random: a random moment of ingest; a random
+//! moment after a round started training; or the moment the gate decided (publishing is the next
+//! few milliseconds: registry transaction, flush, announcement). Where the kill really landed is
+//! read from the life's log afterwards. Then the agents stop producing, upload what they hold,
+//! the server finishes its rounds, and the campaign checks:
+//! - D holds every session every device ran exactly once (every acked batch, once);
+//! - every closed round finished (none lost, none stuck), several trained more than once;
+//! - the policy registry is whole (versions 1..=V, each blob matching its hash), and every
+//!   policy any agent ever installed is byte for byte the registry's version of that number;
+//! - no agent rejected a policy (a corrupt or partial blob would fail its hash check).
+
+use super::bins::{wait_until, Binaries, Proc};
+use super::fleet::{self, WorldSize};
+use super::{ChaosError, Outcome};
+use irec_server::rounds::RoundStatus;
+use irec_shared::protocol::{hex, sha256};
+use irec_shared::rng;
+use rand::Rng as _;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Settings of the campaign.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ServerKilledConfig {
+    pub kills: usize,
+    pub agents: usize,
+    /// Pause between an agent's sessions, in milliseconds.
+    pub session_interval_ms: u64,
+    /// New sessions that close a round.
+    pub round_quota: u64,
+    /// Extra server settings merged into its TOML; the trainer is chosen here (`[trainer]`).
+    /// Default: the learned trainer, sized small, on a perception pretrained at the start.
+    pub server_extra: Option<toml::Table>,
+    pub seed: u64,
+    pub world: WorldSize,
+    pub dir: Option<PathBuf>,
+    /// How long the rounds may take to finish after the agents are done.
+    pub drain_timeout_s: u64,
+}
+
+impl Default for ServerKilledConfig {
+    fn default() -> Self {
+        ServerKilledConfig {
+            kills: 24,
+            agents: 4,
+            session_interval_ms: 100,
+            round_quota: 100,
+            server_extra: None,
+            seed: 1,
+            world: WorldSize::default(),
+            dir: None,
+            drain_timeout_s: 600,
+        }
+    }
+}
+
+/// What a server life was aimed at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Aim {
+    Ingest,
+    Training,
+    Publish,
+}
+
+/// Where a kill landed, read from the life's log.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ServerKillPoint {
+    /// The gate published a candidate; the registry write, flush or announcement had not
+    /// finished (no "published" line yet).
+    MidPublish,
+    /// A round was training.
+    MidTraining,
+    /// Uploads were being ingested, no round training.
+    MidIngest,
+    /// Nothing ingested in this life yet.
+    Startup,
+}
+
+/// Replays a server life's log and says where it stood.
+pub fn classify(log: &str) -> ServerKillPoint {
+    let (mut training, mut publishing, mut ingested) = (false, false, false);
+    for line in log.lines() {
+        if line.contains("training round") {
+            training = true;
+            publishing = false;
+        } else if line.contains(" gate ") || line.ends_with(" gate") || line.contains("gate round=") {
+            training = false;
+            publishing = line.contains("Published");
+        } else if line.contains("published") && line.contains("version=") {
+            publishing = false;
+        } else if line.contains("round=") && line.contains("WARN") {
+            // A failed round ends its training.
+            training = false;
+        } else if line.contains("ingested") {
+            ingested = true;
+        }
+    }
+    if publishing {
+        ServerKillPoint::MidPublish
+    } else if training {
+        ServerKillPoint::MidTraining
+    } else if ingested {
+        ServerKillPoint::MidIngest
+    } else {
+        ServerKillPoint::Startup
+    }
+}
+
+/// A small learned trainer on a perception pretrained here (cheaply: the campaign needs training
+/// that takes a while and can be interrupted, not a good policy).
+fn default_trainer(dir: &Path, world: &WorldSize, progress: &mut dyn FnMut(&str)) -> Result<toml::Table, ChaosError> {
+    let perception = dir.join("perception.ckpt");
+    progress("R2: pretraining a small perception for the learned trainer");
+    let mut pretrain = irec_shared::algo::pretrain::PretrainConfig { sentences: 2_000, text_epochs: 1, attr_epochs: 1, ..Default::default() };
+    pretrain.heldout_template_sentences = pretrain.heldout_template_sentences.min(200);
+    let lab = irec_shared::experiment::Lab::build(&world.config(), &pretrain, &candle_core::Device::Cpu, None, &irec_shared::experiment::Silent)
+        .map_err(|e| ChaosError::World(e.to_string()))?;
+    let bytes = lab.perception.to_checkpoint().to_bytes().map_err(|e| ChaosError::World(e.to_string()))?;
+    std::fs::write(&perception, bytes).map_err(|e| ChaosError::Io(perception.clone(), e))?;
+    let text = format!(
+        "[trainer]\nkind = \"learned\"\nperception = {:?}\nfirst_round_steps = 150\nround_steps = 80\neval_sessions = 30\n[trainer.fqe]\nsteps = 40\n",
+        perception.display().to_string()
+    );
+    text.parse::<toml::Table>().map_err(|e| ChaosError::Config(e.to_string()))
+}
+
+struct Agent {
+    config: irec_edge_agent::AgentConfig,
+    proc: Proc,
+    summaries: Vec<serde_json::Value>,
+    logs: Vec<PathBuf>,
+}
+
+/// Runs R2.
+pub fn run(bins: &Binaries, config: &ServerKilledConfig, progress: &mut dyn FnMut(&str)) -> Result<Outcome, ChaosError> {
+    let mut out = Outcome::new("server_killed");
+    let dir = fleet::workdir(config.dir.as_deref(), "server-killed")?;
+    let mut r = rng::rng(config.seed);
+    let extra = match &config.server_extra {
+        Some(t) => t.clone(),
+        None => default_trainer(&dir, &config.world, progress)?,
+    };
+    let port = super::bins::free_udp_port()?;
+    let server_dir = dir.join("server");
+    let mut server_config = fleet::server_config(&server_dir, port, &config.world);
+    server_config.round_quota = config.round_quota;
+    let server_env = [("RUST_LOG", "info,irec_server=debug,quinn=warn,rustls=warn"), ("NO_COLOR", "1")];
+    let mut lives = 0usize;
+    let start_server = |lives: &mut usize| -> Result<Proc, ChaosError> {
+        let p = fleet::start_server(bins, &server_config, Some(&extra), &dir.join(format!("server-life{lives}")), &server_env);
+        *lives += 1;
+        p
+    };
+    let mut server = start_server(&mut lives)?;
+    let cert = server_dir.join(irec_server::tls::CERT_FILE);
+    let agent_env = [("RUST_LOG", "warn,irec_edge_agent=info"), ("NO_COLOR", "1")];
+    let mut agents = Vec::new();
+    for i in 0..config.agents {
+        let mut c = fleet::agent_config(&dir.join(format!("agent-{i}")), server_config.listen, &cert, &config.world, 500 + i as u64, 1_000_000);
+        c.session_interval_ms = config.session_interval_ms;
+        let log = dir.join(format!("agent-{i}-life0"));
+        let proc = fleet::start_agent(bins, &format!("agent-{i}"), &c, &log, &agent_env)?;
+        agents.push(Agent { config: c, proc, summaries: Vec::new(), logs: vec![log.with_extension("log")] });
+    }
+
+    let began = Instant::now();
+    let mut points: BTreeMap<ServerKillPoint, usize> = BTreeMap::new();
+    let mut aims: BTreeMap<String, usize> = BTreeMap::new();
+    let mut downtime_ms: Vec<f64> = Vec::new();
+    for kill in 0..config.kills {
+        let aim = match r.random_range(0..3) {
+            0 => Aim::Ingest,
+            1 => Aim::Training,
+            _ => Aim::Publish,
+        };
+        *aims.entry(format!("{aim:?}").to_lowercase()).or_default() += 1;
+        let log_path = server.stderr.clone();
+        let seen = |needle: &str| std::fs::read_to_string(&log_path).map(|l| l.contains(needle)).unwrap_or(false);
+        match aim {
+            Aim::Ingest => std::thread::sleep(Duration::from_millis(r.random_range(200..1_500))),
+            Aim::Training => {
+                let waited = wait_until(&mut server, Duration::from_secs(120), "training", || seen("training round"));
+                if waited.is_ok() {
+                    std::thread::sleep(Duration::from_millis(r.random_range(0..1_500)));
+                }
+            }
+            Aim::Publish => {
+                let _ = wait_until(&mut server, Duration::from_secs(180), "gating", || seen(" gate"));
+            }
+        }
+        out.check(server.exited().is_none(), || format!("server life {lives} died on its own: {}", server.stderr_tail(10)));
+        server.kill();
+        let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+        *points.entry(classify(&log)).or_default() += 1;
+        let down = Instant::now();
+        server = start_server(&mut lives)?;
+        downtime_ms.push(down.elapsed().as_secs_f64() * 1000.0);
+        progress(&format!("R2: {}/{} kills", kill + 1, config.kills));
+    }
+
+    // The agents stop producing and upload what they hold: each restarts with its lifetime
+    // session count set to what it ran, and exits once everything is acked.
+    let mut produced = BTreeMap::new();
+    for (i, a) in agents.iter_mut().enumerate() {
+        let status = a.proc.interrupt(Duration::from_secs(30));
+        out.check(status.is_some_and(|s| s.success()), || format!("agent {i} did not stop cleanly: {status:?}: {}", a.proc.stderr_tail(5)));
+        a.summaries.extend(a.proc.last_stdout_line().and_then(|l| serde_json::from_str(&l).ok()));
+        let left = fleet::agent_left(&a.config.data_dir)?;
+        produced.insert(i, left.next_session);
+        a.config.sessions = Some(left.next_session);
+        let toml_path = a.config.data_dir.with_extension("toml");
+        fleet::write_toml(&toml_path, &a.config, None)?;
+        let log = dir.join(format!("agent-{i}-life1"));
+        a.proc = fleet::start_agent(bins, &format!("agent-{i}"), &a.config, &log, &agent_env)?;
+        a.logs.push(log.with_extension("log"));
+    }
+    for (i, a) in agents.iter_mut().enumerate() {
+        let status = a.proc.wait(Duration::from_secs(300));
+        out.check(status.is_some_and(|s| s.success()), || format!("agent {i} did not finish its uploads: {status:?}: {}", a.proc.stderr_tail(5)));
+        a.summaries.extend(a.proc.last_stdout_line().and_then(|l| serde_json::from_str(&l).ok()));
+    }
+    // The rounds those sessions closed finish too.
+    let drained = wait_until(&mut server, Duration::from_secs(config.drain_timeout_s), "done with its rounds", || {
+        fleet::read_status(&server_dir).is_some_and(|s| s.rounds.iter().all(|r| r.status.is_finished()))
+    });
+    out.check(drained.is_ok(), || format!("rounds did not finish: {drained:?}"));
+    let stopped = server.interrupt(Duration::from_secs(60));
+    out.check(stopped.is_some_and(|s| s.success()), || format!("the last server life did not stop cleanly: {stopped:?}"));
+    let wall = began.elapsed().as_secs_f64();
+
+    verify(&mut out, config, &agents, &produced, &server_dir)?;
+    out.figure("kills", config.kills);
+    out.figure("aims", &aims);
+    out.figure("kill_points", &points);
+    out.figure("server_lives", lives);
+    out.figure("restart_to_listening_ms_p50", super::percentile(&downtime_ms, 50.0));
+    out.figure("restart_to_listening_ms_max", super::percentile(&downtime_ms, 100.0));
+    out.figure("wall_s", wall);
+    out.figure("dir", dir.display().to_string());
+    Ok(out)
+}
+
+fn verify(out: &mut Outcome, config: &ServerKilledConfig, agents: &[Agent], produced: &BTreeMap<usize, u64>, server_dir: &Path) -> Result<(), ChaosError> {
+    let env = config.world.environment()?;
+    let mut expected = Vec::new();
+    for (i, a) in agents.iter().enumerate() {
+        expected.extend(fleet::replay(&env, &a.config.device, produced.get(&i).copied().unwrap_or(0)));
+        let left = fleet::agent_left(&a.config.data_dir)?;
+        out.check(left.pending_batches == 0 && left.unbatched == 0 && left.quarantined == 0, || format!("agent {i} ended with {left:?}"));
+    }
+    let found = fleet::server_sessions(server_dir)?;
+    let t = fleet::tally(&expected, &found);
+    out.figure("sessions", t);
+    out.check(t.exact(), || format!("D does not hold every session exactly once: {t:?}"));
+
+    let store = irec_server::store::Store::open(&server_dir.join("db"))?;
+    // Rounds: contiguous, all finished.
+    let rounds = store.rounds()?;
+    let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
+    for (k, rec) in rounds.iter().enumerate() {
+        out.check(rec.round as usize == k, || format!("round records skip from {} to {}", k, rec.round));
+        out.check(rec.status.is_finished(), || format!("round {} ended {:?}", rec.round, rec.status));
+        out.check(rec.status != RoundStatus::Failed, || format!("round {} failed: {:?}", rec.round, rec.error));
+        *by_status.entry(format!("{:?}", rec.status).to_lowercase()).or_default() += 1;
+    }
+    out.figure("rounds", &by_status);
+    out.figure("rounds_trained_more_than_once", rounds.iter().filter(|r| r.attempts > 1).count());
+    out.figure("training_attempts", rounds.iter().map(|r| r.attempts as u64).sum::<u64>());
+    // Registry: versions 1..=V, each blob matching its hash.
+    let versions = store.policy_versions()?;
+    out.check(versions.iter().copied().eq(1..=versions.len() as u64), || format!("policy versions are not 1..=V: {versions:?}"));
+    let mut registry = BTreeMap::new();
+    for v in &versions {
+        if let Some(p) = store.policy(*v)? {
+            out.check(sha256(&p.blob) == p.sha256, || format!("policy {v}'s blob does not match its hash"));
+            registry.insert(*v, hex(&p.sha256));
+        }
+    }
+    out.figure("policy_versions", versions.len());
+    // Every install any agent logged is the registry's policy of that version.
+    let (mut installs, mut rejected) = (0usize, 0u64);
+    for (i, a) in agents.iter().enumerate() {
+        for log in &a.logs {
+            let text = std::fs::read_to_string(log).unwrap_or_default();
+            for line in text.lines().filter(|l| l.contains("policy installed")) {
+                installs += 1;
+                let field = |k: &str| line.split(&format!("{k}=")).nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string);
+                let v = field("version").and_then(|v| v.parse::<u64>().ok());
+                let h = field("sha256");
+                let ok = v.is_some_and(|v| registry.get(&v).is_some() && registry.get(&v) == h.as_ref());
+                out.check(ok, || format!("agent {i} installed version {v:?} with hash {h:?}, which the registry does not hold"));
+            }
+        }
+        rejected += a.summaries.iter().filter_map(|s| s.get("policies_rejected")?.as_u64()).sum::<u64>();
+        if let Some(local) = irec_edge_agent::store::AgentStore::open(&a.config.data_dir.join("db"))?.policy()? {
+            let remote = store.policy(local.version)?;
+            out.check(remote.is_some_and(|p| p.blob == local.blob && p.sha256 == local.sha256), || {
+                format!("agent {i}'s installed policy {} differs from the registry's", local.version)
+            });
+        }
+    }
+    out.figure("policy_installs", installs);
+    out.figure("policies_rejected_by_agents", rejected);
+    out.check(rejected == 0, || format!("agents rejected {rejected} policies (hash or load failures)"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_log_tells_where_a_server_kill_landed() {
+        assert_eq!(classify(""), ServerKillPoint::Startup);
+        let ingest = "DEBUG irec_server::serve: ingested batch=ab stored=4 duplicate=false\n";
+        assert_eq!(classify(ingest), ServerKillPoint::MidIngest);
+        let training = format!("{ingest}INFO irec_server::rounds::driver: training round round=0 sessions=100\n");
+        assert_eq!(classify(&training), ServerKillPoint::MidTraining);
+        let gated = format!("{training}INFO irec_server::rounds::driver: gate round=0 decision=Published reason=x\n");
+        assert_eq!(classify(&gated), ServerKillPoint::MidPublish);
+        let published = format!("{gated}INFO irec_server::rounds::driver: published round=0 version=2\n");
+        assert_eq!(classify(&published), ServerKillPoint::MidIngest);
+        let refused = format!("{training}INFO irec_server::rounds::driver: gate round=0 decision=Refused reason=x\n");
+        assert_eq!(classify(&refused), ServerKillPoint::MidIngest);
+    }
+}

@@ -1,0 +1,93 @@
+//! The reliability campaigns (docs/reliability.md) at CI size. The long runs are
+//! `fleet-sim chaos <campaign>`; these run the same code with fewer kills, inputs and agents.
+//! R5 (attacks) is `server/tests/attack.rs` with `server/tests/ingest.rs`.
+//!
+//! Run: `RAYON_NUM_THREADS=1 cargo test -p irec-fleet-sim --test chaos`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use irec_fleet_sim::chaos::bins::Binaries;
+use irec_fleet_sim::chaos::{self, Outcome};
+use std::path::Path;
+
+/// The server and agents as `fleet-sim irec-server|edge-agent` child processes (never stale).
+fn bins() -> Binaries {
+    Binaries::via_fleet_sim(Path::new(env!("CARGO_BIN_EXE_fleet-sim")))
+}
+
+fn assert_passed(o: &Outcome) {
+    assert!(o.passed(), "{} failed: {:#?}\nfigures: {}", o.campaign, o.violations, serde_json::to_string_pretty(&o.figures).unwrap());
+}
+
+fn figure(o: &Outcome, name: &str) -> serde_json::Value {
+    o.figures.get(name).cloned().unwrap_or(serde_json::Value::Null)
+}
+
+#[test]
+fn r1_agents_killed_at_random_points_lose_and_duplicate_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chaos::agents_killed::AgentsKilledConfig {
+        agents: 3,
+        sessions: 40,
+        kills: 15,
+        dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let o = chaos::agents_killed::run(&bins(), &c, &mut |_| {}).unwrap();
+    assert_passed(&o);
+    assert_eq!(figure(&o, "kills"), 15);
+}
+
+#[test]
+fn r2_server_killed_mid_ingest_training_and_publish_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chaos::server_killed::ServerKilledConfig {
+        kills: 4,
+        agents: 2,
+        session_interval_ms: 50,
+        round_quota: 40,
+        dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let o = chaos::server_killed::run(&bins(), &c, &mut |_| {}).unwrap();
+    assert_passed(&o);
+    assert!(figure(&o, "training_attempts").as_u64().unwrap() >= 1, "a round trained");
+}
+
+#[test]
+fn r3_fuzzed_frames_and_handlers_never_panic_and_a_live_server_agrees() {
+    let c = chaos::fuzz::FuzzConfig { inputs: 200_000, threads: 2, seed: 7, ..Default::default() };
+    let o = chaos::fuzz::run(&c, &|_| {}).unwrap();
+    assert_passed(&o);
+    assert_eq!(figure(&o, "panics"), 0);
+    assert!(figure(&o, "uploads_accepted").as_u64().unwrap() > 0, "valid uploads are generated too");
+    let dir = tempfile::tempdir().unwrap();
+    let live = chaos::fuzz_live::run(1_000, 7, dir.path(), &|_| {}).unwrap();
+    assert_passed(&live);
+}
+
+#[test]
+fn r4_a_hundred_concurrent_agents_are_all_ingested_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chaos::load::LoadConfig {
+        agents: 100,
+        sessions: 5,
+        session_interval_ms: 100,
+        ramp_ms: 500,
+        dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let o = chaos::load::run(&bins(), &c, &|_| {}).unwrap();
+    assert_passed(&o);
+    assert!(figure(&o, "server_peak_rss_mib").as_f64().unwrap() > 0.0);
+}
+
+#[test]
+fn r6_nothing_private_reaches_server_storage_or_the_wire() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chaos::privacy::PrivacyConfig { agents: 3, sessions: 15, dir: Some(dir.path().to_path_buf()), ..Default::default() };
+    let o = chaos::privacy::run(&bins(), &c).unwrap();
+    assert_passed(&o);
+    assert_eq!(figure(&o, "private_values_found"), 0);
+    assert!(figure(&o, "device_seed_hits_in_own_store").as_u64().unwrap() > 0, "the scan can see a leak");
+}
