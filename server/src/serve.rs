@@ -190,7 +190,11 @@ impl Server {
         upload.max_batch_sessions = config.max_batch_sessions;
         let rules = Arc::new(ServerRules::new(&config.fleet_token, upload, config.frames.upload_bytes));
         let server_config = tls::server_config(cert, key, Duration::from_millis(config.idle_timeout_ms))?;
-        let endpoint = quinn::Endpoint::server(server_config, config.listen).map_err(|e| ServerError::Bind(config.listen, e))?;
+        // The reset key survives restarts, so agents learn of a crash at their next packet.
+        let endpoint_config = tls::endpoint_config(&config.data_dir)?;
+        let socket = std::net::UdpSocket::bind(config.listen).map_err(|e| ServerError::Bind(config.listen, e))?;
+        let runtime = quinn::default_runtime().ok_or_else(|| ServerError::Task("no async runtime for the endpoint".to_string()))?;
+        let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime).map_err(|e| ServerError::Bind(config.listen, e))?;
 
         let deployed = store.deployed()?.map(|p| p.announcement());
         let (announce_tx, announce) = watch::channel(deployed);

@@ -34,6 +34,10 @@ pub struct ServerKilledConfig {
     pub session_interval_ms: u64,
     /// New sessions that close a round.
     pub round_quota: u64,
+    /// The server's deployment gate tolerance. High by default, so that candidates publish and
+    /// kills can land mid-publish (a refusal is recorded and announced too, and is aimed at the
+    /// same way, but agents then install nothing new).
+    pub gate_tolerance: f64,
     /// Extra server settings merged into its TOML; the trainer is chosen here (`[trainer]`).
     /// Default: the learned trainer, sized small, on a perception pretrained at the start.
     pub server_extra: Option<toml::Table>,
@@ -51,6 +55,7 @@ impl Default for ServerKilledConfig {
             agents: 4,
             session_interval_ms: 100,
             round_quota: 100,
+            gate_tolerance: 1_000.0,
             server_extra: None,
             seed: 1,
             world: WorldSize::default(),
@@ -66,51 +71,87 @@ enum Aim {
     Ingest,
     Training,
     Publish,
+    /// Just after a publication, while agents pull the new policy.
+    Pull,
 }
 
 /// Where a kill landed, read from the life's log.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ServerKillPoint {
-    /// The gate published a candidate; the registry write, flush or announcement had not
-    /// finished (no "published" line yet).
+    /// The gate had decided; recording the decision (registry and round record in one
+    /// transaction, flush) or announcing it had not finished.
     MidPublish,
+    /// A policy was published and announced (agents pulling it); no new round training yet.
+    AfterPublish,
     /// A round was training.
     MidTraining,
-    /// Uploads were being ingested, no round training.
-    MidIngest,
+    /// Neither: ingest only (or idle).
+    Ingest,
     /// Nothing ingested in this life yet.
     Startup,
 }
 
-/// Replays a server life's log and says where it stood.
-pub fn classify(log: &str) -> ServerKillPoint {
-    let (mut training, mut publishing, mut ingested) = (false, false, false);
+/// Seconds since the Unix epoch of a log line's RFC 3339 UTC timestamp
+/// (`2026-11-29T06:05:10.221675Z ...`), if it starts with one.
+pub fn line_time(line: &str) -> Option<f64> {
+    let t = line.get(..27)?;
+    let num = |a: usize, b: usize| t.get(a..b)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0, 4)?, num(5, 7)?, num(8, 10)?);
+    let (hh, mm) = (num(11, 13)?, num(14, 16)?);
+    let ss: f64 = t.get(17..26)?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((days * 86_400 + hh * 3_600 + mm * 60) as f64 + ss)
+}
+
+/// Replays a server life's log: where it stood, and whether it ingested an upload within
+/// `window_s` seconds before `killed_at` (seconds since the epoch).
+pub fn classify(log: &str, killed_at: f64, window_s: f64) -> (ServerKillPoint, bool) {
+    let (mut training, mut publishing, mut ingested, mut ingesting) = (false, false, false, false);
+    let mut pulling = false;
     for line in log.lines() {
         if line.contains("training round") {
             training = true;
             publishing = false;
-        } else if line.contains(" gate ") || line.ends_with(" gate") || line.contains("gate round=") {
+            pulling = false;
+        } else if line.contains("gate round=") {
             training = false;
-            publishing = line.contains("Published");
-        } else if line.contains("published") && line.contains("version=") {
+            // Published: until the "published" line. Refused: the record is written and the
+            // carried-on policy announced without a line of its own; the next round's training
+            // (or the end of the log) tells.
+            publishing = true;
+        } else if line.contains("published round=") {
             publishing = false;
+            pulling = true;
         } else if line.contains("round=") && line.contains("WARN") {
-            // A failed round ends its training.
             training = false;
         } else if line.contains("ingested") {
             ingested = true;
+            ingesting = line_time(line).is_some_and(|t| killed_at - t <= window_s);
         }
     }
-    if publishing {
+    let point = if publishing {
         ServerKillPoint::MidPublish
+    } else if pulling {
+        ServerKillPoint::AfterPublish
     } else if training {
         ServerKillPoint::MidTraining
     } else if ingested {
-        ServerKillPoint::MidIngest
+        ServerKillPoint::Ingest
     } else {
         ServerKillPoint::Startup
-    }
+    };
+    (point, ingesting)
+}
+
+fn now_s() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
 /// A small learned trainer on a perception pretrained here (cheaply: the campaign needs training
@@ -151,6 +192,7 @@ pub fn run(bins: &Binaries, config: &ServerKilledConfig, progress: &mut dyn FnMu
     let server_dir = dir.join("server");
     let mut server_config = fleet::server_config(&server_dir, port, &config.world);
     server_config.round_quota = config.round_quota;
+    server_config.gate_tolerance = config.gate_tolerance;
     let server_env = [("RUST_LOG", "info,irec_server=debug,quinn=warn,rustls=warn"), ("NO_COLOR", "1")];
     let mut lives = 0usize;
     let start_server = |lives: &mut usize| -> Result<Proc, ChaosError> {
@@ -174,31 +216,52 @@ pub fn run(bins: &Binaries, config: &ServerKilledConfig, progress: &mut dyn FnMu
     let mut points: BTreeMap<ServerKillPoint, usize> = BTreeMap::new();
     let mut aims: BTreeMap<String, usize> = BTreeMap::new();
     let mut downtime_ms: Vec<f64> = Vec::new();
+    let mut mid_ingest = 0usize;
+    // Kills that landed after a gate decision: (the life that was killed next, the round).
+    let mut gated: Vec<(usize, Option<u32>)> = Vec::new();
     for kill in 0..config.kills {
-        let aim = match r.random_range(0..3) {
-            0 => Aim::Ingest,
-            1 => Aim::Training,
-            _ => Aim::Publish,
+        let aim = match r.random_range(0..100) {
+            0..30 => Aim::Ingest,
+            30..55 => Aim::Training,
+            55..80 => Aim::Publish,
+            _ => Aim::Pull,
         };
         *aims.entry(format!("{aim:?}").to_lowercase()).or_default() += 1;
         let log_path = server.stderr.clone();
         let seen = |needle: &str| std::fs::read_to_string(&log_path).map(|l| l.contains(needle)).unwrap_or(false);
+        // Decisions take a few milliseconds to record: those are polled every millisecond.
+        let poll_for = |needle: &str, server: &mut Proc| {
+            let deadline = Instant::now() + Duration::from_secs(180);
+            while !seen(needle) && Instant::now() < deadline && server.exited().is_none() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        };
         match aim {
             Aim::Ingest => std::thread::sleep(Duration::from_millis(r.random_range(200..1_500))),
             Aim::Training => {
-                let waited = wait_until(&mut server, Duration::from_secs(120), "training", || seen("training round"));
-                if waited.is_ok() {
-                    std::thread::sleep(Duration::from_millis(r.random_range(0..1_500)));
-                }
+                poll_for("training round", &mut server);
+                // Up to about a round's training time, so that some rounds finish.
+                std::thread::sleep(Duration::from_millis(r.random_range(0..4_000)));
             }
             Aim::Publish => {
-                let _ = wait_until(&mut server, Duration::from_secs(180), "gating", || seen(" gate"));
+                poll_for("gate round=", &mut server);
+                std::thread::sleep(Duration::from_micros(r.random_range(0..6_000)));
+            }
+            Aim::Pull => {
+                poll_for("published round=", &mut server);
+                std::thread::sleep(Duration::from_micros(r.random_range(0..30_000)));
             }
         }
         out.check(server.exited().is_none(), || format!("server life {lives} died on its own: {}", server.stderr_tail(10)));
         server.kill();
+        let killed_at = now_s();
         let log = std::fs::read_to_string(&log_path).unwrap_or_default();
-        *points.entry(classify(&log)).or_default() += 1;
+        let (point, ingesting) = classify(&log, killed_at, 0.2);
+        *points.entry(point).or_default() += 1;
+        mid_ingest += usize::from(ingesting);
+        if point == ServerKillPoint::MidPublish {
+            gated.push((lives, gated_round(&log)));
+        }
         let down = Instant::now();
         server = start_server(&mut lives)?;
         downtime_ms.push(down.elapsed().as_secs_f64() * 1000.0);
@@ -235,7 +298,18 @@ pub fn run(bins: &Binaries, config: &ServerKilledConfig, progress: &mut dyn FnMu
     out.check(stopped.is_some_and(|s| s.success()), || format!("the last server life did not stop cleanly: {stopped:?}"));
     let wall = began.elapsed().as_secs_f64();
 
+    // A decision killed before it was durable is trained and decided again by the next life.
+    let redone = gated
+        .iter()
+        .filter(|(next, round)| {
+            let log = std::fs::read_to_string(dir.join(format!("server-life{next}.log"))).unwrap_or_default();
+            let first = log.lines().find(|l| l.contains("training round")).and_then(|l| field(l, "round"));
+            round.is_some() && first == *round
+        })
+        .count();
     verify(&mut out, config, &agents, &produced, &server_dir)?;
+    out.figure("kills_mid_ingest", mid_ingest);
+    out.figure("mid_publish_kills_redone_after_restart", redone);
     out.figure("kills", config.kills);
     out.figure("aims", &aims);
     out.figure("kill_points", &points);
@@ -245,6 +319,15 @@ pub fn run(bins: &Binaries, config: &ServerKilledConfig, progress: &mut dyn FnMu
     out.figure("wall_s", wall);
     out.figure("dir", dir.display().to_string());
     Ok(out)
+}
+
+fn field(line: &str, key: &str) -> Option<u32> {
+    line.split(&format!("{key}=")).nth(1)?.split_whitespace().next()?.parse().ok()
+}
+
+/// The round of the last gate decision in a life's log.
+fn gated_round(log: &str) -> Option<u32> {
+    log.lines().rev().find(|l| l.contains("gate round=")).and_then(|l| field(l, "round"))
 }
 
 fn verify(out: &mut Outcome, config: &ServerKilledConfig, agents: &[Agent], produced: &BTreeMap<usize, u64>, server_dir: &Path) -> Result<(), ChaosError> {
@@ -318,16 +401,21 @@ mod tests {
 
     #[test]
     fn the_log_tells_where_a_server_kill_landed() {
-        assert_eq!(classify(""), ServerKillPoint::Startup);
-        let ingest = "DEBUG irec_server::serve: ingested batch=ab stored=4 duplicate=false\n";
-        assert_eq!(classify(ingest), ServerKillPoint::MidIngest);
-        let training = format!("{ingest}INFO irec_server::rounds::driver: training round round=0 sessions=100\n");
-        assert_eq!(classify(&training), ServerKillPoint::MidTraining);
-        let gated = format!("{training}INFO irec_server::rounds::driver: gate round=0 decision=Published reason=x\n");
-        assert_eq!(classify(&gated), ServerKillPoint::MidPublish);
-        let published = format!("{gated}INFO irec_server::rounds::driver: published round=0 version=2\n");
-        assert_eq!(classify(&published), ServerKillPoint::MidIngest);
-        let refused = format!("{training}INFO irec_server::rounds::driver: gate round=0 decision=Refused reason=x\n");
-        assert_eq!(classify(&refused), ServerKillPoint::MidIngest);
+        let t = "2026-11-29T06:05:10.221675Z";
+        let at = line_time(t).unwrap();
+        assert!((at - 1_795_932_310.221_675).abs() < 1e-3, "{at}");
+        assert_eq!(classify("", at, 0.2), (ServerKillPoint::Startup, false));
+        let ingest = format!("{t} DEBUG irec_server::serve: ingested batch=ab stored=4 duplicate=false\n");
+        assert_eq!(classify(&ingest, at + 0.1, 0.2), (ServerKillPoint::Ingest, true));
+        assert_eq!(classify(&ingest, at + 5.0, 0.2), (ServerKillPoint::Ingest, false));
+        let training = format!("{ingest}{t} INFO irec_server::rounds::driver: training round round=0 sessions=100\n");
+        assert_eq!(classify(&training, at, 0.2).0, ServerKillPoint::MidTraining);
+        let gated = format!("{training}{t} INFO irec_server::rounds::driver: gate round=0 decision=Published reason=x\n");
+        assert_eq!(classify(&gated, at, 0.2).0, ServerKillPoint::MidPublish);
+        assert_eq!(gated_round(&gated), Some(0));
+        let published = format!("{gated}{t} INFO irec_server::rounds::driver: published round=0 version=2\n");
+        assert_eq!(classify(&published, at, 0.2).0, ServerKillPoint::AfterPublish);
+        let next = format!("{published}{t} INFO irec_server::rounds::driver: training round round=1 sessions=200\n");
+        assert_eq!(classify(&next, at, 0.2).0, ServerKillPoint::MidTraining);
     }
 }
