@@ -182,6 +182,14 @@ pub fn summary(stats: &crate::Stats) -> Result<serde_json::Value, serde_json::Er
         obj.remove("ack_latencies_ms");
         obj.insert("ack_p50_ms".into(), serde_json::json!(stats.ack_latency_percentile(50.0)));
         obj.insert("ack_p99_ms".into(), serde_json::json!(stats.ack_latency_percentile(99.0)));
+        obj.insert("peak_rss_kib".into(), serde_json::json!(peak_rss_kib()));
     }
     Ok(summary)
+}
+
+/// This process's peak resident set size (Linux: `VmHWM`), in KiB; `None` where unknown.
+pub fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

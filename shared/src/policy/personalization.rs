@@ -124,8 +124,8 @@ impl LogitBias {
         for &n in &self.heads {
             let total: f32 = self.counts[off..off + n].iter().sum();
             if total > 0.0 {
-                for k in off..off + n {
-                    out[k] = self.strength * self.counts[k] / total;
+                for (o, c) in out[off..off + n].iter_mut().zip(&self.counts[off..off + n]) {
+                    *o = self.strength * c / total;
                 }
             }
             off += n;

@@ -33,6 +33,7 @@ pub struct Bootstrap {
     pub seconds: f64,
 }
 
+#[allow(clippy::too_many_arguments)]
 pub fn bootstrap(
     cfg: &ExperimentConfig,
     agents: usize,

@@ -4,7 +4,9 @@
 //! 2. Configs for an `irec-server` (learned trainer, quota K per round) and N `edge-agent`s (each
 //!    starts with a behaviour policy and runs K/N sessions per policy round), in `<out>/fleet/`.
 //! 3. [`launch`]: the processes (or in-process tasks); we watch the server's `status.json` until
-//!    R rounds are trained, gated and published or refused, then stop everyone in order.
+//!    R rounds are trained, gated and published or refused. Each agent runs one more share of
+//!    sessions with the policy the last round left deployed, uploads them and exits; then the
+//!    server is stopped (the round those sessions opened is not trained).
 //! 4. [`outcome`]: the per-round table, JSON, CSV, curves and fleet figures.
 
 mod bootstrap;
@@ -122,7 +124,11 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             fleet_token: token.clone(),
             data_dir: fleet_dir.join(format!("agent-{i}")),
             device: device_cfg.clone(),
+            // One share of every round's quota, and a last share with the newest policy: an agent
+            // that ran them all has installed what the last round deployed, and then exits.
             sessions_per_policy: Some(per_agent),
+            sessions: Some(per_agent * (a.rounds as u64 + 1)),
+            exit_when_done: true,
             initial_policy: Some(boot.behaviour[i % boot.behaviour.len()].clone()),
             batch_linger_ms: 300,
             world: exp.world.clone(),
@@ -138,7 +144,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     }
 
-    let watched = watch_rounds(&mut fleet, &server_dir, a.rounds, quota, Duration::from_secs(a.timeout_min * 60), &bars);
+    let mut watched = watch_rounds(&mut fleet, &server_dir, a.rounds, quota, Duration::from_secs(a.timeout_min * 60), &bars);
+    if watched.is_ok() {
+        // Their last sessions run with the newest policy; those still running after this (a
+        // failed last round announces nothing new) are stopped.
+        watched = fleet.wait_agents(Duration::from_secs(120));
+    }
     let agents = fleet.stop();
     watched?;
     let agents = agents?;

@@ -66,6 +66,8 @@ pub struct Report {
     pub agents_final_versions: Vec<Option<u64>>,
     /// Sessions each agent ran (uploaded or still pending when it stopped).
     pub agents_sessions_run: Vec<u64>,
+    /// Each agent process's peak RSS in KiB (process mode).
+    pub agents_peak_rss_kib: Vec<Option<u64>>,
 }
 
 fn metrics_at(v: &serde_json::Value, who: &str) -> Option<Metrics> {
@@ -151,6 +153,7 @@ impl Report {
             agent_problems: agents.iter().filter_map(|x| x.problem.clone()).collect(),
             agents_final_versions: agents.iter().map(|x| x.stats.as_ref().and_then(|s| s.policy_version)).collect(),
             agents_sessions_run: agents.iter().map(|x| x.stats.as_ref().map_or(0, |s| s.sessions_run)).collect(),
+            agents_peak_rss_kib: agents.iter().map(|x| x.peak_rss_kib).collect(),
         }
     }
 
@@ -242,6 +245,10 @@ impl Report {
             let _ = writeln!(md, "| {} | {} | {} | {} | {} | {} |", f.round, f.sessions, f.batches, f.bytes, opt(f.ack_p50_ms), opt(f.ack_p99_ms));
         }
         let _ = writeln!(md, "\nSessions in the server's D at the end: {}. Agents' final policy versions: {:?}.", self.sessions_in_d, self.agents_final_versions);
+        if self.agents_peak_rss_kib.iter().any(Option::is_some) {
+            let mib: Vec<String> = self.agents_peak_rss_kib.iter().map(|k| k.map_or("?".into(), |k| format!("{:.0}", k as f64 / 1024.0))).collect();
+            let _ = writeln!(md, "Agents' peak RSS (MiB): {}.", mib.join(", "));
+        }
         for p in &self.agent_problems {
             let _ = writeln!(md, "\n- problem: {p}");
         }
