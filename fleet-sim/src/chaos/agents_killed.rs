@@ -236,7 +236,7 @@ pub fn run(bins: &Binaries, config: &AgentsKilledConfig, progress: &mut dyn FnMu
                     let log_after = std::fs::read_to_string(&p.stderr).unwrap_or(log);
                     *points.entry(classify(&log_after)).or_default() += 1;
                     kills += 1;
-                    if kills % 10 == 0 {
+                    if kills.is_multiple_of(10) {
                         progress(&format!("R1: {kills}/{} kills", config.kills));
                     }
                 }

@@ -377,7 +377,7 @@ fn verify(out: &mut Outcome, config: &ServerKilledConfig, agents: &[Agent], prod
                 let field = |k: &str| line.split(&format!("{k}=")).nth(1).and_then(|r| r.split_whitespace().next()).map(str::to_string);
                 let v = field("version").and_then(|v| v.parse::<u64>().ok());
                 let h = field("sha256");
-                let ok = v.is_some_and(|v| registry.get(&v).is_some() && registry.get(&v) == h.as_ref());
+                let ok = v.is_some_and(|v| registry.contains_key(&v) && registry.get(&v) == h.as_ref());
                 out.check(ok, || format!("agent {i} installed version {v:?} with hash {h:?}, which the registry does not hold"));
             }
         }
