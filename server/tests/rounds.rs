@@ -161,3 +161,20 @@ async fn a_failing_trainer_marks_the_round_failed_and_the_server_keeps_going() {
     expect_ack(&c.request(&batch(2, vec![session(2, 1.0)])).await);
     server.stop().await;
 }
+
+/// A tool that saw its last upload acked must find the rounds that upload closed in
+/// status.json (written before the ack), or it cannot wait for them to finish (the R2 and R6
+/// campaigns, `fleet-sim run`).
+#[tokio::test]
+async fn status_json_lists_a_closed_round_by_the_time_its_upload_is_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let release = Arc::new(AtomicBool::new(false));
+    let server = start(with_initial(dir.path(), 2), Arc::new(GatedTrainer { release: release.clone() })).await;
+    let c = client(server.addr(), &server.cert()).await;
+    expect_ack(&c.request(&batch(1, vec![session(1, 1.0), session(2, 1.0)])).await);
+    let status: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("server/status.json")).unwrap()).unwrap();
+    assert_eq!(status["rounds"][0]["round"], 0, "{status}");
+    assert_eq!(status["counters"]["current_round"], 1);
+    release.store(true, Ordering::SeqCst);
+    server.stop().await;
+}
