@@ -148,6 +148,25 @@ pub fn start_agent(bins: &Binaries, name: &str, config: &AgentConfig, logs: &Pat
     Proc::spawn(name, &bins.agent, &args, env, logs)
 }
 
+/// A `[trainer]` section: the learned trainer, sized small, on a perception pretrained here into
+/// `dir` (cheaply: campaigns need real training that takes a while and leaves real state, not a
+/// good policy).
+pub fn small_learned_trainer(dir: &Path, world: &WorldSize, progress: &mut dyn FnMut(&str)) -> Result<toml::Table, ChaosError> {
+    let perception = dir.join("perception.ckpt");
+    progress("pretraining a small perception for the learned trainer");
+    let mut pretrain = irec_shared::algo::pretrain::PretrainConfig { sentences: 2_000, text_epochs: 1, attr_epochs: 1, ..Default::default() };
+    pretrain.heldout_template_sentences = pretrain.heldout_template_sentences.min(200);
+    let lab = irec_shared::experiment::Lab::build(&world.config(), &pretrain, &candle_core::Device::Cpu, None, &irec_shared::experiment::Silent)
+        .map_err(|e| ChaosError::World(e.to_string()))?;
+    let bytes = lab.perception.to_checkpoint().to_bytes().map_err(|e| ChaosError::World(e.to_string()))?;
+    std::fs::write(&perception, bytes).map_err(|e| ChaosError::Io(perception.clone(), e))?;
+    let text = format!(
+        "[trainer]\nkind = \"learned\"\nperception = {:?}\nfirst_round_steps = 150\nround_steps = 80\neval_sessions = 30\n[trainer.fqe]\nsteps = 40\n",
+        perception.display().to_string()
+    );
+    text.parse::<toml::Table>().map_err(|e| ChaosError::Config(e.to_string()))
+}
+
 /// The server's status snapshot, if readable now.
 pub fn read_status(data_dir: &Path) -> Option<irec_server::ServerStatus> {
     let bytes = std::fs::read(data_dir.join(irec_server::status::STATUS_FILE)).ok()?;

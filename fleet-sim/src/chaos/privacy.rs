@@ -46,14 +46,16 @@ pub struct PrivacyConfig {
     pub sessions: u64,
     pub world: WorldSize,
     pub dir: Option<PathBuf>,
-    /// Extra server settings merged into its TOML (e.g. rounds and a `[trainer]`, so that the
-    /// trainer's state is audited too).
+    /// Extra server settings merged into its TOML.
     pub server_extra: Option<toml::Table>,
+    /// Sessions per round with the (small) learned trainer, so that its state and the trained
+    /// policies are audited too; 0: no rounds.
+    pub round_quota: u64,
 }
 
 impl Default for PrivacyConfig {
     fn default() -> Self {
-        PrivacyConfig { agents: 4, sessions: 40, world: WorldSize::default(), dir: None, server_extra: None }
+        PrivacyConfig { agents: 4, sessions: 40, world: WorldSize::default(), dir: None, server_extra: None, round_quota: 0 }
     }
 }
 
@@ -183,7 +185,16 @@ pub fn run(bins: &Binaries, config: &PrivacyConfig) -> Result<Outcome, ChaosErro
     std::fs::write(&blob, b"any checkpoint: the probe ignores its bytes").map_err(|e| ChaosError::Io(blob.clone(), e))?;
     let mut server_config = fleet::server_config(&server_dir, port, &config.world);
     server_config.initial_policy = Some(blob);
-    let mut server = fleet::start_server(bins, &server_config, config.server_extra.as_ref(), &dir.join("server-0"), &[("NO_COLOR", "1")])?;
+    let mut extra = config.server_extra.clone().unwrap_or_default();
+    if config.round_quota > 0 {
+        server_config.round_quota = config.round_quota;
+        // Every candidate is published, so agents download trained policies too.
+        server_config.gate_tolerance = 1_000.0;
+        if !extra.contains_key("trainer") {
+            extra.extend(fleet::small_learned_trainer(&dir, &config.world, &mut |_| {})?);
+        }
+    }
+    let mut server = fleet::start_server(bins, &server_config, Some(&extra), &dir.join("server-0"), &[("NO_COLOR", "1")])?;
     let env = config.world.environment()?;
     let probe = ProbeLoader::new(env.world.catalog.schema.head_sizes());
     let devices: Vec<_> = (0..config.agents)

@@ -154,24 +154,6 @@ fn now_s() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
 }
 
-/// A small learned trainer on a perception pretrained here (cheaply: the campaign needs training
-/// that takes a while and can be interrupted, not a good policy).
-fn default_trainer(dir: &Path, world: &WorldSize, progress: &mut dyn FnMut(&str)) -> Result<toml::Table, ChaosError> {
-    let perception = dir.join("perception.ckpt");
-    progress("R2: pretraining a small perception for the learned trainer");
-    let mut pretrain = irec_shared::algo::pretrain::PretrainConfig { sentences: 2_000, text_epochs: 1, attr_epochs: 1, ..Default::default() };
-    pretrain.heldout_template_sentences = pretrain.heldout_template_sentences.min(200);
-    let lab = irec_shared::experiment::Lab::build(&world.config(), &pretrain, &candle_core::Device::Cpu, None, &irec_shared::experiment::Silent)
-        .map_err(|e| ChaosError::World(e.to_string()))?;
-    let bytes = lab.perception.to_checkpoint().to_bytes().map_err(|e| ChaosError::World(e.to_string()))?;
-    std::fs::write(&perception, bytes).map_err(|e| ChaosError::Io(perception.clone(), e))?;
-    let text = format!(
-        "[trainer]\nkind = \"learned\"\nperception = {:?}\nfirst_round_steps = 150\nround_steps = 80\neval_sessions = 30\n[trainer.fqe]\nsteps = 40\n",
-        perception.display().to_string()
-    );
-    text.parse::<toml::Table>().map_err(|e| ChaosError::Config(e.to_string()))
-}
-
 struct Agent {
     config: irec_edge_agent::AgentConfig,
     proc: Proc,
@@ -186,7 +168,7 @@ pub fn run(bins: &Binaries, config: &ServerKilledConfig, progress: &mut dyn FnMu
     let mut r = rng::rng(config.seed);
     let extra = match &config.server_extra {
         Some(t) => t.clone(),
-        None => default_trainer(&dir, &config.world, progress)?,
+        None => fleet::small_learned_trainer(&dir, &config.world, progress)?,
     };
     let port = super::bins::free_udp_port()?;
     let server_dir = dir.join("server");

@@ -87,7 +87,11 @@ pub enum Campaign {
         /// Sessions per agent.
         #[arg(long, default_value_t = 40)]
         sessions: u64,
-        /// Extra server settings (TOML merged into its config: rounds, `[trainer]`, …).
+        /// Close a round every this many sessions, trained by a small learned trainer (its state
+        /// and the policies it publishes are audited too); 0: no rounds.
+        #[arg(long, default_value_t = 0)]
+        round_quota: u64,
+        /// Extra server settings (TOML merged into its config).
         #[arg(long, value_name = "FILE")]
         server_config: Option<PathBuf>,
     },
@@ -133,9 +137,9 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
             let c = chaos::load::LoadConfig { agents, sessions, session_interval_ms, ramp_ms, dir: args.dir.clone(), ..Default::default() };
             chaos::load::run(&bins()?, &c, &|m: &str| eprintln!("{m}"))?
         }
-        Campaign::Privacy { agents, sessions, server_config } => {
+        Campaign::Privacy { agents, sessions, round_quota, server_config } => {
             let server_extra = server_config.as_deref().map(chaos::fleet::read_extra).transpose()?;
-            let c = chaos::privacy::PrivacyConfig { agents, sessions, server_extra, dir: args.dir.clone(), ..Default::default() };
+            let c = chaos::privacy::PrivacyConfig { agents, sessions, round_quota, server_extra, dir: args.dir.clone(), ..Default::default() };
             chaos::privacy::run(&bins()?, &c)?
         }
     };
