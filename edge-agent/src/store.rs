@@ -109,7 +109,7 @@ impl AgentStore {
         // A device's store is small; a small page cache keeps a thousand in-process agents cheap.
         // No background flusher: every durable point is an explicit flush under the storage lock
         // (see `irec_shared::storage_lock`).
-        let db = sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).flush_every_ms(None).open()?;
+        let db = irec_shared::storage_lock::retry_locked(|| sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).flush_every_ms(None).open())?;
         Ok(AgentStore {
             sessions: db.open_tree("sessions")?,
             batches: db.open_tree("batches")?,

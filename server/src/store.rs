@@ -160,7 +160,7 @@ impl Store {
         // No background flusher: every durable point is an explicit flush under the storage lock
         // (see `irec_shared::storage_lock`), and sled's own periodic flushes could deadlock a
         // transaction exactly as unguarded ones do.
-        let db = sled::Config::new().path(dir).flush_every_ms(None).open()?;
+        let db = irec_shared::storage_lock::retry_locked(|| sled::Config::new().path(dir).flush_every_ms(None).open())?;
         Ok(Store {
             sessions: db.open_tree("sessions")?,
             batches: db.open_tree("batches")?,

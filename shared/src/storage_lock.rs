@@ -28,3 +28,21 @@ pub fn guard() -> MutexGuard<'static, ()> {
     // A panic while holding it leaves nothing half-done on our side: sled's own state is intact.
     SLED.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// Runs `open` until it stops failing with "could not acquire lock", for up to two seconds.
+///
+/// A sled database closed a moment ago may still be held by sled's I/O threads finishing a write
+/// (seen reopening a store right after dropping it, under load); its file lock is released when
+/// they finish. Any other error, or a lock still held after two seconds (another process owns
+/// it), is returned as is.
+pub fn retry_locked<T, E: std::fmt::Display>(mut open: impl FnMut() -> Result<T, E>) -> Result<T, E> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        match open() {
+            Err(e) if e.to_string().contains("could not acquire lock") && std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
