@@ -106,13 +106,7 @@ pub struct RoundUploads {
 impl Stats {
     /// A percentile (0..=100) of the ack latencies, in milliseconds.
     pub fn ack_latency_percentile(&self, p: f64) -> Option<f64> {
-        let mut v = self.ack_latencies_ms.clone();
-        if v.is_empty() {
-            return None;
-        }
-        v.sort_by(f64::total_cmp);
-        let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-        v.get(i.min(v.len() - 1)).copied()
+        irec_shared::metrics::percentile(&self.ack_latencies_ms, p)
     }
 }
 

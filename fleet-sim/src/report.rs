@@ -23,7 +23,7 @@ pub fn metrics_csv_cells(m: &Metrics) -> String {
     format!("{},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4},{:.4}", m.sessions, m.sr10, m.sr20, m.sr30, m.ni.mean, m.ni.se, m.nv.mean, m.nv.se)
 }
 
-const METRICS_HEADER: &str = "sessions,sr10,sr20,sr30,ni,ni_se,nv,nv_se";
+pub const METRICS_HEADER: &str = "sessions,sr10,sr20,sr30,ni,ni_se,nv,nv_se";
 
 /// Writes table.md, report.json, table.csv, curves.csv, curves.svg/png and training logs.
 pub fn write_compare(dir: &Path, r: &CompareReport, elapsed_s: f64) -> anyhow::Result<()> {

@@ -101,6 +101,17 @@ pub fn render_table(rows: &[(String, Metrics)]) -> String {
     out
 }
 
+/// The `p`-th percentile (0..=100) of `values`, nearest rank; `None` when there are none.
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
+    v.get(i.min(v.len() - 1)).copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -96,16 +96,7 @@ impl Outcome {
     }
 }
 
-/// The `p`-th percentile (0..=100) of `values` (nearest rank), or `None` when empty.
-pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-    v.get(i.min(v.len() - 1)).copied()
-}
+pub use irec_shared::metrics::percentile;
 
 /// Peak and current resident memory of a process, in KiB, from `/proc/<pid>/status` (Linux).
 pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {

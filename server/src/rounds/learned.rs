@@ -185,7 +185,7 @@ fn same_perception(ours: &PerceptionWeights, ck: &Checkpoint) -> bool {
         && ours.tensors.iter().all(|(k, a)| {
             theirs.get(k).is_some_and(|b| {
                 let flat = |t: &candle_core::Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).ok();
-                a.dims() == b.dims() && flat(a).is_some() && flat(a) == flat(b)
+                a.dims() == b.dims() && flat(a).is_some_and(|x| Some(x) == flat(b))
             })
         })
 }

@@ -6,12 +6,12 @@ use super::launch::AgentReport;
 use crate::chart::{self, Panel, Series};
 use crate::cli::RunArgs;
 use crate::commands::metrics_json;
-use crate::report::metrics_csv_cells;
+use crate::report::{metrics_csv_cells, METRICS_HEADER};
 use anyhow::Context;
 use irec_edge_agent::RoundUploads;
 use irec_server::rounds::RoundStatus;
 use irec_server::ServerStatus;
-use irec_shared::metrics::{render_table, Metrics};
+use irec_shared::metrics::{percentile, render_table, Metrics};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -74,15 +74,6 @@ fn metrics_at(v: &serde_json::Value, who: &str) -> Option<Metrics> {
     serde_json::from_value(v.get(who)?.get("metrics")?.clone()).ok()
 }
 
-fn percentile(v: &mut [f64], p: f64) -> Option<f64> {
-    if v.is_empty() {
-        return None;
-    }
-    v.sort_by(f64::total_cmp);
-    let i = ((p / 100.0) * (v.len() - 1) as f64).round() as usize;
-    v.get(i.min(v.len() - 1)).copied()
-}
-
 impl Report {
     #[allow(clippy::too_many_arguments)]
     pub fn new(preset: &str, a: &RunArgs, quota: u64, boot: &Bootstrap, status: &ServerStatus, agents: &[AgentReport], launcher: &str, elapsed_s: f64) -> Report {
@@ -128,13 +119,13 @@ impl Report {
         }
         let fleet = by_round
             .into_iter()
-            .map(|(round, (u, mut lat))| FleetRow {
+            .map(|(round, (u, lat))| FleetRow {
                 round,
                 sessions: u.sessions,
                 batches: u.batches,
                 bytes: u.bytes,
-                ack_p50_ms: percentile(&mut lat, 50.0),
-                ack_p99_ms: percentile(&mut lat, 99.0),
+                ack_p50_ms: percentile(&lat, 50.0),
+                ack_p99_ms: percentile(&lat, 99.0),
             })
             .collect();
         Report {
@@ -256,7 +247,7 @@ impl Report {
         put("table.md", md.as_bytes())?;
         put("report.json", &serde_json::to_vec_pretty(self)?)?;
 
-        let mut csv = format!("round,gate,policy_version,sessions_in_d,new_sessions,candidate_estimate,deployed_estimate,train_s,{}\n", "sessions,sr10,sr20,sr30,ni,ni_se,nv,nv_se");
+        let mut csv = format!("round,gate,policy_version,sessions_in_d,new_sessions,candidate_estimate,deployed_estimate,train_s,{METRICS_HEADER}\n");
         let _ = writeln!(csv, "behaviour,,,,,,,,{}", metrics_csv_cells(&self.behaviour));
         for r in &self.rounds {
             let cells = r.metrics.as_ref().map_or(",,,,,,,".to_string(), metrics_csv_cells);
