@@ -35,6 +35,7 @@ impl RoundTrainer for Trainer {
             metrics: serde_json::Value::Null,
             candidate_estimate: 1.0,
             deployed_estimate: Some(0.0),
+            estimate_se: 0.0,
         })
     }
 }

@@ -19,6 +19,8 @@ pub enum Command {
     /// The paper's Table 2 in-process: behaviour, on-policy, off-policy, imitation, offline,
     /// iterative offline, and the rule-based tracker.
     Compare(CompareArgs),
+    /// Offline-learner variants trained on one D (same behaviour data, same test sessions).
+    Ablate(AblateArgs),
     /// Time one CQL(H) + discrete SAC gradient step with the reference workload's shapes.
     BenchTrain(BenchArgs),
     /// The federated loop: an irec-server and N edge agents on loopback, bootstrapped with
@@ -197,6 +199,30 @@ pub struct CompareArgs {
     #[arg(long)]
     pub no_cache: bool,
     /// cpu, or cuda:N with a `--features cuda` build.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AblateArgs {
+    #[arg(long, value_enum, default_value_t = PresetArg::Quick)]
+    pub preset: PresetArg,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// A TOML file overriding the preset's settings for the shared parts (world, behaviour).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// A TOML file of variants: `[[variant]]` tables with `name` and an `[variant.offline]`
+    /// table overriding the preset's `[offline]` settings.
+    #[arg(long, value_name = "FILE")]
+    pub variants: PathBuf,
+    /// Also run each variant's iterative rounds.
+    #[arg(long)]
+    pub iterate: bool,
+    #[arg(long, value_name = "DIR", default_value = "runs/cache")]
+    pub cache: PathBuf,
     #[arg(long, default_value = "cpu")]
     pub device: String,
     #[arg(long)]

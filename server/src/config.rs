@@ -33,6 +33,9 @@ pub struct ServerConfig {
     /// The deployment gate publishes a candidate unless its off-policy value estimate is below the
     /// deployed policy's by more than this (in the estimate's units: expected return per session).
     pub gate_tolerance: f64,
+    /// Standard errors of the estimates' difference by which a candidate must fall below the
+    /// deployed policy, beyond `gate_tolerance`, to be refused (0: point estimates decide).
+    pub gate_confidence_z: f64,
     /// Per-kind frame caps, in bytes (uploads and policy blobs).
     pub frames: FrameLimits,
     /// Request bytes all connections together may hold at once, in bytes: a request's frame is
@@ -76,6 +79,7 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             round_quota: 1000,
             gate_tolerance: 0.0,
+            gate_confidence_z: 2.0,
             frames: FrameLimits::default(),
             max_request_bytes_in_flight: 64 << 20,
             max_request_bytes_per_connection: 8 << 20,
@@ -128,6 +132,9 @@ impl ServerConfig {
         if !self.gate_tolerance.is_finite() || self.gate_tolerance < 0.0 {
             return bad("gate_tolerance must be a finite number ≥ 0");
         }
+        if !self.gate_confidence_z.is_finite() || self.gate_confidence_z < 0.0 {
+            return bad("gate_confidence_z must be a finite number ≥ 0");
+        }
         let largest_request = (self.frames.upload_bytes.max(self.frames.small_bytes) as u64) + 5;
         if self.max_request_bytes_per_connection < largest_request {
             return bad("max_request_bytes_per_connection must hold at least one largest upload frame");
@@ -137,6 +144,14 @@ impl ServerConfig {
         }
         if self.connection_receive_window_bytes < 16 << 10 {
             return bad("connection_receive_window_bytes must be at least 16 KiB");
+        }
+        let t = &self.trainer;
+        t.objective.validate_at("trainer.objective").map_err(ConfigError::Invalid)?;
+        t.sac.validate("trainer.sac").map_err(ConfigError::Invalid)?;
+        t.cql.validate("trainer.cql").map_err(ConfigError::Invalid)?;
+        t.fqe.validate("trainer.fqe").map_err(ConfigError::Invalid)?;
+        if t.eval_sessions == 0 {
+            return bad("trainer.eval_sessions must be at least 1");
         }
         if self.cert_names.is_empty() {
             return bad("cert_names must name at least one host");

@@ -250,7 +250,7 @@ impl Server {
         let Server { config, endpoint, shared, trainer, status: _ } = self;
         info!(addr = ?endpoint.local_addr().ok(), "serving");
         let (stop_tx, stop_rx) = watch::channel(false);
-        let driver_config = DriverConfig { gate_tolerance: config.gate_tolerance, seed: config.seed, device: config.device.clone() };
+        let driver_config = DriverConfig { gate_tolerance: config.gate_tolerance, gate_confidence_z: config.gate_confidence_z, seed: config.seed, device: config.device.clone() };
         let driver_shared = shared.clone();
         let driver_stop = stop_rx.clone();
         let driver = tokio::spawn(async move {

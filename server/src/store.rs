@@ -254,21 +254,24 @@ impl Store {
         Ok(self.batches.contains_key(id.to_bytes())?)
     }
 
-    /// D up to and including `round`, in ingest order, and how many of those came in `round`.
+    /// D up to and including `round` and how many of those came in `round`, in a canonical order:
+    /// by ingest round, then by the stored bytes. Within a round, which upload arrived first is a
+    /// matter of the agents' timing; training on an order that depends on it would make the same
+    /// seed give different rounds.
     pub fn sessions_through(&self, round: u32) -> Result<(Vec<ExperienceSession>, usize), StoreError> {
         let end = session_key(round.saturating_add(1), 0);
-        let start_of_round = session_key(round, 0);
-        let mut out = Vec::new();
-        let mut new = 0;
-        let _sled = irec_shared::storage_lock::guard();
-        let range = if round == u32::MAX { self.sessions.range::<&[u8], _>(..) } else { self.sessions.range(..&end[..]) };
-        for kv in range {
-            let (k, v) = kv?;
-            if k.as_ref() >= &start_of_round[..] {
-                new += 1;
+        let mut rows: Vec<(sled::IVec, sled::IVec)> = Vec::new();
+        {
+            let _sled = irec_shared::storage_lock::guard();
+            let range = if round == u32::MAX { self.sessions.range::<&[u8], _>(..) } else { self.sessions.range(..&end[..]) };
+            for kv in range {
+                rows.push(kv?);
             }
-            out.push(unbin("sessions", &v)?);
         }
+        let round_of = |k: &[u8]| k.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_be_bytes);
+        rows.sort_by(|a, b| round_of(&a.0).cmp(&round_of(&b.0)).then_with(|| a.1.cmp(&b.1)));
+        let new = rows.iter().filter(|(k, _)| round_of(k) >= round).count();
+        let out = rows.iter().map(|(_, v)| unbin("sessions", v)).collect::<Result<Vec<_>, _>>()?;
         Ok((out, new))
     }
 

@@ -145,6 +145,10 @@ pub fn run(cfg: &BenchConfig, device: &Device) -> Result<BenchResult> {
         reward_scale: 1.0,
         cql_alpha: Some(cfg.alpha),
         actor: crate::algo::sac::ActorLoss::ReverseKl,
+        backup: crate::algo::sac::CriticBackup::Joint,
+        entropy_in_backup: true,
+        tracker_bc: 0.0,
+        td_lambda: 0.0,
     };
 
     // Synthetic data, as the reference builds it.
@@ -234,7 +238,7 @@ pub fn run(cfg: &BenchConfig, device: &Device) -> Result<BenchResult> {
         let rw = Tensor::from_vec(rw, rows_n, device)?;
         let nd = Tensor::from_vec(nd, rows_n, device)?;
         let mask = Tensor::ones(rows_n, candle_core::DType::F32, device)?;
-        let rows = Rows { onehot: &oh, rewards: &rw, not_done: &nd, mask: &mask };
+        let rows = Rows { onehot: &oh, rewards: &rw, not_done: &nd, mask: &mask, sessions: 0 };
         let tf = Instant::now();
         let (critic, pol, losses) = nets.losses(&s, &s_next, &s_next_t, &rows)?;
         let tb = Instant::now();

@@ -401,7 +401,7 @@ fn cql_loss_equals_hand_computation() {
     let rewards_t = Tensor::from_vec(rewards.to_vec(), n, &CPU).unwrap();
     let not_done_t = Tensor::from_vec(not_done.to_vec(), n, &CPU).unwrap();
     let mask_t = Tensor::from_vec(mask.to_vec(), n, &CPU).unwrap();
-    let rows = Rows { onehot: &onehot_t, rewards: &rewards_t, not_done: &not_done_t, mask: &mask_t };
+    let rows = Rows { onehot: &onehot_t, rewards: &rewards_t, not_done: &not_done_t, mask: &mask_t, sessions: 0 };
 
     let (temperature, gamma, reward_scale, alpha) = (0.3f32, 0.9f32, 2.0f32, 0.7f32);
     let nets = |cql_alpha: Option<f64>, actor| SacNets {
@@ -416,6 +416,10 @@ fn cql_loss_equals_hand_computation() {
         reward_scale: reward_scale as f64,
         cql_alpha,
         actor,
+        backup: irec_shared::algo::sac::CriticBackup::Joint,
+        entropy_in_backup: true,
+        tracker_bc: 0.0,
+        td_lambda: 0.0,
     };
 
     // The same networks' outputs, read back to the host: the hand computation starts from these.
@@ -503,9 +507,9 @@ fn tiny_mdp(feature_width: usize, heads: &[usize]) -> SessionDataset {
             let actions: Vec<[u8; NUM_ATTRS]> = (0..turns)
                 .map(|_| std::array::from_fn(|_| r.random_range(0..SEEN_SLOTS as u8)))
                 .collect();
-            let rewards = actions.iter().map(|a| if a[0] == 1 { 1.0 } else { 0.0 }).collect();
+            let rewards: Vec<f32> = actions.iter().map(|a| if a[0] == 1 { 1.0 } else { 0.0 }).collect();
             let dones = (0..turns).map(|t| t + 1 == turns).collect();
-            sessions.push(PreparedSession { features, actions, rewards, dones });
+            sessions.push(PreparedSession { features, actions, logged_rewards: rewards.clone(), rewards, dones, success: false });
         }
     }
     SessionDataset::from_prepared(sessions, feature_width, heads)
@@ -667,7 +671,7 @@ fn tiny_run(seed: u64) -> TinyRun {
         cql_log,
         bc_metrics: lab.evaluate(bc.recommender(), 40, seed).unwrap(),
         cql_metrics: lab.evaluate(cql.recommender(), 40, seed).unwrap(),
-        checkpoint: cql.training_state("cql").to_bytes().unwrap(),
+        checkpoint: cql.training_state("cql").unwrap().to_bytes().unwrap(),
     }
 }
 

@@ -7,6 +7,7 @@ use irec_shared::metrics::Metrics;
 use irec_shared::sim::{World, WorldConfig};
 use serde_json::json;
 
+mod ablate;
 mod bench;
 mod catalog;
 pub mod chaos;
@@ -19,6 +20,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Simulate(a) => simulate::run(a),
         Command::Catalog(a) => catalog::run(a),
         Command::Compare(a) => compare::run(a),
+        Command::Ablate(a) => ablate::run(a),
         Command::BenchTrain(a) => bench::run(a),
         Command::Chaos(a) => chaos::run(a),
         Command::Run(a) => run::run(a),
@@ -80,10 +82,12 @@ pub fn experiment_config(preset: irec_shared::experiment::Preset, path: Option<&
     Ok(ExperimentConfig::from_toml(&toml::to_string(&merged)?)?)
 }
 
-fn merge(base: &mut toml::Table, over: toml::Table) {
+/// Overrides `base` field by field; a table naming its `kind` (a choice such as the objective)
+/// replaces the whole table, since another kind's fields would not apply to it.
+pub fn merge(base: &mut toml::Table, over: toml::Table) {
     for (k, v) in over {
         match (base.get_mut(&k), v) {
-            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) if !o.contains_key("kind") => merge(b, o),
             (_, v) => {
                 base.insert(k, v);
             }

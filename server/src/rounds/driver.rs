@@ -1,7 +1,7 @@
 //! The round driver: one task that trains closed rounds in order, on a dedicated thread each, and
 //! publishes or refuses the candidates.
 
-use super::gate::{decide, Decision};
+use super::gate::{decide, Decision, GateRule};
 use super::record::{RoundRecord, RoundStatus};
 use super::trainer::{CancelFlag, DeployedPolicy, RoundTrainer, TrainError, TrainJob, TrainOutcome};
 use crate::serve::Shared;
@@ -16,6 +16,8 @@ use tracing::{info, warn};
 #[derive(Clone, Debug)]
 pub struct DriverConfig {
     pub gate_tolerance: f64,
+    /// Standard errors beyond the tolerance before the gate refuses (`gate_confidence_z`).
+    pub gate_confidence_z: f64,
     pub seed: u64,
     pub device: String,
 }
@@ -150,10 +152,12 @@ fn shippable(out: &TrainOutcome, policy_cap: usize) -> Result<(), TrainError> {
 async fn finish(shared: &Arc<Shared>, config: &DriverConfig, mut rec: RoundRecord, out: TrainOutcome) -> Result<(), StoreError> {
     let round = rec.round;
     let deployed_estimate = if rec.deployed_version.is_some() { out.deployed_estimate } else { None };
-    let verdict = decide(out.candidate_estimate, deployed_estimate, config.gate_tolerance);
+    let rule = GateRule { tolerance: config.gate_tolerance, z: config.gate_confidence_z };
+    let verdict = decide(out.candidate_estimate, deployed_estimate, out.estimate_se, rule);
     info!(round, decision = ?verdict.decision, reason = %verdict.reason, "gate");
     rec.candidate_estimate = Some(out.candidate_estimate);
     rec.deployed_estimate = deployed_estimate;
+    rec.estimate_se = deployed_estimate.map(|_| out.estimate_se);
     rec.metrics = out.metrics;
     rec.error = None;
     let decision = verdict.decision;
@@ -189,7 +193,7 @@ mod tests {
     use super::*;
 
     fn outcome(bytes: usize) -> TrainOutcome {
-        TrainOutcome { candidate: vec![7; bytes], metrics: serde_json::Value::Null, candidate_estimate: 1.0, deployed_estimate: None }
+        TrainOutcome { candidate: vec![7; bytes], metrics: serde_json::Value::Null, candidate_estimate: 1.0, deployed_estimate: None, estimate_se: 0.0 }
     }
 
     #[test]

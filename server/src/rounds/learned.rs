@@ -16,7 +16,7 @@ use irec_shared::algo::cql::{cql_sac, CqlConfig};
 use irec_shared::algo::fqe::{self, FqeConfig, FqeEstimate};
 use irec_shared::algo::pretrain::{PretrainConfig, PretrainReport};
 use irec_shared::algo::sac::{DiscreteSac, SacConfig};
-use irec_shared::algo::{fit, OfflineAlgorithm, PerceptionWeights, SessionDataset, TrainLog};
+use irec_shared::algo::{fit, Objective, OfflineAlgorithm, PerceptionWeights, SessionDataset, TrainLog};
 use irec_shared::experiment::{Lab, Silent};
 use irec_shared::metrics::Metrics;
 use irec_shared::model::{device, Checkpoint, Featurizer, PolicyModel};
@@ -54,6 +54,9 @@ pub struct TrainerConfig {
     pub state_dir: Option<PathBuf>,
     /// Pretraining, when no perception is given.
     pub pretrain: PretrainConfig,
+    /// The reward the learner and the gate's estimates optimise (`[trainer.objective]`, `kind` =
+    /// `turn_cost` or `paper`).
+    pub objective: Objective,
     pub sac: SacConfig,
     pub cql: CqlConfig,
     /// Gradient steps of a learner that starts from scratch (the first trained round).
@@ -78,6 +81,7 @@ impl Default for TrainerConfig {
             perception: None,
             state_dir: None,
             pretrain: PretrainConfig::default(),
+            objective: Objective::default(),
             sac: SacConfig::default(),
             cql: CqlConfig::default(),
             first_round_steps: 1_000,
@@ -204,7 +208,7 @@ impl RoundTrainer for LearnedTrainer {
         let ready = self.ready(&job, &dev)?;
         let lab = &ready.lab;
         let prepared = Instant::now();
-        let data = SessionDataset::new(&job.sessions, &lab.featurizer, lab.heads()).map_err(failed("featurizing D"))?;
+        let data = SessionDataset::new(&job.sessions, &lab.featurizer, lab.heads()).map_err(failed("featurizing D"))?.with_objective(&self.cfg.objective);
         if data.is_empty() {
             return Err(TrainError::Failed("D holds no usable session".into()));
         }
@@ -233,7 +237,7 @@ impl RoundTrainer for LearnedTrainer {
         let label = format!("irec round {} (CQL(H) + SAC, {} sessions)", job.round, job.sessions.len());
         let candidate_ck = learner.recommender().export(&label, learner.steps());
         let candidate = candidate_ck.to_bytes().map_err(failed("encoding the candidate"))?;
-        let state = learner.training_state(&label).to_bytes().map_err(failed("encoding the learner"))?;
+        let state = learner.training_state(&label).map_err(failed("the learner state"))?.to_bytes().map_err(failed("encoding the learner"))?;
         write_atomic(&self.learner_path(job.round), &state).map_err(failed("saving the learner"))?;
 
         // The gate's evidence and the simulator's verdict, for the candidate and the deployed.
@@ -263,7 +267,9 @@ impl RoundTrainer for LearnedTrainer {
                         &data
                     } else {
                         let f = Featurizer::new(model.perception.clone(), &lab.world.features).map_err(failed("the deployed policy's featurizer"))?;
-                        own = SessionDataset::new(&job.sessions, &f, model.heads()).map_err(failed("featurizing D for the deployed policy"))?;
+                        own = SessionDataset::new(&job.sessions, &f, model.heads())
+                            .map_err(failed("featurizing D for the deployed policy"))?
+                            .with_objective(&self.cfg.objective);
                         &own
                     };
                     let mut fr = rng::rng(fqe_seed);
@@ -295,6 +301,8 @@ impl RoundTrainer for LearnedTrainer {
             metrics,
             candidate_estimate: cand.fqe.value,
             deployed_estimate: deployed.as_ref().map(|d| d.fqe.value),
+            // The two ensembles are fitted independently: their variances add.
+            estimate_se: deployed.as_ref().map_or(0.0, |d| (cand.fqe.se.powi(2) + d.fqe.se.powi(2)).sqrt()),
         })
     }
 }

@@ -42,6 +42,9 @@ pub struct RoundRecord {
     pub deployed_version: Option<PolicyVersion>,
     pub candidate_estimate: Option<f64>,
     pub deployed_estimate: Option<f64>,
+    /// Standard error of candidate − deployed estimate the gate used (absent before this field).
+    #[serde(default)]
+    pub estimate_se: Option<f64>,
     pub gate: Option<GateVerdict>,
     /// The version published by this round, if the gate let it through.
     pub published_version: Option<PolicyVersion>,
@@ -63,6 +66,7 @@ impl RoundRecord {
             deployed_version: None,
             candidate_estimate: None,
             deployed_estimate: None,
+            estimate_se: None,
             gate: None,
             published_version: None,
             metrics: serde_json::Value::Null,

@@ -37,7 +37,8 @@ impl CancelFlag {
 pub struct TrainJob {
     /// The round that just closed (0 = the data collected by the bootstrap/behaviour policies).
     pub round: u32,
-    /// D ∪ D′: every session ingested in rounds `0..=round`, in ingest order (round, then arrival).
+    /// D ∪ D′: every session ingested in rounds `0..=round`, by round, then in a canonical order
+    /// (the stored bytes), so the order does not depend on which upload arrived first.
     /// A snapshot: sessions arriving during training belong to later rounds and are not here.
     /// `session.round` is what the uploading agent says its policy collected it for.
     pub sessions: Vec<ExperienceSession>,
@@ -66,6 +67,9 @@ pub struct TrainOutcome {
     /// The same estimate for the deployed policy; `None` when none is deployed (or it cannot be
     /// evaluated), in which case the gate publishes.
     pub deployed_estimate: Option<f64>,
+    /// Standard error of `candidate_estimate − deployed_estimate` (0: unknown, the gate then
+    /// compares the point estimates).
+    pub estimate_se: f64,
 }
 
 /// Why a round produced no candidate.

@@ -80,6 +80,7 @@ impl RoundTrainer for FixedTrainer {
             metrics: serde_json::json!({"sessions": job.sessions.len(), "new": job.new_sessions}),
             candidate_estimate: self.candidate_estimate,
             deployed_estimate: job.deployed.as_ref().map(|_| self.deployed_estimate),
+            estimate_se: 0.0,
         })
     }
 }

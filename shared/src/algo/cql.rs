@@ -25,6 +25,16 @@ impl Default for CqlConfig {
     }
 }
 
+impl CqlConfig {
+    /// Refuses a weight that is not a finite number ≥ 0; `at` is this table's TOML path.
+    pub fn validate(&self, at: &str) -> std::result::Result<(), String> {
+        if !(self.alpha.is_finite() && self.alpha >= 0.0) {
+            return Err(format!("{at}.alpha must be a finite number ≥ 0 (got {})", self.alpha));
+        }
+        Ok(())
+    }
+}
+
 /// Per-row penalty Σ_d logsumexp Q_d(s, ·) − Q(s, a_data). `q`: (N, W), `q_sa`: (N).
 pub fn cql_penalty(q: &Tensor, q_sa: &Tensor, heads: &[usize]) -> Result<Tensor> {
     seg_logsumexp(q, heads)?.sum(D::Minus1)? - q_sa

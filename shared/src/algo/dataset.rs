@@ -2,6 +2,7 @@
 //! are frozen), sessions are bucketed by length so a batch of whole sessions carries little padding,
 //! and a batch is laid out time-major for the state tracker's unroll.
 
+use super::objective::Objective;
 use crate::catalog::NUM_ATTRS;
 use crate::experience::ExperienceSession;
 use crate::model::Featurizer;
@@ -14,8 +15,13 @@ pub struct PreparedSession {
     pub features: Vec<f32>,
     /// Action slots, one row of NUM_ATTRS per turn.
     pub actions: Vec<[u8; NUM_ATTRS]>,
+    /// Rewards under the dataset's objective (as logged until [`SessionDataset::relabel`]).
     pub rewards: Vec<f32>,
     pub dones: Vec<bool>,
+    /// The rewards the device logged (the paper's formula).
+    pub logged_rewards: Vec<f32>,
+    /// The session found its item on its last turn.
+    pub success: bool,
 }
 
 impl PreparedSession {
@@ -58,11 +64,14 @@ impl SessionDataset {
             for t in &s.turns {
                 featurizer.push_turn(t.shown, &t.utterance, &mut features)?;
             }
+            let logged: Vec<f32> = s.turns.iter().map(|t| t.reward).collect();
             sessions.push(PreparedSession {
                 features,
                 actions: s.turns.iter().map(|t| t.action.0).collect(),
-                rewards: s.turns.iter().map(|t| t.reward).collect(),
+                rewards: logged.clone(),
                 dones: s.turns.iter().map(|t| t.done).collect(),
+                logged_rewards: logged,
+                success: s.succeeded(),
             });
         }
         Ok(SessionDataset::from_prepared(sessions, featurizer.width(), heads))
@@ -78,6 +87,19 @@ impl SessionDataset {
 
     pub fn len(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Replaces every turn's reward by what `objective` makes of the logged one.
+    pub fn relabel(&mut self, objective: &Objective) {
+        for s in &mut self.sessions {
+            s.rewards = objective.rewards(&s.logged_rewards, s.success, s.dones.last().copied().unwrap_or(true));
+        }
+    }
+
+    /// This dataset with its rewards under `objective`.
+    pub fn with_objective(mut self, objective: &Objective) -> SessionDataset {
+        self.relabel(objective);
+        self
     }
 
     pub fn is_empty(&self) -> bool {

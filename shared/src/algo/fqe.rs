@@ -21,19 +21,45 @@ pub struct FqeConfig {
     pub steps: usize,
     /// Target-network soft-update rate per step.
     pub tau: f64,
+    /// λ of the Retrace-style target: the logged continuation is followed while its action is
+    /// the one the evaluated (greedy) policy would take, cut where it is not (0: one-step). A
+    /// one-step target carries value back one turn per 1/τ steps, far too few for the gate's
+    /// budget.
+    pub trace_lambda: f64,
+    /// Q-functions in the bootstrap ensemble (1: a single fit, no standard error).
+    pub ensemble: usize,
 }
 
 impl Default for FqeConfig {
     fn default() -> Self {
-        FqeConfig { optim: OptimConfig::default(), steps: 600, tau: 0.01 }
+        FqeConfig { optim: OptimConfig::default(), steps: 600, tau: 0.01, trace_lambda: 0.9, ensemble: 5 }
+    }
+}
+
+impl FqeConfig {
+    /// Refuses settings that cannot estimate; `at` is this table's TOML path.
+    pub fn validate(&self, at: &str) -> std::result::Result<(), String> {
+        if self.ensemble == 0 {
+            return Err(format!("{at}.ensemble must be at least 1"));
+        }
+        if !(self.trace_lambda.is_finite() && (0.0..=1.0).contains(&self.trace_lambda)) {
+            return Err(format!("{at}.trace_lambda must be in [0, 1]"));
+        }
+        if !(self.tau.is_finite() && self.tau > 0.0 && self.tau <= 1.0) {
+            return Err(format!("{at}.tau must be in (0, 1]"));
+        }
+        Ok(())
     }
 }
 
 /// An off-policy value estimate.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct FqeEstimate {
-    /// Estimated expected discounted return of a session under the policy.
+    /// Estimated expected discounted return of a session under the policy (the ensemble's mean).
     pub value: f64,
+    /// Its standard error: the spread of the bootstrap ensemble's estimates (0 for one member).
+    #[serde(default)]
+    pub se: f64,
     /// Mean squared TD error over the last tenth of training.
     pub td: f64,
 }
@@ -64,18 +90,55 @@ fn onehot_argmax(logits: &Tensor, heads: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(out, (l.len(), w), logits.device())
 }
 
-/// Estimates `policy`'s value on `data`.
+/// Per row: whether the logged action of the next turn of the same session is the one `policy`
+/// takes there (then the logged continuation is the policy's own, and its outcome may be followed).
+fn follows_policy(pi_next: &Tensor, batch: &Batch, heads: usize) -> Result<Vec<bool>> {
+    let pi = pi_next.to_vec2::<f32>()?;
+    let data = batch.onehot.to_vec2::<f32>()?;
+    let b = batch.sessions;
+    Ok((0..pi.len())
+        .map(|row| {
+            let next = row + b;
+            next < data.len() && pi[row].iter().zip(&data[next]).map(|(x, y)| x * y).sum::<f32>() > heads as f32 - 0.5
+        })
+        .collect())
+}
+
+/// Targets y_t = r_t + γ(1 − done)·[V(s′) or, where the data follows π, (1 − λ)·V(s′) + λ·y_{t+1}],
+/// computed backwards over each session (rows time-major).
+fn trace_target(v_next: &Tensor, batch: &Batch, follows: &[bool], gamma: f32, lambda: f32) -> Result<Tensor> {
+    let v = v_next.to_vec1::<f32>()?;
+    let r = batch.rewards.to_vec1::<f32>()?;
+    let nd = batch.not_done.to_vec1::<f32>()?;
+    let b = batch.sessions;
+    let mut y = vec![0f32; v.len()];
+    for row in (0..v.len()).rev() {
+        let next = if lambda > 0.0 && follows[row] && nd[row] > 0.0 && row + b < v.len() { (1.0 - lambda) * v[row] + lambda * y[row + b] } else { v[row] };
+        y[row] = r[row] + gamma * nd[row] * next;
+    }
+    Tensor::from_vec(y, v.len(), v_next.device())
+}
+
+/// Estimates `policy`'s value on `data`: the mean of an ensemble of Q-functions on one tracker,
+/// each fitted on its own online bootstrap of the sessions (Poisson(1) weights per session and
+/// batch), their spread the estimate's standard error.
 pub fn evaluate(policy: &PolicyModel, data: &SessionDataset, cfg: &FqeConfig, seed: u64, rng: &mut Rng, device: &Device) -> Result<FqeEstimate> {
     let model: &ModelConfig = &policy.meta.config;
     let store = ParamStore::new(seed, device);
     let vb = store.builder();
+    let members = cfg.ensemble.max(1);
     let tracker = StateTracker::new(&model.tracker, vb.pp("fqe").pp("tracker"))?;
-    let q = MultiHead::new(&model.q, vb.pp("fqe").pp("q"))?;
     let t_tracker = StateTracker::new(&model.tracker, vb.pp("target").pp("tracker"))?;
-    let t_q = MultiHead::new(&model.q, vb.pp("target").pp("q"))?;
+    let mut qs = Vec::with_capacity(members);
+    let mut t_qs = Vec::with_capacity(members);
+    for k in 0..members {
+        qs.push(MultiHead::new(&model.q, vb.pp("fqe").pp(format!("q{k}")))?);
+        t_qs.push(MultiHead::new(&model.q, vb.pp("target").pp(format!("q{k}")))?);
+    }
     store.soft_update("fqe.", "target.", 1.0)?;
     let mut opt = Adam::new(store.vars("fqe."), &cfg.optim)?;
     let h = model.tracker.hidden;
+    let poisson = rand_distr::Poisson::new(1.0f64).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let mut tds = Vec::new();
     for _ in 0..cfg.steps {
         let idx = data.sample(cfg.optim.batch_sessions, rng);
@@ -85,28 +148,44 @@ pub fn evaluate(policy: &PolicyModel, data: &SessionDataset, cfg: &FqeConfig, se
         let batch = data.batch(&idx, device)?;
         let n = batch.steps * batch.sessions;
         let (pi_next, _) = greedy_onehots(policy, &batch)?;
+        let follows = follows_policy(&pi_next, &batch, policy.heads().len())?;
         let t_states = t_tracker.unroll(&batch.features)?.narrow(0, 1, batch.steps)?.reshape((n, h))?;
-        let v_next = (t_q.forward(&t_states)? * pi_next)?.sum(D::Minus1)?.detach();
-        let y = (&batch.rewards + (v_next * &batch.not_done)?.affine(cfg.optim.gamma, 0.0)?)?;
         let states = tracker.unroll(&batch.features)?.narrow(0, 0, batch.steps)?.reshape((n, h))?;
-        let q_sa = (q.forward(&states)? * &batch.onehot)?.sum(D::Minus1)?;
-        let loss = batch.masked_mean(&((q_sa - y)?.sqr()? * 0.5)?)?;
+        let mut loss: Option<Tensor> = None;
+        let mut td_sum = 0.0;
+        for (q, t_q) in qs.iter().zip(&t_qs) {
+            let v_next = (t_q.forward(&t_states)? * &pi_next)?.sum(D::Minus1)?;
+            let y = trace_target(&v_next, &batch, &follows, cfg.optim.gamma as f32, cfg.trace_lambda as f32)?;
+            let q_sa = (q.forward(&states)? * &batch.onehot)?.sum(D::Minus1)?;
+            let err = (q_sa - y)?.sqr()?;
+            td_sum += scalar(&batch.masked_mean(&err)?)? as f64;
+            // Row t·B + b belongs to session b: one bootstrap weight per session.
+            let per_session: Vec<f32> =
+                (0..batch.sessions).map(|_| if members > 1 { rand_distr::Distribution::sample(&poisson, rng) as f32 } else { 1.0 }).collect();
+            let w = Tensor::from_vec((0..n).map(|row| per_session[row % batch.sessions]).collect::<Vec<f32>>(), n, device)?;
+            let l = batch.masked_mean(&((err * w)? * 0.5)?)?;
+            loss = Some(match loss { Some(x) => (x + l)?, None => l });
+        }
+        let Some(loss) = loss else { break };
         let mut grads = loss.backward()?;
         opt.step(&mut grads)?;
         store.soft_update("fqe.", "target.", cfg.tau)?;
-        tds.push(2.0 * scalar(&loss)? as f64);
+        tds.push(td_sum / members as f64);
     }
     // Every session starts from the same empty state: its value under π is the estimate.
     let idx: Vec<usize> = (0..data.len().min(1)).collect();
-    let value = if idx.is_empty() {
-        0.0
+    let values: Vec<f64> = if idx.is_empty() {
+        vec![0.0]
     } else {
         let batch = data.batch(&idx, device)?;
         let (_, pi_first) = greedy_onehots(policy, &batch)?;
         let s0 = tracker.initial(1, device)?;
-        scalar(&(q.forward(&s0)? * pi_first)?.sum_all()?)? as f64
+        qs.iter().map(|q| Ok(scalar(&(q.forward(&s0)? * &pi_first)?.sum_all()?)? as f64)).collect::<Result<_>>()?
     };
+    let spread = crate::metrics::MeanSe::of(&values);
+    // The members' standard deviation (not its standard error): each is one bootstrap replicate.
+    let se = if values.len() > 1 { spread.se * (values.len() as f64).sqrt() } else { 0.0 };
     let tail = &tds[tds.len() - tds.len() / 10..];
     let td = if tail.is_empty() { 0.0 } else { tail.iter().sum::<f64>() / tail.len() as f64 };
-    Ok(FqeEstimate { value, td })
+    Ok(FqeEstimate { value: spread.mean, se, td })
 }

@@ -8,17 +8,20 @@
 //! - [`sac`]: discrete soft actor-critic over factorized Q (the paper's off-policy row).
 //! - [`cql`]: CQL(H) + discrete SAC (the paper's offline row, eq. 6–7).
 //! - [`ppo`]: the on-policy learner against the simulator (upper bound; behaviour policies).
+//! - [`objective`]: the reward the learners optimise (the paper's as logged, or a per-turn cost).
 //! - [`fqe`]: fitted Q evaluation, the off-policy value estimate behind the deployment gate.
 
 pub mod bc;
 pub mod cql;
 pub mod dataset;
 pub mod fqe;
+pub mod objective;
 pub mod ppo;
 pub mod pretrain;
 pub mod sac;
 
 pub use dataset::{Batch, SessionDataset};
+pub use objective::Objective;
 
 use crate::model::checkpoint::{Checkpoint, CheckpointMeta, FORMAT_VERSION};
 use crate::model::heads::MultiHead;
@@ -28,7 +31,6 @@ use crate::model::{ModelConfig, Perception};
 use crate::rng::Rng;
 use candle_core::backprop::GradStore;
 use candle_core::{Result, Tensor, Var};
-use candle_nn::{AdamW, Optimizer, ParamsAdamW};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -95,44 +97,91 @@ impl Default for OptimConfig {
     }
 }
 
-/// Adam (no weight decay) over a set of variables, with optional global-norm clipping.
+/// Adam (no weight decay) over a set of variables, with optional global-norm clipping, whose
+/// moments can be saved and restored, so a learner continued in a later round (or after a
+/// restart) carries on exactly where it stopped rather than with fresh moments.
 pub struct Adam {
-    opt: AdamW,
-    vars: Vec<Var>,
+    vars: Vec<(String, Var)>,
+    /// First and second moments, one pair per variable.
+    moments: Vec<(Tensor, Tensor)>,
+    t: u64,
+    lr: f64,
     max_grad_norm: f64,
 }
 
 impl std::fmt::Debug for Adam {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Adam").field("vars", &self.vars.len()).finish()
+        f.debug_struct("Adam").field("vars", &self.vars.len()).field("t", &self.t).finish()
     }
 }
 
+const ADAM_BETA1: f64 = 0.9;
+const ADAM_BETA2: f64 = 0.999;
+const ADAM_EPS: f64 = 1e-8;
+
 impl Adam {
+    /// Over unnamed variables (their state is saved by position).
     pub fn new(vars: Vec<Var>, cfg: &OptimConfig) -> Result<Adam> {
-        let params = ParamsAdamW { lr: cfg.lr, weight_decay: 0.0, ..ParamsAdamW::default() };
-        Ok(Adam { opt: AdamW::new(vars.clone(), params)?, vars, max_grad_norm: cfg.max_grad_norm })
+        Adam::named(vars.into_iter().enumerate().map(|(i, v)| (i.to_string(), v)).collect(), cfg)
+    }
+
+    /// Over named variables (their state is saved by name).
+    pub fn named(vars: Vec<(String, Var)>, cfg: &OptimConfig) -> Result<Adam> {
+        let moments = vars.iter().map(|(_, v)| Ok((v.zeros_like()?, v.zeros_like()?))).collect::<Result<_>>()?;
+        Ok(Adam { vars, moments, t: 0, lr: cfg.lr, max_grad_norm: cfg.max_grad_norm })
     }
 
     /// Applies the gradients of this optimizer's variables; returns their global norm before clipping.
     pub fn step(&mut self, grads: &mut GradStore) -> Result<f32> {
         let mut sq = 0f32;
-        for v in &self.vars {
+        for (_, v) in &self.vars {
             if let Some(g) = grads.get(v.as_tensor()) {
                 sq += g.sqr()?.sum_all()?.to_scalar::<f32>()?;
             }
         }
         let norm = sq.sqrt();
-        if self.max_grad_norm > 0.0 && norm as f64 > self.max_grad_norm {
-            let scale = self.max_grad_norm / norm as f64;
-            for v in &self.vars {
-                if let Some(g) = grads.remove(v.as_tensor()) {
-                    grads.insert(v.as_tensor(), (g * scale)?);
+        let scale = if self.max_grad_norm > 0.0 && norm as f64 > self.max_grad_norm { self.max_grad_norm / norm as f64 } else { 1.0 };
+        self.t += 1;
+        let c1 = 1.0 - ADAM_BETA1.powi(self.t as i32);
+        let c2 = 1.0 - ADAM_BETA2.powi(self.t as i32);
+        for ((_, v), (m, s)) in self.vars.iter().zip(self.moments.iter_mut()) {
+            let Some(g) = grads.get(v.as_tensor()) else { continue };
+            let g = if scale < 1.0 { (g * scale)? } else { g.clone() };
+            *m = ((&*m * ADAM_BETA1)? + (&g * (1.0 - ADAM_BETA1))?)?;
+            *s = ((&*s * ADAM_BETA2)? + (g.sqr()? * (1.0 - ADAM_BETA2))?)?;
+            let update = ((&*m / c1)? / ((&*s / c2)?.sqrt()? + ADAM_EPS)?)?;
+            v.set(&(v.as_tensor() - (update * self.lr)?)?)?;
+        }
+        Ok(norm)
+    }
+
+    /// The moments and step count, as tensors named `<prefix>.m.<var>`, `<prefix>.v.<var>` and
+    /// `<prefix>.t`.
+    pub fn state(&self, prefix: &str) -> Result<BTreeMap<String, Tensor>> {
+        let mut out = BTreeMap::new();
+        for ((name, _), (m, s)) in self.vars.iter().zip(&self.moments) {
+            out.insert(format!("{prefix}.m.{name}"), m.copy()?);
+            out.insert(format!("{prefix}.v.{name}"), s.copy()?);
+        }
+        let dev = self.moments.first().map_or(candle_core::Device::Cpu, |(m, _)| m.device().clone());
+        out.insert(format!("{prefix}.t"), Tensor::new(&[self.t as f32], &dev)?);
+        Ok(out)
+    }
+
+    /// Restores what [`Adam::state`] saved under `prefix`; variables it does not name keep fresh
+    /// moments. Returns whether a saved state was found.
+    pub fn load_state(&mut self, prefix: &str, tensors: &BTreeMap<String, Tensor>) -> Result<bool> {
+        let Some(t) = tensors.get(&format!("{prefix}.t")) else { return Ok(false) };
+        self.t = t.flatten_all()?.to_vec1::<f32>()?.first().map_or(0, |x| *x as u64);
+        for ((name, v), (m, s)) in self.vars.iter().zip(self.moments.iter_mut()) {
+            if let (Some(mm), Some(ss)) = (tensors.get(&format!("{prefix}.m.{name}")), tensors.get(&format!("{prefix}.v.{name}"))) {
+                if mm.shape() == v.shape() && ss.shape() == v.shape() {
+                    *m = mm.to_device(v.device())?;
+                    *s = ss.to_device(v.device())?;
                 }
             }
         }
-        self.opt.step(grads)?;
-        Ok(norm)
+        Ok(true)
     }
 }
 

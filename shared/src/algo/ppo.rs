@@ -13,7 +13,7 @@
 //! with PPO; the value head is fitted for a few iterations before the policy moves, and epochs stop
 //! early when the policy drifts too far from the one that collected the batch (target KL).
 
-use super::{scalar, Adam, LossRecord, OptimConfig, PerceptionWeights, Recommender, SessionDataset};
+use super::{scalar, Adam, LossRecord, Objective, OptimConfig, PerceptionWeights, Recommender, SessionDataset};
 use crate::experience::ExperienceSession;
 use crate::model::heads::{HeadsConfig, MultiHead};
 use crate::model::kernels::seg_log_softmax;
@@ -30,6 +30,8 @@ use serde::{Deserialize, Serialize};
 #[serde(default)]
 pub struct PpoConfig {
     pub optim: OptimConfig,
+    /// The reward PPO maximises (the simulator's turns are relabelled with it).
+    pub objective: Objective,
     /// Sessions rolled out per iteration.
     pub sessions_per_iteration: usize,
     /// Gradient epochs over each iteration's batch.
@@ -64,6 +66,7 @@ impl Default for PpoConfig {
     fn default() -> Self {
         PpoConfig {
             optim: OptimConfig::default(),
+            objective: Objective::default(),
             sessions_per_iteration: 128,
             epochs: 4,
             clip: 0.2,
@@ -195,7 +198,7 @@ impl Ppo {
                 s
             })
             .collect();
-        let data = SessionDataset::new(&sessions, featurizer, self.rec.heads())?;
+        let data = SessionDataset::new(&sessions, featurizer, self.rec.heads())?.with_objective(&self.cfg.objective);
         let device = featurizer.perception().device.clone();
 
         // GAE(λ) on the host, per session, from the pre-update values; rewards scaled for the critic.

@@ -15,7 +15,6 @@ use crate::model::kernels::{seg_log_softmax, seg_logsumexp};
 use crate::model::tracker::StateTracker;
 use crate::model::Checkpoint;
 use candle_core::{Result, Tensor, D};
-use candle_nn::Optimizer;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -35,6 +34,22 @@ pub struct SacConfig {
     /// Rewards are multiplied by this before the Bellman backup (scales Q against the CQL term
     /// and the temperature; 0.1 made the CQL term dominate and the critic fit values worse).
     pub reward_scale: f64,
+    /// What each critic head is regressed to (see [`CriticBackup`]).
+    pub backup: CriticBackup,
+    /// Add the policy's entropy bonus T·H(π(s′)) to the backup (soft Q-learning, as SAC does).
+    /// Off: the critic evaluates the return alone. With a per-turn cost, a bonus of T·H per turn
+    /// (≈ 0.15 at the tuned temperature) outweighs the cost and makes prolonging pay.
+    pub entropy_in_backup: bool,
+    /// Hidden widths of the critics' MLP (unset: the model config's, the paper's [32, 32]).
+    pub q_hidden: Option<Vec<usize>>,
+    /// Weight of the logged actions' negative log-likelihood under the policy head, trained
+    /// through the state tracker (0: the tracker learns from the critic loss alone).
+    pub tracker_bc: f64,
+    /// λ of the critic's TD(λ) target over each whole session: y_t = r_t + γ[(1 − λ)·V(s_{t+1}) +
+    /// λ·y_{t+1}] (0: the one-step target). A one-step target moves value back one turn per
+    /// target-network time constant (1/τ = 200 steps), too slow for sessions of 10–50 turns
+    /// within a round's step budget; λ > 0 carries the logged outcome back at once.
+    pub td_lambda: f64,
 }
 
 impl Default for SacConfig {
@@ -48,8 +63,69 @@ impl Default for SacConfig {
             tau: 0.005,
             actor: ActorLoss::ForwardKl,
             reward_scale: 1.0,
+            // Measured on one D (`fleet-sim ablate`, docs/results.md "Choices made by measurement"):
+            // per-head targets, a wider critic and TD(λ) each lifted the offline learner past its
+            // data; the entropy bonus in the backup pulled it below.
+            backup: CriticBackup::PerHead,
+            entropy_in_backup: false,
+            q_hidden: Some(vec![128, 128]),
+            tracker_bc: 0.0,
+            td_lambda: 0.9,
         }
     }
+}
+
+impl SacConfig {
+    /// Refuses settings that cannot train; `at` is the TOML path of this table (e.g.
+    /// `trainer.sac`), named in the error.
+    pub fn validate(&self, at: &str) -> std::result::Result<(), String> {
+        let o = &self.optim;
+        let bad = |field: &str, why: &str| Err(format!("{at}.{field} {why}"));
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            return bad("temperature", "must be a finite number > 0");
+        }
+        if self.target_entropy_ratio.is_some_and(|r| !(r.is_finite() && r > 0.0 && r <= 1.0)) {
+            return bad("target_entropy_ratio", "must be in (0, 1]");
+        }
+        if !(self.tau.is_finite() && self.tau > 0.0 && self.tau <= 1.0) {
+            return bad("tau", "must be in (0, 1]");
+        }
+        if !(self.reward_scale.is_finite() && self.reward_scale > 0.0) {
+            return bad("reward_scale", "must be a finite number > 0");
+        }
+        if !(self.td_lambda.is_finite() && (0.0..=1.0).contains(&self.td_lambda)) {
+            return bad("td_lambda", "must be in [0, 1]");
+        }
+        if !(self.tracker_bc.is_finite() && self.tracker_bc >= 0.0) {
+            return bad("tracker_bc", "must be a finite number ≥ 0");
+        }
+        if self.q_hidden.as_ref().is_some_and(|h| h.is_empty() || h.contains(&0)) {
+            return bad("q_hidden", "must list one or more widths > 0");
+        }
+        if !(o.lr.is_finite() && o.lr > 0.0) {
+            return bad("optim.lr", "must be a finite number > 0");
+        }
+        if !(o.gamma.is_finite() && o.gamma > 0.0 && o.gamma <= 1.0) {
+            return bad("optim.gamma", "must be in (0, 1]");
+        }
+        if o.batch_sessions == 0 {
+            return bad("optim.batch_sessions", "must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// How the factorized critic's heads share the Bellman target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CriticBackup {
+    /// Q(s, a) = Σ_d Q_d(s, a_d) is regressed to y: one TD error for all heads, each head's share
+    /// of the credit left to the fit.
+    Joint,
+    /// Every head is regressed to y on its own (action branching): Q_d(s, a_d) estimates the
+    /// whole return of slot a_d with the other heads as the data chose them, and V(s′) is the
+    /// heads' mean E_{π_d}[Q_d(s′)]. Each head's ranking is then identified by its own slot alone.
+    PerHead,
 }
 
 /// The actor's loss. Both have the soft-greedy policy π* ∝ exp(Q/T) (per head) as minimiser.
@@ -66,6 +142,9 @@ pub enum ActorLoss {
     /// stays π − π* however certain π already is.
     ForwardKl,
 }
+
+/// Name of the saved log-temperature in a learner's training state.
+const TEMPERATURE: &str = "sac.log_temperature";
 
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SacLosses {
@@ -116,6 +195,12 @@ pub struct SacNets<'a> {
     /// CQL(H) weight α; `None` for plain SAC.
     pub cql_alpha: Option<f64>,
     pub actor: ActorLoss,
+    pub backup: CriticBackup,
+    pub entropy_in_backup: bool,
+    /// Weight of the logged actions' NLL under the policy on the (non-detached) states.
+    pub tracker_bc: f64,
+    /// λ of the TD(λ) target (needs [`Rows::sessions`]: rows laid out time-major).
+    pub td_lambda: f64,
 }
 
 /// Per-row data of a batch: (N, W) one-hot actions, (N) rewards, not-done flags and mask.
@@ -124,6 +209,9 @@ pub struct Rows<'a> {
     pub rewards: &'a Tensor,
     pub not_done: &'a Tensor,
     pub mask: &'a Tensor,
+    /// Sessions per time step when rows are whole sessions laid out time-major (row t·B + b is
+    /// turn t of session b); 0 when rows are independent transitions.
+    pub sessions: usize,
 }
 
 impl Rows<'_> {
@@ -143,10 +231,37 @@ impl SacNets<'_> {
         if let Some(q) = self.target_q2 {
             e = e.minimum(&(&p * q.forward(s_next_target)?)?.sum(D::Minus1)?)?;
         }
-        let neg_entropy = (&p * &logp)?.sum(D::Minus1)?;
-        let v = (e - (neg_entropy * self.temperature)?)?;
+        if self.backup == CriticBackup::PerHead {
+            e = (e / self.heads.len().max(1) as f64)?;
+        }
+        let v = if self.entropy_in_backup {
+            let neg_entropy = (&p * &logp)?.sum(D::Minus1)?;
+            (e - (neg_entropy * self.temperature)?)?
+        } else {
+            e
+        };
+        if self.td_lambda > 0.0 && rows.sessions > 0 {
+            return self.lambda_target(&v.detach(), rows);
+        }
         let y = ((rows.rewards * self.reward_scale)? + (v * rows.not_done)?.affine(self.gamma, 0.0)?)?;
         Ok(y.detach())
+    }
+
+    /// TD(λ) targets, by a backward pass over each session's turns (on the host: a few thousand
+    /// rows, and a recursion across rows that tensor ops would need T steps for anyway).
+    fn lambda_target(&self, v_next: &Tensor, rows: &Rows) -> Result<Tensor> {
+        let v = v_next.to_vec1::<f32>()?;
+        let r = rows.rewards.to_vec1::<f32>()?;
+        let nd = rows.not_done.to_vec1::<f32>()?;
+        let b = rows.sessions;
+        let (gamma, lambda, scale) = (self.gamma as f32, self.td_lambda as f32, self.reward_scale as f32);
+        let mut y = vec![0f32; v.len()];
+        for row in (0..v.len()).rev() {
+            // A turn with a successor in its session blends V(s′) with that successor's target.
+            let next = if nd[row] > 0.0 && row + b < v.len() { (1.0 - lambda) * v[row] + lambda * y[row + b] } else { v[row] };
+            y[row] = scale * r[row] + gamma * nd[row] * next;
+        }
+        Tensor::from_vec(y, v.len(), v_next.device())
     }
 
     /// Critic and policy losses (scalars) with diagnostics. `s` carries gradients into whatever
@@ -158,9 +273,14 @@ impl SacNets<'_> {
         let mut td_sum: Option<Tensor> = None;
         let mut pen_sum: Option<Tensor> = None;
         let mut q1_sa = None;
+        let heads = self.heads.len().max(1) as f64;
         for q in &critics {
             let q_sa = (q * rows.onehot)?.sum(D::Minus1)?;
-            let td = (&q_sa - &y)?.sqr()?;
+            let td = match self.backup {
+                CriticBackup::Joint => (&q_sa - &y)?.sqr()?,
+                // Σ_d (Q_d(s, a_d) − y)², read off the one-hot: each head's own TD error.
+                CriticBackup::PerHead => (q.broadcast_sub(&y.unsqueeze(1)?)?.sqr()? * rows.onehot)?.sum(D::Minus1)?,
+            };
             td_sum = Some(match td_sum { Some(t) => (t + td)?, None => td });
             if self.cql_alpha.is_some() {
                 let pen = super::cql::cql_penalty(q, &q_sa, self.heads)?;
@@ -190,12 +310,19 @@ impl SacNets<'_> {
                 (target * &logp)?.sum(D::Minus1)?.neg()?
             }
         };
+        let actor_rows = if self.tracker_bc > 0.0 {
+            let logp_s = seg_log_softmax(&self.policy.forward(s)?, self.heads)?;
+            let nll = (logp_s * rows.onehot)?.sum(D::Minus1)?.neg()?;
+            (actor_rows + (nll * self.tracker_bc)?)?
+        } else {
+            actor_rows
+        };
         let policy = rows.mean(&actor_rows)?;
         let entropy = rows.mean(&(&p * &logp)?.sum(D::Minus1)?.neg()?)?;
         let losses = SacLosses {
             critic: scalar(&critic)?,
             policy: scalar(&policy)?,
-            td: scalar(&rows.mean(&td)?)? / k as f32,
+            td: scalar(&rows.mean(&td)?)? / (k * if self.backup == CriticBackup::PerHead { heads } else { 1.0 }) as f32,
             cql: cql_mean,
             q_data: scalar(&rows.mean(&q1_sa)?)?,
             entropy: scalar(&entropy)?,
@@ -221,7 +348,7 @@ pub struct DiscreteSac {
     policy_opt: Adam,
     /// log T, tuned towards the target entropy when configured.
     log_temperature: candle_core::Var,
-    temperature_opt: Option<candle_nn::AdamW>,
+    temperature_opt: Option<Adam>,
     steps: u64,
 }
 
@@ -235,11 +362,17 @@ pub struct SacTerms {
 }
 
 impl DiscreteSac {
-    /// `init`: continue from a checkpoint's tracker and policy (and critics, when it has them).
+    /// `init`: continue from a checkpoint's tracker and policy, and from whatever else of a
+    /// learner's [`DiscreteSac::training_state`] it carries (critics, target networks, the
+    /// temperature, the optimisers' moments), so a continued learner carries on where it stopped.
     pub fn new(perception: &PerceptionWeights, seed: u64, cfg: &SacConfig, cql: Option<CqlConfig>, init: Option<&Checkpoint>) -> Result<DiscreteSac> {
-        let rec = Recommender::new(perception, seed, init)?;
+        let mut rec = Recommender::new(perception, seed, init)?;
+        if let Some(h) = &cfg.q_hidden {
+            rec.config.q.hidden = h.clone();
+        }
+        let continued_targets = init.is_some_and(|ck| ck.tensors.keys().any(|k| k.starts_with("target.")));
         if let Some(ck) = init {
-            rec.store.load_from(&ck.only(&["q1.", "q2."]).tensors)?;
+            rec.store.load_from(&ck.only(&["q1.", "q2.", "target."]).tensors)?;
         }
         let vb = rec.store.builder();
         let qcfg = &rec.config.q;
@@ -248,22 +381,33 @@ impl DiscreteSac {
         let target_tracker = StateTracker::new(&rec.config.tracker, vb.pp("target").pp("tracker"))?;
         let target_q1 = MultiHead::new(qcfg, vb.pp("target").pp("q1"))?;
         let target_q2 = MultiHead::new(qcfg, vb.pp("target").pp("q2"))?;
-        for p in ["tracker.", "q1.", "q2."] {
-            rec.store.soft_update(p, &format!("target.{p}"), 1.0)?;
+        if !continued_targets {
+            for p in ["tracker.", "q1.", "q2."] {
+                rec.store.soft_update(p, &format!("target.{p}"), 1.0)?;
+            }
         }
-        let mut critic_vars = rec.store.vars("tracker.");
-        critic_vars.extend(rec.store.vars("q1."));
-        critic_vars.extend(rec.store.vars("q2."));
-        let critic_opt = Adam::new(critic_vars, &cfg.optim)?;
-        let policy_opt = Adam::new(rec.store.vars("policy."), &cfg.optim)?;
-        let log_temperature = candle_core::Var::new(cfg.temperature.max(1e-6).ln() as f32, rec.store.device())?;
-        let temperature_opt = match cfg.target_entropy_ratio {
-            Some(_) => Some(candle_nn::AdamW::new(
-                vec![log_temperature.clone()],
-                candle_nn::ParamsAdamW { lr: cfg.optim.lr, weight_decay: 0.0, ..Default::default() },
-            )?),
+        let mut critic_vars = rec.store.named_vars("tracker.");
+        critic_vars.extend(rec.store.named_vars("q1."));
+        critic_vars.extend(rec.store.named_vars("q2."));
+        let mut critic_opt = Adam::named(critic_vars, &cfg.optim)?;
+        let mut policy_opt = Adam::named(rec.store.named_vars("policy."), &cfg.optim)?;
+        let saved_temperature = init.and_then(|ck| ck.tensors.get(TEMPERATURE)).and_then(|t| t.flatten_all().ok()?.to_vec1::<f32>().ok()?.first().copied());
+        let log_t0 = saved_temperature.unwrap_or(cfg.temperature.max(1e-6).ln() as f32);
+        let log_temperature = candle_core::Var::new(log_t0, rec.store.device())?;
+        let mut temperature_opt = match cfg.target_entropy_ratio {
+            Some(_) => Some(Adam::named(vec![("log_temperature".into(), log_temperature.clone())], &OptimConfig { max_grad_norm: 0.0, ..cfg.optim.clone() })?),
             None => None,
         };
+        let mut steps = 0;
+        if let Some(ck) = init {
+            if critic_opt.load_state("opt.critic", &ck.tensors)? {
+                steps = ck.meta.steps;
+            }
+            policy_opt.load_state("opt.policy", &ck.tensors)?;
+            if let Some(o) = temperature_opt.as_mut() {
+                o.load_state("opt.temperature", &ck.tensors)?;
+            }
+        }
         Ok(DiscreteSac {
             cfg: cfg.clone(),
             cql,
@@ -277,7 +421,7 @@ impl DiscreteSac {
             policy_opt,
             log_temperature,
             temperature_opt,
-            steps: 0,
+            steps,
         })
     }
 
@@ -315,12 +459,20 @@ impl DiscreteSac {
         Ok(self.log_temperature.as_tensor().to_scalar::<f32>()?.exp() as f64)
     }
 
-    /// Tracker, policy and critics, for continuing training later.
-    pub fn training_state(&self, label: &str) -> Checkpoint {
+    /// Everything needed to continue training later exactly as if it had not stopped: tracker,
+    /// policy, critics, target networks, the temperature and the optimisers' moments.
+    pub fn training_state(&self, label: &str) -> Result<Checkpoint> {
         let mut ck = self.rec.export(label, self.steps);
-        ck.tensors.extend(self.rec.store.tensors("q1."));
-        ck.tensors.extend(self.rec.store.tensors("q2."));
-        ck
+        for p in ["q1.", "q2.", "target."] {
+            ck.tensors.extend(self.rec.store.tensors(p));
+        }
+        ck.tensors.insert(TEMPERATURE.into(), self.log_temperature.as_tensor().reshape(1)?.copy()?);
+        ck.tensors.extend(self.critic_opt.state("opt.critic")?);
+        ck.tensors.extend(self.policy_opt.state("opt.policy")?);
+        if let Some(o) = &self.temperature_opt {
+            ck.tensors.extend(o.state("opt.temperature")?);
+        }
+        Ok(ck)
     }
 
     fn flat(&self, states: &Tensor, from: usize, batch: &Batch) -> Result<Tensor> {
@@ -346,8 +498,12 @@ impl DiscreteSac {
             reward_scale: self.cfg.reward_scale,
             actor: self.cfg.actor,
             cql_alpha: self.cql.as_ref().map(|c| c.alpha),
+            backup: self.cfg.backup,
+            entropy_in_backup: self.cfg.entropy_in_backup,
+            tracker_bc: self.cfg.tracker_bc,
+            td_lambda: self.cfg.td_lambda,
         };
-        let rows = Rows { onehot: &batch.onehot, rewards: &batch.rewards, not_done: &batch.not_done, mask: &batch.mask };
+        let rows = Rows { onehot: &batch.onehot, rewards: &batch.rewards, not_done: &batch.not_done, mask: &batch.mask, sessions: batch.sessions };
         nets.losses(&s, &s_next, &s_next_target, &rows)
     }
 
@@ -378,7 +534,8 @@ impl OfflineAlgorithm for DiscreteSac {
             // d/d log T of T·(H − H_target): raise T while the policy is more certain than wanted.
             let target: f64 = ratio * self.rec.heads().iter().map(|n| (*n as f64).ln()).sum::<f64>();
             let t_loss = (self.log_temperature.as_tensor().exp()? * (losses.entropy as f64 - target))?;
-            opt.backward_step(&t_loss)?;
+            let mut grads = t_loss.backward()?;
+            opt.step(&mut grads)?;
         }
         for p in ["tracker.", "q1.", "q2."] {
             self.rec.store.soft_update(p, &format!("target.{p}"), self.cfg.tau)?;

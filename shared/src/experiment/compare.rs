@@ -8,7 +8,7 @@ use crate::algo::bc::{BcConfig, BehaviourCloning};
 use crate::algo::cql::{cql_sac, off_policy_sac, CqlConfig};
 use crate::algo::pretrain::PretrainReport;
 use crate::algo::sac::{DiscreteSac, SacConfig};
-use crate::algo::{fit, OfflineAlgorithm, SessionDataset, TrainLog};
+use crate::algo::{fit, Objective, OfflineAlgorithm, SessionDataset, TrainLog};
 use crate::experience::ExperienceSession;
 use crate::metrics::Metrics;
 use crate::model::PolicyModel;
@@ -23,6 +23,8 @@ use std::time::Instant;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct OfflineConfig {
+    /// The reward the RL learners optimise (imitation ignores rewards).
+    pub objective: Objective,
     pub bc: BcConfig,
     pub sac: SacConfig,
     pub cql: CqlConfig,
@@ -43,8 +45,23 @@ pub struct OfflineConfig {
 }
 
 impl OfflineConfig {
+    /// Refuses settings that cannot train, naming the TOML field (under `[offline]`).
+    pub fn validate(&self) -> std::result::Result<(), String> {
+        self.objective.validate_at("offline.objective")?;
+        self.sac.validate("offline.sac")?;
+        self.cql.validate("offline.cql")?;
+        if self.rounds > 0 && self.round_sessions == 0 {
+            return Err("offline.round_sessions must be at least 1 when offline.rounds > 0".into());
+        }
+        if self.steps == 0 {
+            return Err("offline.steps must be at least 1".into());
+        }
+        Ok(())
+    }
+
     pub fn quick() -> OfflineConfig {
         OfflineConfig {
+            objective: Objective::default(),
             bc: BcConfig::default(),
             sac: SacConfig::default(),
             cql: CqlConfig::default(),
@@ -237,7 +254,7 @@ pub fn run(cfg: &ExperimentConfig, preset: &str, device: &candle_core::Device, c
     let behaviour_on_test = behaviour_on_test(&lab, &devices, n_eval, eval_seed)?;
     let mut d: Vec<ExperienceSession> = collected.sessions;
     clock.lap("behaviour collection");
-    let data = SessionDataset::new(&d, &lab.featurizer, lab.heads())?;
+    let data = SessionDataset::new(&d, &lab.featurizer, lab.heads())?.with_objective(&cfg.offline.objective);
     let transitions_in_d = data.transitions();
     let mut r = rng::rng(rng::derive(cfg.seed, rng::stream::TRAINING));
     let bs = cfg.offline.sac.optim.batch_sessions;
@@ -315,7 +332,7 @@ fn iterative(
         }
         let c = collect(lab, devices, oc.round_sessions, cfg.behaviour.session_batch, round, cfg.seed, progress)?;
         d.extend(c.sessions);
-        let data = SessionDataset::new(d, &lab.featurizer, lab.heads())?;
+        let data = SessionDataset::new(d, &lab.featurizer, lab.heads())?.with_objective(&oc.objective);
         let in_d = d.len();
         round_logs.extend(train_with_curve(lab, cql, &data, oc.round_steps, oc, oc.sac.optim.batch_sessions, "iterative_offline", None, r, progress)?);
         last = lab.evaluate(cql.recommender(), cfg.eval_sessions, eval_seed)?;

@@ -5,7 +5,9 @@
 //!   (collection on the train split, evaluation on the test split with AttrNet's attributes).
 //! - [`behaviour`]: on-policy training, behaviour devices, experience collection.
 //! - [`compare`]: the paper's Table 2, in-process.
+//! - [`ablation`]: offline-learner variants trained on one D.
 
+pub mod ablation;
 pub mod behaviour;
 pub mod compare;
 
@@ -120,9 +122,23 @@ impl ExperimentConfig {
         }
     }
 
-    /// Reads a TOML file; missing fields keep the defaults.
+    /// Reads a TOML file; missing fields keep the defaults. Unusable values are refused with
+    /// the field's TOML path.
     pub fn from_toml(text: &str) -> Result<ExperimentConfig> {
-        toml::from_str(text).map_err(|e| ExperimentError::Config(e.to_string()))
+        let cfg: ExperimentConfig = toml::from_str(text).map_err(|e| ExperimentError::Config(e.to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        self.offline.validate().map_err(ExperimentError::Config)?;
+        if self.behaviour.sessions == 0 || self.behaviour.devices == 0 {
+            return Err(ExperimentError::Config("behaviour.sessions and behaviour.devices must be at least 1".into()));
+        }
+        if self.eval_sessions == 0 {
+            return Err(ExperimentError::Config("eval_sessions must be at least 1".into()));
+        }
+        Ok(())
     }
 }
 

@@ -60,6 +60,11 @@ impl ParamStore {
         self.lock().iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v.clone()).collect()
     }
 
+    /// Variables whose names start with `prefix`, with their names, in name order.
+    pub fn named_vars(&self, prefix: &str) -> Vec<(String, Var)> {
+        self.lock().iter().filter(|(k, _)| k.starts_with(prefix)).map(|(k, v)| (k.clone(), v.clone())).collect()
+    }
+
     /// A snapshot of the variables whose names start with `prefix`. The values are copied:
     /// optimiser steps update variables in place, and a snapshot must not move with them.
     pub fn tensors(&self, prefix: &str) -> BTreeMap<String, Tensor> {

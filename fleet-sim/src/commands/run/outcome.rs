@@ -33,7 +33,21 @@ pub struct RoundRow {
     pub candidate: Option<Metrics>,
     pub candidate_estimate: Option<f64>,
     pub deployed_estimate: Option<f64>,
+    /// Standard error of candidate − deployed estimate the gate used.
+    pub estimate_se: Option<f64>,
+    /// The simulator's verdict on the candidate against what was deployed (the behaviour devices
+    /// before any round published): "worse" when its NI on the test sessions is higher by more
+    /// than two standard errors of the difference, else "not worse".
+    pub simulator: Option<String>,
+    /// The gate agreed with the simulator: published what is not worse, refused what is.
+    pub gate_correct: Option<bool>,
     pub train_s: Option<f64>,
+}
+
+/// Whether `candidate` is confidently worse than `reference` on NI (two standard errors).
+pub fn simulator_says_worse(candidate: &Metrics, reference: &Metrics) -> bool {
+    let se = (candidate.ni.se.powi(2) + reference.ni.se.powi(2)).sqrt();
+    candidate.ni.mean - reference.ni.mean > 2.0 * se
 }
 
 /// Uploads of the sessions collected for one round (by the policy deployed for it), fleet-wide.
@@ -88,9 +102,17 @@ impl Report {
                     _ => "failed",
                 };
                 let candidate = metrics_at(&r.metrics, "candidate");
+                let deployed = metrics_at(&r.metrics, "deployed");
                 let (policy_version, metrics) = match r.status {
                     RoundStatus::Published => (r.published_version, candidate),
-                    _ => (r.deployed_version, metrics_at(&r.metrics, "deployed")),
+                    _ => (r.deployed_version, deployed),
+                };
+                let reference = deployed.unwrap_or(boot.behaviour_metrics);
+                let worse = candidate.map(|c| simulator_says_worse(&c, &reference));
+                let gate_correct = match (r.status, worse) {
+                    (RoundStatus::Published, Some(w)) => Some(!w),
+                    (RoundStatus::Refused, Some(w)) => Some(w),
+                    _ => None,
                 };
                 RoundRow {
                     round: r.round,
@@ -103,6 +125,9 @@ impl Report {
                     candidate,
                     candidate_estimate: r.candidate_estimate,
                     deployed_estimate: r.deployed_estimate,
+                    estimate_se: r.estimate_se,
+                    simulator: worse.map(|w| if w { "worse" } else { "not worse" }.to_string()),
+                    gate_correct,
                     train_s: r.train_ms.map(|ms| ms as f64 / 1000.0),
                 }
             })
@@ -185,7 +210,7 @@ impl Report {
             .rounds
             .iter()
             .map(|r| {
-                let mut v = json!({"round": r.round, "policy_version": r.policy_version, "sessions_in_d": r.sessions_in_d, "gate": r.gate});
+                let mut v = json!({"round": r.round, "policy_version": r.policy_version, "sessions_in_d": r.sessions_in_d, "gate": r.gate, "gate_correct": r.gate_correct});
                 if let (Some(o), Some(serde_json::Value::Object(m))) = (v.as_object_mut(), r.metrics.as_ref().map(metrics_json)) {
                     o.extend(m);
                 }
@@ -214,19 +239,22 @@ impl Report {
         md.push_str("Every policy is evaluated on the same test-split sessions (AttrNet's attributes); the rounds' policies greedily, the behaviour devices with their own noise and bias.\n\n");
         md.push_str(&self.table());
         let _ = writeln!(md, "\n{}\n\n## Rounds\n", self.verdict());
-        md.push_str("| Round | Gate | Version after | Sessions in D | New | Candidate FQE | Deployed FQE | Training s | Reason |\n|---:|---|---:|---:|---:|---:|---:|---:|---|\n");
+        md.push_str("| Round | Gate | Simulator on the candidate | Gate right | Version after | Sessions in D | New | Candidate FQE | Deployed FQE | SE of difference | Training s | Reason |\n|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
         let opt = |x: Option<f64>| x.map_or("–".to_string(), |v| format!("{v:.3}"));
         for r in &self.rounds {
             let _ = writeln!(
                 md,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 r.round,
                 r.gate,
+                r.simulator.clone().unwrap_or_else(|| "–".into()),
+                r.gate_correct.map_or("–", |c| if c { "yes" } else { "no" }),
                 r.policy_version.map_or("–".into(), |v| v.to_string()),
                 r.sessions_in_d,
                 r.new_sessions,
                 opt(r.candidate_estimate),
                 opt(r.deployed_estimate),
+                opt(r.estimate_se),
                 r.train_s.map_or("–".into(), |s| format!("{s:.0}")),
                 r.reason.clone().unwrap_or_default()
             );

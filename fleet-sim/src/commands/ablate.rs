@@ -1,0 +1,51 @@
+//! `fleet-sim ablate`: offline-learner variants trained on one D, side by side.
+
+use super::{device, merge, metrics_json, print_json};
+use crate::cli::{AblateArgs, PresetArg};
+use crate::progress::Bars;
+use anyhow::Context;
+use irec_shared::experiment::ablation::{self, Variant};
+use irec_shared::experiment::compare::OfflineConfig;
+use irec_shared::experiment::Preset;
+use serde_json::json;
+
+pub fn run(a: AblateArgs) -> anyhow::Result<()> {
+    let preset = match a.preset {
+        PresetArg::Quick => Preset::Quick,
+        PresetArg::Paper => Preset::Paper,
+    };
+    let mut cfg = super::experiment_config(preset, a.config.as_deref())?;
+    cfg.seed = a.seed;
+    let text = std::fs::read_to_string(&a.variants).with_context(|| format!("reading {}", a.variants.display()))?;
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", a.variants.display()))?;
+    let list = table.get("variant").and_then(|v| v.as_array()).context("the variants file has no [[variant]] table")?;
+    let base: toml::Table = toml::from_str(&toml::to_string(&cfg.offline)?)?;
+    let mut variants = Vec::new();
+    for (i, v) in list.iter().enumerate() {
+        let name = v.get("name").and_then(|n| n.as_str()).with_context(|| format!("variant {i} has no name"))?;
+        let mut merged = base.clone();
+        if let Some(toml::Value::Table(o)) = v.get("offline") {
+            merge(&mut merged, o.clone());
+        }
+        let offline: OfflineConfig = toml::from_str(&toml::to_string(&merged)?).with_context(|| format!("variant {name}"))?;
+        variants.push(Variant { name: name.to_string(), offline });
+    }
+    let dev = device(&a.device)?;
+    let report = ablation::run(&cfg, &variants, a.iterate, &dev, Some(&a.cache), &Bars::default())?;
+    println!("behaviour (devices, test): {}", line(&report.behaviour_on_test));
+    println!("imitation:                 {}", line(&report.imitation));
+    for r in &report.rows {
+        println!("{:<26} {} | critic greedy {}{}", r.name, line(&r.offline), line(&r.critic_greedy), r.rounds.iter().map(|m| format!(" → {}", line(m))).collect::<String>());
+    }
+    let rows: Vec<_> = report
+        .rows
+        .iter()
+        .map(|r| json!({"name": r.name, "offline": metrics_json(&r.offline), "critic_greedy": metrics_json(&r.critic_greedy), "rounds": r.rounds.iter().map(metrics_json).collect::<Vec<_>>(), "seconds": r.seconds}))
+        .collect();
+    print_json(a.json, &json!({"seed": a.seed, "behaviour_test": metrics_json(&report.behaviour_on_test), "imitation": metrics_json(&report.imitation), "rows": rows}));
+    Ok(())
+}
+
+fn line(m: &irec_shared::metrics::Metrics) -> String {
+    format!("SR@10 {:5.1}% SR@30 {:5.1}% NI {:5.2}±{:.2}", 100.0 * m.sr10, 100.0 * m.sr30, m.ni.mean, m.ni.se)
+}
