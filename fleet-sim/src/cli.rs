@@ -221,6 +221,9 @@ pub struct AblateArgs {
     /// Also run each variant's iterative rounds.
     #[arg(long)]
     pub iterate: bool,
+    /// Write each variant's long (> 20 turns) or failed test sessions, rendered, into DIR.
+    #[arg(long, value_name = "DIR")]
+    pub failures: Option<PathBuf>,
     #[arg(long, value_name = "DIR", default_value = "runs/cache")]
     pub cache: PathBuf,
     #[arg(long, default_value = "cpu")]

@@ -371,6 +371,91 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+/// The default critic: every head regressed to a TD(λ) target over whole sessions, no entropy
+/// bonus in the backup, against a hand computation on two sessions of three turns (time-major).
+#[test]
+fn per_head_lambda_targets_equal_hand_computation() {
+    use irec_shared::algo::sac::CriticBackup;
+    let heads = [2usize, 3];
+    let width = 5;
+    let (b, t, input) = (2usize, 3usize, 4usize);
+    let n = b * t;
+    let store = ParamStore::new(22, &CPU);
+    let vb = store.builder();
+    let cfg = HeadsConfig { input, hidden: vec![8], heads: heads.to_vec() };
+    let [q1, q2, tq1, tq2, policy] = ["q1", "q2", "tq1", "tq2", "policy"].map(|p| MultiHead::new(&cfg, vb.pp(p)).unwrap());
+    let state = |seed| Tensor::from_vec(values(n * input, seed, 2.0), (n, input), &CPU).unwrap();
+    let (s, s_next, s_next_target) = (state(4), state(5), state(6));
+    // Row t·2 + b. Session 0 runs three turns; session 1 ends after two (its third row is padding).
+    let actions: [[usize; 2]; 6] = [[0, 2], [1, 0], [1, 1], [0, 1], [0, 0], [1, 2]];
+    let rewards = [-0.1f32, -0.1, -0.1, 0.0, 0.0, 0.0];
+    let not_done = [1.0f32, 1.0, 1.0, 0.0, 0.0, 0.0];
+    let mask = [1.0f32, 1.0, 1.0, 1.0, 1.0, 0.0];
+    let mut onehot = vec![0f32; n * width];
+    for (r, a) in actions.iter().enumerate() {
+        onehot[r * width + a[0]] = 1.0;
+        onehot[r * width + 2 + a[1]] = 1.0;
+    }
+    let tensor = |v: &[f32]| Tensor::from_vec(v.to_vec(), v.len(), &CPU).unwrap();
+    let onehot_t = Tensor::from_vec(onehot.clone(), (n, width), &CPU).unwrap();
+    let (rewards_t, not_done_t, mask_t) = (tensor(&rewards), tensor(&not_done), tensor(&mask));
+    let rows = Rows { onehot: &onehot_t, rewards: &rewards_t, not_done: &not_done_t, mask: &mask_t, sessions: b };
+    let (gamma, lambda, alpha) = (0.9f32, 0.8f32, 0.5f32);
+    let lib = SacNets {
+        q1: &q1,
+        q2: Some(&q2),
+        target_q1: &tq1,
+        target_q2: Some(&tq2),
+        policy: &policy,
+        heads: &heads,
+        temperature: 0.3,
+        gamma: gamma as f64,
+        reward_scale: 1.0,
+        cql_alpha: Some(alpha as f64),
+        actor: ActorLoss::ForwardKl,
+        backup: CriticBackup::PerHead,
+        entropy_in_backup: false,
+        tracker_bc: 0.0,
+        td_lambda: lambda as f64,
+    };
+    let (q1_v, q2_v) = (host2(&q1.forward(&s).unwrap()), host2(&q2.forward(&s).unwrap()));
+    let (tq1_v, tq2_v) = (host2(&tq1.forward(&s_next_target).unwrap()), host2(&tq2.forward(&s_next_target).unwrap()));
+    let pi_next = host2(&policy.forward(&s_next).unwrap());
+    // V(s′) = min_i (1/D)·Σ_d E_{π_d}[Q′_{i,d}(s′)]; y backwards: r + γ(1 − done)·((1 − λ)·V + λ·y_next).
+    let v: Vec<f32> = (0..n)
+        .map(|r| {
+            let p: Vec<f32> = log_softmax_by_hand(&pi_next[r], &heads).iter().map(|x| x.exp()).collect();
+            dot(&p, &tq1_v[r]).min(dot(&p, &tq2_v[r])) / heads.len() as f32
+        })
+        .collect();
+    let mut y = [0f32; 6];
+    for r in (0..n).rev() {
+        let next = if not_done[r] > 0.0 && r + b < n { (1.0 - lambda) * v[r] + lambda * y[r + b] } else { v[r] };
+        y[r] = rewards[r] + gamma * not_done[r] * next;
+    }
+    // Turn 0 of session 0 follows its session to turn 1, which follows to turn 2.
+    assert!((y[0] - (rewards[0] + gamma * ((1.0 - lambda) * v[0] + lambda * y[2]))).abs() < 1e-6);
+    let target = lib.compute_target(&s_next, &s_next_target, &rows).unwrap().to_vec1::<f32>().unwrap();
+    for r in 0..n {
+        close(target[r] as f64, y[r] as f64, &format!("TD(λ) target of row {r}"));
+    }
+    // Each head's own squared error: Σ_d (Q_d(s, a_d) − y)².
+    let head_td = |q: &[f32], r: usize| -> f32 { (0..width).map(|c| onehot[r * width + c] * (q[c] - y[r]).powi(2)).sum() };
+    let real: f32 = mask.iter().sum();
+    let critic_by_hand: f32 = (0..n)
+        .map(|r| {
+            let oh = &onehot[r * width..(r + 1) * width];
+            let pen = joint_logsumexp_by_hand(&q1_v[r], &heads) - dot(oh, &q1_v[r]) + joint_logsumexp_by_hand(&q2_v[r], &heads) - dot(oh, &q2_v[r]);
+            mask[r] * (0.5 * (head_td(&q1_v[r], r) + head_td(&q2_v[r], r)) + alpha * pen)
+        })
+        .sum::<f32>()
+        / real;
+    let td_by_hand = (0..n).map(|r| mask[r] * (head_td(&q1_v[r], r) + head_td(&q2_v[r], r))).sum::<f32>() / real / (2.0 * heads.len() as f32);
+    let (critic, _, losses) = lib.losses(&s, &s_next, &s_next_target, &rows).unwrap();
+    close(critic.to_scalar::<f32>().unwrap() as f64, critic_by_hand as f64, "per-head CQL critic loss");
+    close(losses.td as f64, td_by_hand as f64, "logged per-head TD error");
+}
+
 #[test]
 fn cql_loss_equals_hand_computation() {
     let heads = [2usize, 3];
@@ -509,7 +594,7 @@ fn tiny_mdp(feature_width: usize, heads: &[usize]) -> SessionDataset {
                 .collect();
             let rewards: Vec<f32> = actions.iter().map(|a| if a[0] == 1 { 1.0 } else { 0.0 }).collect();
             let dones = (0..turns).map(|t| t + 1 == turns).collect();
-            sessions.push(PreparedSession { features, actions, logged_rewards: rewards.clone(), rewards, dones, success: false });
+            sessions.push(PreparedSession { features, actions, logged_rewards: rewards.clone(), rewards, dones, success: false, round: 0 });
         }
     }
     SessionDataset::from_prepared(sessions, feature_width, heads)
@@ -541,6 +626,36 @@ fn seen_and_unseen_q(algo: &DiscreteSac, data: &SessionDataset) -> (f32, f32) {
         rows += 1.0;
     }
     (seen / rows, unseen / rows)
+}
+
+/// A learner rebuilt from its training state carries on exactly as the one that never stopped:
+/// the same losses and the same weights after further steps (targets, temperature and Adam
+/// moments are part of the state; fresh moments would take different steps).
+#[test]
+fn a_continued_learner_carries_on_exactly() {
+    let fx = fixture();
+    let heads = fx.perception.config.heads.clone();
+    let data = tiny_mdp(fx.perception.config.tracker.input, &heads);
+    let cfg = SacConfig { q_hidden: Some(vec![16]), ..SacConfig::default() };
+    let cql = CqlConfig { alpha: 1.0 };
+    let mut a = cql_sac(&fx.perception, 9, &cfg, &cql, None).unwrap();
+    let mut r = rng::rng(3);
+    fit(&mut a, &data, 5, 8, 5, &mut r, |_| {}).unwrap();
+    let saved = a.training_state("a").unwrap();
+    let bytes = saved.to_bytes().unwrap();
+    let restored = irec_shared::model::Checkpoint::from_bytes(&bytes, &CPU).unwrap();
+    let mut b = cql_sac(&fx.perception, 1234, &cfg, &cql, Some(&restored)).unwrap();
+    assert_eq!(b.steps(), a.steps());
+    assert!((b.temperature().unwrap() - a.temperature().unwrap()).abs() < 1e-9);
+    let (mut ra, mut rb) = (rng::rng(77), rng::rng(77));
+    let la = fit(&mut a, &data, 4, 8, 1, &mut ra, |_| {}).unwrap();
+    let lb = fit(&mut b, &data, 4, 8, 1, &mut rb, |_| {}).unwrap();
+    assert_eq!(la.iter().map(|l| l.losses.clone()).collect::<Vec<_>>(), lb.iter().map(|l| l.losses.clone()).collect::<Vec<_>>());
+    let (wa, wb) = (a.training_state("a").unwrap(), b.training_state("b").unwrap());
+    for (k, t) in &wa.tensors {
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(t), flat(&wb.tensors[k]), "{k} differs after continuing");
+    }
 }
 
 #[test]

@@ -32,6 +32,13 @@ pub fn run(a: AblateArgs) -> anyhow::Result<()> {
     }
     let dev = device(&a.device)?;
     let report = ablation::run(&cfg, &variants, a.iterate, &dev, Some(&a.cache), &Bars::default())?;
+    if let Some(dir) = &a.failures {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        for r in &report.rows {
+            let p = dir.join(format!("{}.txt", r.name));
+            std::fs::write(&p, r.failures.join("\n")).with_context(|| format!("writing {}", p.display()))?;
+        }
+    }
     println!("behaviour (devices, test): {}", line(&report.behaviour_on_test));
     println!("imitation:                 {}", line(&report.imitation));
     for r in &report.rows {

@@ -22,6 +22,8 @@ pub struct PreparedSession {
     pub logged_rewards: Vec<f32>,
     /// The session found its item on its last turn.
     pub success: bool,
+    /// The round of the policy that collected it.
+    pub round: u32,
 }
 
 impl PreparedSession {
@@ -42,6 +44,10 @@ pub struct SessionDataset {
     pub heads: Vec<usize>,
     /// Session indices grouped by length bucket (1–2, 3–4, 5–8, 9–16, 17–32, 33+ turns).
     buckets: Vec<Vec<usize>>,
+    /// The same, for the sessions of the newest round only.
+    recent_buckets: Vec<Vec<usize>>,
+    /// Share of each batch drawn from the newest round's sessions (see [`SessionDataset::favour_newest`]).
+    recent_share: f64,
 }
 
 fn bucket_of(len: usize) -> usize {
@@ -72,6 +78,7 @@ impl SessionDataset {
                 dones: s.turns.iter().map(|t| t.done).collect(),
                 logged_rewards: logged,
                 success: s.succeeded(),
+                round: s.round,
             });
         }
         Ok(SessionDataset::from_prepared(sessions, featurizer.width(), heads))
@@ -79,10 +86,24 @@ impl SessionDataset {
 
     pub fn from_prepared(sessions: Vec<PreparedSession>, feature_width: usize, heads: &[usize]) -> SessionDataset {
         let mut buckets = vec![Vec::new(); 6];
+        let mut recent_buckets = vec![Vec::new(); 6];
+        let newest = sessions.iter().map(|s| s.round).max().unwrap_or(0);
         for (i, s) in sessions.iter().enumerate() {
             buckets[bucket_of(s.len())].push(i);
+            if s.round == newest {
+                recent_buckets[bucket_of(s.len())].push(i);
+            }
         }
-        SessionDataset { sessions, feature_width, heads: heads.to_vec(), buckets }
+        SessionDataset { sessions, feature_width, heads: heads.to_vec(), buckets, recent_buckets, recent_share: 0.0 }
+    }
+
+    /// Draws `share` (0–1) of every batch from the sessions of the newest round, the rest from all
+    /// of D ∪ D′ as before. Uniform sampling lets the newest round's sessions, a fraction of a
+    /// growing D, count for less each round, although they are the only ones that show what the
+    /// deployed policy does and where it goes wrong.
+    pub fn favour_newest(mut self, share: f64) -> SessionDataset {
+        self.recent_share = share.clamp(0.0, 1.0);
+        self
     }
 
     pub fn len(&self) -> usize {
@@ -125,8 +146,18 @@ impl SessionDataset {
                 false
             }
         });
-        let b = bucket.map_or(&self.buckets[0], |b| b);
-        (0..n).map(|_| b[rng.random_range(0..b.len())]).collect()
+        let which = self.buckets.iter().position(|x| bucket.is_some_and(|b| std::ptr::eq(x, b))).unwrap_or(0);
+        let b = &self.buckets[which];
+        let recent = &self.recent_buckets[which];
+        (0..n)
+            .map(|_| {
+                if self.recent_share > 0.0 && !recent.is_empty() && rng.random::<f64>() < self.recent_share {
+                    recent[rng.random_range(0..recent.len())]
+                } else {
+                    b[rng.random_range(0..b.len())]
+                }
+            })
+            .collect()
     }
 
     /// Lays the chosen sessions out as a batch on `device`.

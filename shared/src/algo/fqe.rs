@@ -28,17 +28,23 @@ pub struct FqeConfig {
     pub trace_lambda: f64,
     /// Q-functions in the bootstrap ensemble (1: a single fit, no standard error).
     pub ensemble: usize,
+    /// Hidden widths of each member's MLP: the same for every policy evaluated, so the candidate
+    /// and the deployed policy are estimated by equal means whatever their own critics were.
+    pub q_hidden: Vec<usize>,
 }
 
 impl Default for FqeConfig {
     fn default() -> Self {
-        FqeConfig { optim: OptimConfig::default(), steps: 600, tau: 0.01, trace_lambda: 0.9, ensemble: 5 }
+        FqeConfig { optim: OptimConfig::default(), steps: 600, tau: 0.01, trace_lambda: 0.9, ensemble: 5, q_hidden: vec![64, 64] }
     }
 }
 
 impl FqeConfig {
     /// Refuses settings that cannot estimate; `at` is this table's TOML path.
     pub fn validate(&self, at: &str) -> std::result::Result<(), String> {
+        if self.q_hidden.is_empty() || self.q_hidden.contains(&0) {
+            return Err(format!("{at}.q_hidden must list one or more widths > 0"));
+        }
         if self.ensemble == 0 {
             return Err(format!("{at}.ensemble must be at least 1"));
         }
@@ -90,6 +96,34 @@ fn onehot_argmax(logits: &Tensor, heads: &[usize]) -> Result<Tensor> {
     Tensor::from_vec(out, (l.len(), w), logits.device())
 }
 
+/// How often logged actions are the ones `policy` takes greedily on the same turns: the share
+/// of (turn, head) pairs and of whole turns that agree, over `sessions` (indices into `data`).
+/// For sessions a device collected with `policy`, one minus these is how much its noise and bias
+/// explored.
+pub fn greedy_agreement(policy: &PolicyModel, data: &SessionDataset, sessions: &[usize], device: &Device) -> Result<(f64, f64)> {
+    let heads = policy.heads().len();
+    let (mut head_hits, mut turn_hits, mut turns) = (0usize, 0usize, 0usize);
+    for chunk in sessions.chunks(256) {
+        let batch = data.batch(chunk, device)?;
+        let states = policy.tracker.unroll(&batch.features)?;
+        let s = states.narrow(0, 0, batch.steps)?.reshape((batch.steps * batch.sessions, policy.tracker.hidden()))?;
+        let greedy = onehot_argmax(&policy.policy.forward(&s)?, policy.heads())?.to_vec2::<f32>()?;
+        let logged = batch.onehot.to_vec2::<f32>()?;
+        let mask = batch.mask.to_vec1::<f32>()?;
+        for ((g, l), m) in greedy.iter().zip(&logged).zip(&mask) {
+            if *m == 0.0 {
+                continue;
+            }
+            let agree = g.iter().zip(l).map(|(x, y)| x * y).sum::<f32>().round() as usize;
+            head_hits += agree;
+            turn_hits += usize::from(agree == heads);
+            turns += 1;
+        }
+    }
+    let t = turns.max(1) as f64;
+    Ok((head_hits as f64 / (t * heads as f64), turn_hits as f64 / t))
+}
+
 /// Per row: whether the logged action of the next turn of the same session is the one `policy`
 /// takes there (then the logged continuation is the policy's own, and its outcome may be followed).
 fn follows_policy(pi_next: &Tensor, batch: &Batch, heads: usize) -> Result<Vec<bool>> {
@@ -127,13 +161,14 @@ pub fn evaluate(policy: &PolicyModel, data: &SessionDataset, cfg: &FqeConfig, se
     let store = ParamStore::new(seed, device);
     let vb = store.builder();
     let members = cfg.ensemble.max(1);
+    let qcfg = crate::model::heads::HeadsConfig { hidden: cfg.q_hidden.clone(), ..model.q.clone() };
     let tracker = StateTracker::new(&model.tracker, vb.pp("fqe").pp("tracker"))?;
     let t_tracker = StateTracker::new(&model.tracker, vb.pp("target").pp("tracker"))?;
     let mut qs = Vec::with_capacity(members);
     let mut t_qs = Vec::with_capacity(members);
     for k in 0..members {
-        qs.push(MultiHead::new(&model.q, vb.pp("fqe").pp(format!("q{k}")))?);
-        t_qs.push(MultiHead::new(&model.q, vb.pp("target").pp(format!("q{k}")))?);
+        qs.push(MultiHead::new(&qcfg, vb.pp("fqe").pp(format!("q{k}")))?);
+        t_qs.push(MultiHead::new(&qcfg, vb.pp("target").pp(format!("q{k}")))?);
     }
     store.soft_update("fqe.", "target.", 1.0)?;
     let mut opt = Adam::new(store.vars("fqe."), &cfg.optim)?;

@@ -33,6 +33,9 @@ pub struct VariantRow {
     pub critic_greedy: Metrics,
     /// After each iterative round (deploy with the devices' noise → collect → train on D ∪ D′).
     pub rounds: Vec<Metrics>,
+    /// The offline policy's unsuccessful test sessions, rendered (for reading what goes wrong).
+    #[serde(skip)]
+    pub failures: Vec<String>,
     pub seconds: f64,
 }
 
@@ -46,7 +49,7 @@ pub struct AblationReport {
 
 /// Trains every variant on the same D (and, when `iterate`, through its own iterative rounds).
 pub fn run(cfg: &ExperimentConfig, variants: &[Variant], iterate: bool, device: &candle_core::Device, cache: Option<&Path>, progress: &dyn Progress) -> Result<AblationReport> {
-    let lab = Lab::build(&cfg.world, &cfg.pretrain, device, cache, progress)?;
+    let lab = Lab::build(&cfg.world, &cfg.pretrain, device, cache, progress)?.collecting_in(cfg.behaviour.world);
     let eval_seed = rng::derive(cfg.seed, rng::stream::EVALUATION);
     let n_eval = cfg.eval_sessions;
     let onp = train_on_policy(&lab, &cfg.on_policy, cfg.seed, progress)?;
@@ -73,7 +76,8 @@ pub fn run(cfg: &ExperimentConfig, variants: &[Variant], iterate: bool, device: 
         progress.start(&format!("variant {}", v.name), oc.steps as u64);
         fit(&mut cql, &data, oc.steps, oc.sac.optim.batch_sessions, oc.log_every, &mut r, |_| {})?;
         progress.finish();
-        let offline = lab.evaluate(cql.recommender(), n_eval, eval_seed)?;
+        let (offline, transcripts) = lab.evaluate_parts(&cql.recommender().tracker, &cql.recommender().policy, n_eval, eval_seed)?;
+        let failures = transcripts.iter().filter(|t| !t.success || t.turns.len() > 20).map(|t| t.render()).collect();
         let critic_greedy = lab.evaluate_parts(&cql.recommender().tracker, cql.critic(), n_eval, eval_seed)?.0;
         let mut rounds = Vec::new();
         if iterate {
@@ -82,13 +86,18 @@ pub fn run(cfg: &ExperimentConfig, variants: &[Variant], iterate: bool, device: 
             for round in 1..=oc.rounds as u32 {
                 let deployed = Arc::new(PolicyModel::from_checkpoint(&cql.recommender().export(&v.name, cql.steps()), &lab.device)?);
                 devs.iter_mut().for_each(|dev| dev.policy = deployed.clone());
-                all.extend(collect(&lab, &mut devs, oc.round_sessions, cfg.behaviour.session_batch, round, cfg.seed, progress)?.sessions);
-                let data = SessionDataset::new(&all, &lab.featurizer, lab.heads())?.with_objective(&oc.objective);
+                let new = collect(&lab, &mut devs, oc.round_sessions, cfg.behaviour.session_batch, round, cfg.seed, progress)?.sessions;
+                let fresh = SessionDataset::new(&new, &lab.featurizer, lab.heads())?;
+                let all_new: Vec<usize> = (0..fresh.len()).collect();
+                let (per_head, per_turn) = crate::algo::fqe::greedy_agreement(&deployed, &fresh, &all_new, &lab.device)?;
+                progress.message(&format!("round {round}: D′ agrees with the deployed greedy policy on {:.1}% of heads, {:.1}% of turns", 100.0 * per_head, 100.0 * per_turn));
+                all.extend(new);
+                let data = SessionDataset::new(&all, &lab.featurizer, lab.heads())?.with_objective(&oc.objective).favour_newest(oc.newest_share);
                 fit(&mut cql, &data, oc.round_steps, oc.sac.optim.batch_sessions, oc.log_every, &mut r, |_| {})?;
                 rounds.push(lab.evaluate(cql.recommender(), n_eval, eval_seed)?);
             }
         }
-        let row = VariantRow { name: v.name.clone(), offline, critic_greedy, rounds, seconds: started.elapsed().as_secs_f64() };
+        let row = VariantRow { name: v.name.clone(), offline, critic_greedy, rounds, failures, seconds: started.elapsed().as_secs_f64() };
         progress.message(&format!(
             "{}: SR@10 {:.1}% NI {:.2} (critic greedy {:.1}%, {:.2}){}",
             row.name,

@@ -56,11 +56,25 @@ pub struct BehaviourConfig {
     pub noise_sigma: (f32, f32),
     /// Sessions a device runs between updates of its bias.
     pub session_batch: usize,
+    /// The world devices collect in and the on-policy learner trains in.
+    pub world: CollectionWorld,
+}
+
+/// Where experience is collected.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CollectionWorld {
+    /// Train-split targets, retrieval on ground-truth attributes (the items AttrNet learned from).
+    #[default]
+    Train,
+    /// The world every policy is evaluated in: test-split targets, retrieval on AttrNet's
+    /// predicted attributes, where "asked for X, shown an item that lacks X" happens.
+    Evaluation,
 }
 
 impl BehaviourConfig {
     pub fn quick() -> BehaviourConfig {
-        BehaviourConfig { devices: 8, sessions: 2_000, noise_sigma: (0.3, 1.5), session_batch: 25 }
+        BehaviourConfig { devices: 8, sessions: 2_000, noise_sigma: (0.3, 1.5), session_batch: 25, world: CollectionWorld::Train }
     }
 
     pub fn paper() -> BehaviourConfig {

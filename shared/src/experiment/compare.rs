@@ -42,6 +42,8 @@ pub struct OfflineConfig {
     pub round_sessions: usize,
     /// Gradient steps per round.
     pub round_steps: usize,
+    /// Share (0–1) of each batch drawn from the newest round's sessions in iterative rounds.
+    pub newest_share: f64,
 }
 
 impl OfflineConfig {
@@ -72,6 +74,7 @@ impl OfflineConfig {
             rounds: 3,
             round_sessions: 1_000,
             round_steps: 500,
+            newest_share: 0.0,
         }
     }
 
@@ -217,7 +220,7 @@ fn train_with_curve<A: OfflineAlgorithm>(
 /// Runs the whole comparison.
 pub fn run(cfg: &ExperimentConfig, preset: &str, device: &candle_core::Device, cache: Option<&Path>, progress: &dyn Progress) -> Result<CompareReport> {
     let mut clock = Clock { start: Instant::now(), timings: Vec::new() };
-    let lab = Lab::build(&cfg.world, &cfg.pretrain, device, cache, progress)?;
+    let lab = Lab::build(&cfg.world, &cfg.pretrain, device, cache, progress)?.collecting_in(cfg.behaviour.world);
     clock.lap("world and pretraining");
     let eval_seed = rng::derive(cfg.seed, rng::stream::EVALUATION);
     let n_eval = cfg.eval_sessions;
@@ -332,7 +335,7 @@ fn iterative(
         }
         let c = collect(lab, devices, oc.round_sessions, cfg.behaviour.session_batch, round, cfg.seed, progress)?;
         d.extend(c.sessions);
-        let data = SessionDataset::new(d, &lab.featurizer, lab.heads())?.with_objective(&oc.objective);
+        let data = SessionDataset::new(d, &lab.featurizer, lab.heads())?.with_objective(&oc.objective).favour_newest(oc.newest_share);
         let in_d = d.len();
         round_logs.extend(train_with_curve(lab, cql, &data, oc.round_steps, oc, oc.sac.optim.batch_sessions, "iterative_offline", None, r, progress)?);
         last = lab.evaluate(cql.recommender(), cfg.eval_sessions, eval_seed)?;

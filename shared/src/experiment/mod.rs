@@ -214,6 +214,14 @@ impl Lab {
         &self.perception.config.heads
     }
 
+    /// This lab with experience collected (and the on-policy learner trained) in `world`.
+    pub fn collecting_in(mut self, world: behaviour::CollectionWorld) -> Lab {
+        if world == behaviour::CollectionWorld::Evaluation {
+            self.collect_env = self.eval_env.clone();
+        }
+        self
+    }
+
     /// Evaluates a tracker/policy pair greedily on evaluation sessions `0..sessions` of `seed`.
     pub fn evaluate_parts(&self, tracker: &StateTracker, policy: &MultiHead, sessions: usize, seed: u64) -> Result<(Metrics, Vec<Transcript>)> {
         let specs: Vec<SessionSpec> = (0..sessions as u64).map(|i| SessionSpec::numbered(&self.eval_env, seed, i)).collect();

@@ -45,6 +45,7 @@ fn sizes(preset: Preset) -> LoopSizes {
 pub fn run(a: RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.agents >= 1, "--agents must be at least 1");
     anyhow::ensure!(a.rounds >= 1, "--rounds must be at least 1");
+    anyhow::ensure!(a.sessions_per_round != Some(0), "--sessions-per-round must be at least 1");
     let started = Instant::now();
     let (preset, name) = match a.preset {
         PresetArg::Quick => (Preset::Quick, "quick"),
@@ -93,6 +94,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         trainer: TrainerConfig {
             kind: TrainerKind::Learned,
             perception: Some(boot.perception.clone()),
+            objective: exp.offline.objective,
             sac: exp.offline.sac.clone(),
             cql: exp.offline.cql.clone(),
             first_round_steps: first_steps,
