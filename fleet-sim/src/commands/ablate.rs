@@ -39,6 +39,8 @@ pub fn run(a: AblateArgs) -> anyhow::Result<()> {
             std::fs::write(&p, r.failures.join("\n")).with_context(|| format!("writing {}", p.display()))?;
         }
     }
+    let lr = &report.logged_reward;
+    println!("logged (paper) reward in D: success turn {:+.3}, turn before a success {:+.3}, other turns {:+.3} (failed sessions' last turns excluded)", lr.success_turn, lr.before_success, lr.other);
     println!("behaviour (devices, test): {}", line(&report.behaviour_on_test));
     println!("imitation:                 {}", line(&report.imitation));
     for r in &report.rows {

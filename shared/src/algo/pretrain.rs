@@ -39,6 +39,9 @@ pub struct PretrainConfig {
     pub text_batch: usize,
     /// Adam learning rate of the text encoder (paper: 1e-3).
     pub text_lr: f64,
+    /// Keep the text classifier with the encoder and feed its class probabilities to the state
+    /// tracker beside the embedding (false: the embedding alone, the paper's turn feature).
+    pub text_classes_in_features: bool,
     /// Passes over the train split for AttrNet.
     pub attr_epochs: usize,
     pub attr_batch: usize,
@@ -56,6 +59,7 @@ impl Default for PretrainConfig {
             text_epochs: 4,
             text_batch: 128,
             text_lr: 1e-3,
+            text_classes_in_features: true,
             attr_epochs: 12,
             attr_batch: 256,
             attr_lr: 1e-3,
@@ -124,10 +128,18 @@ pub fn pretrain(world: &World, cfg: &PretrainConfig, device: &Device) -> Result<
     let schema = &world.catalog.schema;
     let store = ParamStore::new(rng::derive(cfg.seed, 11), device);
     let vb = store.builder();
-    let text_cfg = TextEncoderConfig { vocab: vocab.len(), ..TextEncoderConfig::default() };
-    let text = TextEncoder::new(&text_cfg, vb.pp("text"))?;
     let classes = schema.total_values() + 1;
-    let head = linear(text_cfg.out, classes, vb.pp("texthead"))?;
+    let text_cfg = TextEncoderConfig { vocab: vocab.len(), classes: if cfg.text_classes_in_features { classes } else { 0 }, ..TextEncoderConfig::default() };
+    let text = TextEncoder::new(&text_cfg, vb.pp("text"))?;
+    // Without a kept head, pretraining uses one of its own that is dropped afterwards.
+    let own_head = if cfg.text_classes_in_features { None } else { Some(linear(text_cfg.out, classes, vb.pp("texthead"))?) };
+    let logits_of = |emb: &Tensor| -> Result<Tensor> {
+        match (&own_head, text.class_logits(emb)) {
+            (Some(h), _) => h.forward(emb),
+            (None, Some(l)) => l,
+            (None, None) => candle_core::bail!("text encoder without a classification head"),
+        }
+    };
 
     // Sentences: seen templates (split into train / held out) and held-out templates.
     let seen: Vec<usize> = (0..TEMPLATES.len()).filter(|t| !cfg.heldout_templates.contains(t)).collect();
@@ -156,7 +168,7 @@ pub fn pretrain(world: &World, cfg: &PretrainConfig, device: &Device) -> Result<
             let batch: Vec<Sentence> = chunk.iter().map(|i| train[*i].clone()).collect();
             let (tokens, mask) = encode(&batch)?;
             let labels = Tensor::from_vec(batch.iter().map(|s| s.class).collect::<Vec<_>>(), batch.len(), device)?;
-            let logits = head.forward(&text.forward(&tokens, &mask)?)?;
+            let logits = logits_of(&text.embed_tokens(&tokens, &mask)?)?;
             let loss = candle_nn::loss::cross_entropy(&logits, &labels)?;
             opt.backward_step(&loss)?;
             last_loss = loss.to_scalar::<f32>()? as f64;
@@ -169,7 +181,7 @@ pub fn pretrain(world: &World, cfg: &PretrainConfig, device: &Device) -> Result<
         let mut hit = 0usize;
         for chunk in set.chunks(1024) {
             let (tokens, mask) = encode(chunk)?;
-            let pred = head.forward(&text.forward(&tokens, &mask)?)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
+            let pred = logits_of(&text.embed_tokens(&tokens, &mask)?)?.argmax(D::Minus1)?.to_vec1::<u32>()?;
             hit += pred.iter().zip(chunk).filter(|(p, s)| **p == s.class).count();
         }
         Ok(hit as f64 / set.len() as f64)

@@ -42,9 +42,39 @@ pub struct VariantRow {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AblationReport {
     pub seed: u64,
+    /// The paper's reward as D logged it: mean of success turns, of the turn just before a
+    /// success (a near miss), and of every other turn.
+    pub logged_reward: LoggedReward,
     pub behaviour_on_test: Metrics,
     pub imitation: Metrics,
     pub rows: Vec<VariantRow>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct LoggedReward {
+    pub success_turn: f64,
+    pub before_success: f64,
+    pub other: f64,
+}
+
+impl LoggedReward {
+    pub fn of(sessions: &[crate::experience::ExperienceSession]) -> LoggedReward {
+        let (mut s, mut b, mut o) = (Vec::new(), Vec::new(), Vec::new());
+        for x in sessions {
+            let n = x.turns.len();
+            for (i, t) in x.turns.iter().enumerate() {
+                let r = t.reward as f64;
+                match (x.succeeded(), i + 1 == n, i + 2 == n) {
+                    (true, true, _) => s.push(r),
+                    (true, _, true) => b.push(r),
+                    _ if i + 1 < n => o.push(r),
+                    _ => {}
+                }
+            }
+        }
+        let mean = |v: &[f64]| crate::metrics::MeanSe::of(v).mean;
+        LoggedReward { success_turn: mean(&s), before_success: mean(&b), other: mean(&o) }
+    }
 }
 
 /// Trains every variant on the same D (and, when `iterate`, through its own iterative rounds).
@@ -109,5 +139,5 @@ pub fn run(cfg: &ExperimentConfig, variants: &[Variant], iterate: bool, device: 
         ));
         rows.push(row);
     }
-    Ok(AblationReport { seed: cfg.seed, behaviour_on_test: behaviour, imitation, rows })
+    Ok(AblationReport { seed: cfg.seed, logged_reward: LoggedReward::of(&d), behaviour_on_test: behaviour, imitation, rows })
 }

@@ -51,7 +51,7 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// The paper's sizes for a world's schema, vocabulary and feature width.
     pub fn paper(text: TextEncoderConfig, attrnet: AttrNetConfig, heads: &[usize]) -> ModelConfig {
-        let turn = text.out + attrnet.input + attrnet.outputs();
+        let turn = text.output_width() + attrnet.input + attrnet.outputs();
         let tracker = TrackerConfig { input: turn, hidden: 128 };
         ModelConfig {
             policy: HeadsConfig::policy(tracker.hidden, heads),

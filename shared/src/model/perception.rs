@@ -62,7 +62,7 @@ impl Featurizer {
             items.extend_from_slice(&features.data[i * features.dim..(i + 1) * features.dim]);
             items.extend_from_slice(&probs[i * p..(i + 1) * p]);
         }
-        let text_width = perception.text.config().out;
+        let text_width = perception.text.config().output_width();
         Ok(Featurizer { perception, items, item_width, probs_offset: features.dim, text_width, texts: RwLock::new(HashMap::new()) })
     }
 

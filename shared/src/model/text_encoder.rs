@@ -19,11 +19,15 @@ pub struct TextEncoderConfig {
     pub out: usize,
     /// Longest utterance, in tokens.
     pub max_len: usize,
+    /// Classes of the pretraining head (every (attribute, value) and "Good"), kept with the
+    /// encoder so its probabilities join the embedding in the output (0: the embedding alone,
+    /// as checkpoints made before the head was kept).
+    pub classes: usize,
 }
 
 impl Default for TextEncoderConfig {
     fn default() -> Self {
-        TextEncoderConfig { vocab: 0, embed: 32, hidden: 128, out: 32, max_len: 16 }
+        TextEncoderConfig { vocab: 0, embed: 32, hidden: 128, out: 32, max_len: 16, classes: 0 }
     }
 }
 
@@ -34,6 +38,14 @@ pub struct TextEncoder {
     w_ih: Linear,
     w_hh: Linear,
     proj: Linear,
+    head: Option<Linear>,
+}
+
+impl TextEncoderConfig {
+    /// Width of [`TextEncoder::forward`]'s output: the embedding, then the class probabilities.
+    pub fn output_width(&self) -> usize {
+        self.out + self.classes
+    }
 }
 
 impl TextEncoder {
@@ -44,6 +56,7 @@ impl TextEncoder {
             w_ih: linear(cfg.embed, 4 * cfg.hidden, vb.pp("lstm.ih"))?,
             w_hh: linear(cfg.hidden, 4 * cfg.hidden, vb.pp("lstm.hh"))?,
             proj: linear(cfg.hidden, cfg.out, vb.pp("proj"))?,
+            head: if cfg.classes > 0 { Some(linear(cfg.out, cfg.classes, vb.pp("head"))?) } else { None },
         })
     }
 
@@ -51,8 +64,26 @@ impl TextEncoder {
         &self.cfg
     }
 
-    /// `tokens`: (B, T) u32, right-padded; `mask`: (B, T) f32, 1 on real tokens. Returns (B, out).
+    /// What the recommender sees of an utterance: the embedding and, with a head, the softmax of
+    /// its classification (B, out + classes). The probabilities name the requested (attribute,
+    /// value) in a slot of its own, so a policy can map "I want Heel Sandals" to the matching
+    /// action slot without learning to decode the embedding from the few sessions where a rare
+    /// value comes up.
     pub fn forward(&self, tokens: &Tensor, mask: &Tensor) -> Result<Tensor> {
+        let emb = self.embed_tokens(tokens, mask)?;
+        match &self.head {
+            Some(head) => Tensor::cat(&[&emb, &candle_nn::ops::softmax_last_dim(&head.forward(&emb)?)?], 1),
+            None => Ok(emb),
+        }
+    }
+
+    /// The classification head's logits on embeddings (pretraining); `None` without a head.
+    pub fn class_logits(&self, embedding: &Tensor) -> Option<Result<Tensor>> {
+        self.head.as_ref().map(|h| h.forward(embedding))
+    }
+
+    /// `tokens`: (B, T) u32, right-padded; `mask`: (B, T) f32, 1 on real tokens. Returns (B, out).
+    pub fn embed_tokens(&self, tokens: &Tensor, mask: &Tensor) -> Result<Tensor> {
         let (b, t) = tokens.dims2()?;
         let h_dim = self.cfg.hidden;
         // Embedded per step from the (untracked) token ids: slicing a tracked (T, B, E) embedding
