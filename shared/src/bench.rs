@@ -117,11 +117,11 @@ pub fn run(cfg: &BenchConfig, device: &Device) -> Result<BenchResult> {
     let mut r = rng::rng(cfg.seed);
     let store = ParamStore::new(cfg.seed, device);
     let vb = store.builder();
-    let qcfg = HeadsConfig { input: STATE, hidden: vec![128], heads: HEADS.to_vec() };
+    let qcfg = HeadsConfig { input: STATE, hidden: vec![128], heads: HEADS.to_vec(), copy: None };
     let q = MultiHead::new(&qcfg, vb.pp("q"))?;
     let tq = MultiHead::new(&qcfg, vb.pp("target").pp("q"))?;
     let policy = MultiHead::new(&qcfg, vb.pp("policy"))?;
-    let tcfg = TrackerConfig { input: GRU_IN, hidden: GRU_HID };
+    let tcfg = TrackerConfig { input: GRU_IN, hidden: GRU_HID, memory: None };
     let gru = StateTracker::new(&tcfg, vb.pp("gru"))?;
     let tgru = StateTracker::new(&tcfg, vb.pp("target").pp("gru"))?;
     store.soft_update("q.", "target.q.", 1.0)?;

@@ -42,6 +42,9 @@ pub struct PretrainConfig {
     /// Keep the text classifier with the encoder and feed its class probabilities to the state
     /// tracker beside the embedding (false: the embedding alone, the paper's turn feature).
     pub text_classes_in_features: bool,
+    /// Give the state tracker a request memory (a running maximum of those probabilities) and
+    /// the heads a copy path from it (needs `text_classes_in_features`).
+    pub request_memory: bool,
     /// Passes over the train split for AttrNet.
     pub attr_epochs: usize,
     pub attr_batch: usize,
@@ -60,6 +63,7 @@ impl Default for PretrainConfig {
             text_batch: 128,
             text_lr: 1e-3,
             text_classes_in_features: true,
+            request_memory: true,
             attr_epochs: 12,
             attr_batch: 256,
             attr_lr: 1e-3,
@@ -254,6 +258,6 @@ pub fn pretrain(world: &World, cfg: &PretrainConfig, device: &Device) -> Result<
     };
     let mut tensors = store.tensors("text.");
     tensors.extend(store.tensors("attrnet."));
-    let config = ModelConfig::paper(text_cfg, attr_cfg, &schema.head_sizes());
+    let config = ModelConfig::with_memory(text_cfg, attr_cfg, &schema.head_sizes(), cfg.request_memory);
     Ok((PerceptionWeights { perception: Arc::new(perception), tensors, config }, report))
 }

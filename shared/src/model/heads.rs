@@ -17,28 +17,43 @@ pub struct HeadsConfig {
     pub hidden: Vec<usize>,
     /// Slots per action head (vocabulary + "no preference").
     pub heads: Vec<usize>,
+    /// A copy path from the tracker's request memory to the matching action slots (none: the
+    /// MLP alone).
+    pub copy: Option<CopyPath>,
+}
+
+/// Adds `scale_d · memory(d, v)` to the output of slot v + 1 of head d, the request memory being
+/// the state's columns from `from` on (see `tracker::RequestMemory`). One learned scale per head,
+/// shared by all its values: what the policy learns from common values ("ask for what was asked
+/// for") holds for a value it has seen a handful of times.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CopyPath {
+    /// First state column of the request memory.
+    pub from: usize,
+    /// Starting scale (output units per unit of memory).
+    pub init: f64,
 }
 
 impl Default for HeadsConfig {
     fn default() -> Self {
-        HeadsConfig { input: 128, hidden: vec![128], heads: Vec::new() }
+        HeadsConfig { input: 128, hidden: vec![128], heads: Vec::new(), copy: None }
     }
 }
 
 impl HeadsConfig {
     /// The paper's policy network: MLP 128.
     pub fn policy(input: usize, heads: &[usize]) -> HeadsConfig {
-        HeadsConfig { input, hidden: vec![128], heads: heads.to_vec() }
+        HeadsConfig { input, hidden: vec![128], heads: heads.to_vec(), copy: None }
     }
 
     /// The paper's reward-correction (Q) network: two layers of width 32.
     pub fn q(input: usize, heads: &[usize]) -> HeadsConfig {
-        HeadsConfig { input, hidden: vec![32, 32], heads: heads.to_vec() }
+        HeadsConfig { input, hidden: vec![32, 32], heads: heads.to_vec(), copy: None }
     }
 
     /// A state-value head (one output) for the on-policy learner.
     pub fn value(input: usize) -> HeadsConfig {
-        HeadsConfig { input, hidden: vec![64], heads: vec![1] }
+        HeadsConfig { input, hidden: vec![64], heads: vec![1], copy: None }
     }
 
     pub fn width(&self) -> usize {
@@ -51,6 +66,17 @@ impl HeadsConfig {
 pub struct MultiHead {
     trunk: Vec<Linear>,
     out: Linear,
+    copy: Option<Copy>,
+}
+
+#[derive(Clone, Debug)]
+struct Copy {
+    from: usize,
+    /// (classes, Σ heads): memory class → action slot, 0/1.
+    to_slots: Tensor,
+    /// (heads) learned scales, and (heads, Σ heads) spreading them over each head's slots.
+    scale: Tensor,
+    spread: Tensor,
 }
 
 impl MultiHead {
@@ -61,7 +87,31 @@ impl MultiHead {
             trunk.push(linear(d, *h, vb.pp(format!("l{i}")))?);
             d = *h;
         }
-        Ok(MultiHead { trunk, out: linear(d, cfg.width(), vb.pp("out"))? })
+        let copy = match &cfg.copy {
+            None => None,
+            Some(c) => {
+                let w = cfg.width();
+                let classes: usize = cfg.heads.iter().map(|n| n.saturating_sub(1)).sum::<usize>() + 1;
+                let (mut to_slots, mut spread) = (vec![0f32; classes * w], vec![0f32; cfg.heads.len() * w]);
+                let (mut class, mut slot) = (0, 0);
+                for (d, &n) in cfg.heads.iter().enumerate() {
+                    spread[d * w + slot..d * w + slot + n].iter_mut().for_each(|x| *x = 1.0);
+                    for v in 0..n.saturating_sub(1) {
+                        to_slots[(class + v) * w + slot + 1 + v] = 1.0;
+                    }
+                    class += n.saturating_sub(1);
+                    slot += n;
+                }
+                let dev = vb.device().clone();
+                Some(Copy {
+                    from: c.from,
+                    to_slots: Tensor::from_vec(to_slots, (classes, w), &dev)?,
+                    scale: vb.get_with_hints(cfg.heads.len(), "copy_scale", candle_nn::Init::Const(c.init))?,
+                    spread: Tensor::from_vec(spread, (cfg.heads.len(), w), &dev)?,
+                })
+            }
+        };
+        Ok(MultiHead { trunk, out: linear(d, cfg.width(), vb.pp("out"))?, copy })
     }
 
     pub fn forward(&self, state: &Tensor) -> Result<Tensor> {
@@ -69,6 +119,15 @@ impl MultiHead {
         for l in &self.trunk {
             x = l.forward(&x)?.relu()?;
         }
-        self.out.forward(&x)
+        let out = self.out.forward(&x)?;
+        match &self.copy {
+            None => Ok(out),
+            Some(c) => {
+                let classes = c.to_slots.dim(0)?;
+                let memory = state.narrow(1, c.from, classes)?;
+                let per_slot = c.scale.unsqueeze(0)?.matmul(&c.spread)?;
+                out + memory.matmul(&c.to_slots)?.broadcast_mul(&per_slot)?
+            }
+        }
     }
 }

@@ -51,11 +51,24 @@ pub struct ModelConfig {
 impl ModelConfig {
     /// The paper's sizes for a world's schema, vocabulary and feature width.
     pub fn paper(text: TextEncoderConfig, attrnet: AttrNetConfig, heads: &[usize]) -> ModelConfig {
+        ModelConfig::with_memory(text, attrnet, heads, false)
+    }
+
+    /// The paper's sizes, and with `memory` (and a text encoder that keeps its classes) the
+    /// request memory beside the GRU with a copy path into the policy and the critics.
+    pub fn with_memory(text: TextEncoderConfig, attrnet: AttrNetConfig, heads: &[usize], memory: bool) -> ModelConfig {
         let turn = text.output_width() + attrnet.input + attrnet.outputs();
-        let tracker = TrackerConfig { input: turn, hidden: 128 };
+        let memory = (memory && text.classes > 0).then(|| tracker::RequestMemory { offset: text.out, classes: text.classes });
+        let hidden = 128;
+        let with_memory = memory.is_some();
+        let copy = |init| with_memory.then_some(heads::CopyPath { from: hidden, init });
+        let tracker = TrackerConfig { input: turn, hidden, memory };
+        let state = tracker.state_width();
         ModelConfig {
-            policy: HeadsConfig::policy(tracker.hidden, heads),
-            q: HeadsConfig::q(tracker.hidden, heads),
+            // The policy starts out asking for what was asked for (beyond the +3 "no preference"
+            // prior of a fresh recommender); the critics learn their scale from zero.
+            policy: HeadsConfig { copy: copy(4.0), ..HeadsConfig::policy(state, heads) },
+            q: HeadsConfig { copy: copy(0.0), ..HeadsConfig::q(state, heads) },
             text,
             attrnet,
             tracker,
