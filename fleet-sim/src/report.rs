@@ -28,23 +28,13 @@ pub const METRICS_HEADER: &str = "sessions,sr10,sr20,sr30,ni,ni_se,nv,nv_se";
 /// Writes table.md, report.json, table.csv, curves.csv, curves.svg/png and training logs.
 pub fn write_compare(dir: &Path, r: &CompareReport, elapsed_s: f64) -> anyhow::Result<()> {
     let mut md = format!("# irec compare — preset `{}`, seed {}\n\n", r.preset, r.seed);
-    md.push_str("Evaluated on test-split targets with AttrNet-predicted attributes; the Behaviour row averages the collected sessions (train-split targets).\n\n");
+    md.push_str("Evaluated on test-split targets with AttrNet-predicted attributes; the Behaviour (collected) row averages the collected sessions, the next row runs the same devices on the test sessions.\n\n");
+    let _ = writeln!(md, "RL learners' objective: {}.\n", r.config.offline.objective.describe());
     md.push_str(&compare_table(r));
     md.push_str("\n| Method | note |\n|---|---|\n");
     for row in &r.rows {
         let _ = writeln!(md, "| {} | {} |", row.method.title(), row.note);
     }
-    let b = &r.behaviour_on_test;
-    let _ = writeln!(
-        md,
-        "\nBehaviour policies run on the test sessions (with their noise): SR@10 {:.0}%, SR@30 {:.0}%, NI {:.2} ± {:.2}, NV {:.2} ± {:.2}.",
-        100.0 * b.sr10,
-        100.0 * b.sr30,
-        b.ni.mean,
-        b.ni.se,
-        b.nv.mean,
-        b.nv.se
-    );
     let p = &r.pretrain;
     let _ = writeln!(
         md,

@@ -59,6 +59,24 @@ impl PerceptionWeights {
         }
     }
 
+    /// The same perception for a recommender without the request memory (the paper's state
+    /// tracker, a GRU alone, and heads without a copy path).
+    pub fn without_memory(&self) -> PerceptionWeights {
+        let mut out = self.clone();
+        let c = &mut out.config;
+        c.tracker.memory = None;
+        c.policy.copy = None;
+        c.q.copy = None;
+        c.policy.input = c.tracker.hidden;
+        c.q.input = c.tracker.hidden;
+        out
+    }
+
+    /// Whether recommenders built on it have the request memory.
+    pub fn has_memory(&self) -> bool {
+        self.config.tracker.memory.is_some()
+    }
+
     /// Rebuilds the perception from any checkpoint that carries it.
     pub fn from_checkpoint(ck: &Checkpoint, device: &candle_core::Device) -> Result<PerceptionWeights> {
         use crate::model::{text_encoder::TextEncoder, tokenizer::Vocabulary};

@@ -26,11 +26,22 @@ pub struct OnPolicyConfig {
     pub snapshot_stages: Vec<f64>,
     /// Iterations between training-log lines.
     pub log_every: usize,
+    /// Give the behaviour policies (this learner's snapshots) the request memory too. Off: they
+    /// have the paper's state tracker, a GRU alone, as the paper's behaviour policies do; the
+    /// learners the server trains have the memory (docs/results.md, "Architecture").
+    pub behaviour_request_memory: bool,
 }
 
 impl OnPolicyConfig {
     pub fn quick() -> OnPolicyConfig {
-        OnPolicyConfig { ppo: PpoConfig::default(), iterations: 30, warm_start_snapshots: vec![0.1, 0.3, 1.0], snapshot_stages: vec![1.0], log_every: 5 }
+        OnPolicyConfig {
+            ppo: PpoConfig::default(),
+            iterations: 30,
+            warm_start_snapshots: vec![0.1, 0.3, 1.0],
+            snapshot_stages: vec![1.0],
+            log_every: 5,
+            behaviour_request_memory: false,
+        }
     }
 
     pub fn paper() -> OnPolicyConfig {
@@ -98,9 +109,22 @@ pub struct OnPolicyOutcome {
     pub log: Vec<TrainLog>,
 }
 
-/// Trains the on-policy learner against the simulator (train split, ground-truth retrieval).
-pub fn train_on_policy(lab: &Lab, cfg: &OnPolicyConfig, seed: u64, progress: &dyn Progress) -> Result<OnPolicyOutcome> {
-    let mut ppo = Ppo::new(&lab.perception, rng::derive(seed, 21), &cfg.ppo)?;
+/// Which recommender an on-policy learner trains.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Learner {
+    /// The source of the behaviour policies (memory as `behaviour_request_memory` says).
+    Behaviour,
+    /// The on-policy row of the comparison: the same recommender the offline learners train.
+    Comparison,
+}
+
+/// Trains the on-policy learner against the simulator (in the collection world).
+pub fn train_on_policy(lab: &Lab, cfg: &OnPolicyConfig, seed: u64, learner: Learner, progress: &dyn Progress) -> Result<OnPolicyOutcome> {
+    let perception = match learner {
+        Learner::Behaviour if !cfg.behaviour_request_memory => lab.perception.without_memory(),
+        _ => lab.perception.clone(),
+    };
+    let mut ppo = Ppo::new(&perception, rng::derive(seed, 21), &cfg.ppo)?;
     let mut r = rng::rng(rng::derive(seed, rng::stream::TRAINING));
     let mut snapshots = Vec::new();
     let mut log = Vec::new();

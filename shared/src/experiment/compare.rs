@@ -2,7 +2,7 @@
 //! Learning, Iterative Offline, and the rule-based tracker, all evaluated on the same test-split
 //! sessions with AttrNet's attributes.
 
-use super::behaviour::{behaviour_devices, collect, train_on_policy, BehaviourDevice};
+use super::behaviour::{behaviour_devices, collect, train_on_policy, BehaviourDevice, Learner};
 use super::{ExperimentConfig, Lab, Progress, Result};
 use crate::algo::bc::{BcConfig, BehaviourCloning};
 use crate::algo::cql::{cql_sac, off_policy_sac, CqlConfig};
@@ -94,7 +94,9 @@ impl Default for OfflineConfig {
 #[serde(rename_all = "snake_case")]
 pub enum Method {
     Behaviour,
+    BehaviourTest,
     OnPolicy,
+    OnPolicyScratch,
     OffPolicy,
     Imitation,
     Offline,
@@ -106,8 +108,10 @@ impl Method {
     /// The paper's name for the row.
     pub fn title(self) -> &'static str {
         match self {
-            Method::Behaviour => "Behaviour",
+            Method::Behaviour => "Behaviour (collected)",
+            Method::BehaviourTest => "Behaviour (same devices, test sessions)",
             Method::OnPolicy => "On-policy",
+            Method::OnPolicyScratch => "On-policy (no warm start)",
             Method::OffPolicy => "Off-policy",
             Method::Imitation => "Imitation Learning",
             Method::Offline => "Offline Learning",
@@ -119,7 +123,9 @@ impl Method {
     pub fn key(self) -> &'static str {
         match self {
             Method::Behaviour => "behaviour",
+            Method::BehaviourTest => "behaviour_test",
             Method::OnPolicy => "on_policy",
+            Method::OnPolicyScratch => "on_policy_scratch",
             Method::OffPolicy => "off_policy",
             Method::Imitation => "imitation",
             Method::Offline => "offline",
@@ -228,8 +234,13 @@ pub fn run(cfg: &ExperimentConfig, preset: &str, device: &candle_core::Device, c
     let mut curves = Vec::new();
     let mut logs = BTreeMap::new();
 
-    // On-policy learner: the upper bound, and its snapshots the behaviour policies.
-    let onp = train_on_policy(&lab, &cfg.on_policy, cfg.seed, progress)?;
+    // The on-policy learner whose snapshots are the behaviour policies (the paper's tracker
+    // unless configured otherwise), and the on-policy rows: the recommender the offline learners
+    // train, with the tracker warm start and from scratch.
+    let source = train_on_policy(&lab, &cfg.on_policy, cfg.seed, Learner::Behaviour, progress)?;
+    clock.lap("behaviour source training");
+    let same_learner = cfg.on_policy.behaviour_request_memory || !lab.perception.has_memory();
+    let onp = if same_learner { source.clone() } else { train_on_policy(&lab, &cfg.on_policy, cfg.seed, Learner::Comparison, progress)? };
     clock.lap("on-policy training");
     for (it, ck) in &onp.snapshots {
         let m = lab.evaluate_checkpoint(ck, cfg.offline.curve_sessions, eval_seed)?;
@@ -242,10 +253,18 @@ pub fn run(cfg: &ExperimentConfig, preset: &str, device: &candle_core::Device, c
         note: format!("{} cloning steps on tracker sessions, then {} PPO iterations", cfg.on_policy.ppo.warm_start_steps, cfg.on_policy.iterations),
     });
     logs.insert("on_policy".to_string(), onp.log.clone());
+    let scratch_cfg = super::OnPolicyConfig { ppo: crate::algo::ppo::PpoConfig { warm_start_steps: 0, ..cfg.on_policy.ppo.clone() }, ..cfg.on_policy.clone() };
+    let scratch = train_on_policy(&lab, &scratch_cfg, cfg.seed, Learner::Comparison, progress)?;
+    rows.push(MethodRow {
+        method: Method::OnPolicyScratch,
+        metrics: lab.evaluate_checkpoint(&scratch.final_checkpoint, n_eval, eval_seed)?,
+        note: format!("{} PPO iterations from random weights, no warm start", cfg.on_policy.iterations),
+    });
+    logs.insert("on_policy_scratch".to_string(), scratch.log.clone());
     clock.lap("on-policy evaluation");
 
     // Behaviour data D from M devices running the snapshots with their own noise and bias.
-    let snapshots: Vec<_> = onp.snapshots.iter().map(|(_, ck)| ck.clone()).collect();
+    let snapshots: Vec<_> = source.snapshots.iter().map(|(_, ck)| ck.clone()).collect();
     let mut devices = behaviour_devices(&lab, &snapshots, &cfg.behaviour, cfg.seed)?;
     let collected = collect(&lab, &mut devices, cfg.behaviour.sessions, cfg.behaviour.session_batch, 0, cfg.seed, progress)?;
     let behaviour = Metrics::of_transcripts(&collected.transcripts, lab.collect_env.reward.max_turns as u32);
@@ -255,6 +274,11 @@ pub fn run(cfg: &ExperimentConfig, preset: &str, device: &candle_core::Device, c
         note: format!("{} collected sessions, {} devices, train-split targets", collected.sessions.len(), devices.len()),
     });
     let behaviour_on_test = behaviour_on_test(&lab, &devices, n_eval, eval_seed)?;
+    rows.push(MethodRow {
+        method: Method::BehaviourTest,
+        metrics: behaviour_on_test,
+        note: "the same devices, noise and bias, on the test sessions every other row uses".into(),
+    });
     let mut d: Vec<ExperienceSession> = collected.sessions;
     clock.lap("behaviour collection");
     let data = SessionDataset::new(&d, &lab.featurizer, lab.heads())?.with_objective(&cfg.offline.objective);

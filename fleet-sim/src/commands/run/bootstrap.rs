@@ -9,7 +9,7 @@ use irec_edge_agent::sessions::first_profile;
 use irec_edge_agent::DeviceConfig;
 use irec_shared::rng;
 use rand::Rng as _;
-use irec_shared::experiment::behaviour::{train_on_policy, BehaviourDevice};
+use irec_shared::experiment::behaviour::{train_on_policy, BehaviourDevice, Learner};
 use irec_shared::experiment::compare::behaviour_on_test;
 use irec_shared::experiment::{ExperimentConfig, Lab, Progress};
 use irec_shared::metrics::Metrics;
@@ -47,7 +47,7 @@ pub fn bootstrap(
     let started = Instant::now();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let lab = Lab::build(&cfg.world, &cfg.pretrain, device, cache, bars)?;
-    let onp = train_on_policy(&lab, &cfg.on_policy, cfg.seed, bars)?;
+    let onp = train_on_policy(&lab, &cfg.on_policy, cfg.seed, Learner::Behaviour, bars)?;
     let perception = dir.join("perception.ckpt");
     std::fs::write(&perception, lab.perception.to_checkpoint().to_bytes()?).with_context(|| format!("writing {}", perception.display()))?;
     let mut behaviour = Vec::new();

@@ -191,16 +191,26 @@ impl Report {
             return "No round produced an evaluated policy.".to_string();
         };
         let b = &self.behaviour;
-        let sr = if m.sr30 > b.sr30 { "beats" } else { "does not beat" };
-        let ni = if m.ni.mean < b.ni.mean { "beats" } else { "does not beat" };
+        // Standard errors of the differences: binomial for SR@30, the sessions' spread for NI.
+        let se_rate = |p: f64, n: usize| (p * (1.0 - p) / n.max(1) as f64).sqrt();
+        let sr_se = (se_rate(m.sr30, m.sessions).powi(2) + se_rate(b.sr30, b.sessions).powi(2)).sqrt();
+        let ni_se = (m.ni.se.powi(2) + b.ni.se.powi(2)).sqrt();
+        let (d_sr, d_ni) = (m.sr30 - b.sr30, b.ni.mean - m.ni.mean);
+        let judge = |d: f64, se: f64| if d > 2.0 * se { "beats it beyond two standard errors" } else if d > 0.0 { "better, within two standard errors" } else { "does not beat it" };
         format!(
-            "After round {r}: SR@30 {:.1}% vs behaviour {:.1}% ({sr}); NI {:.2} ± {:.2} vs {:.2} ± {:.2} ({ni}).",
+            "After round {r}: SR@30 {:.1}% vs behaviour {:.1}% ({:+.1} points, s.e. {:.1}: {}); NI {:.2} ± {:.2} vs {:.2} ± {:.2} ({:+.2} turns, s.e. {:.2}: {}).",
             100.0 * m.sr30,
             100.0 * b.sr30,
+            100.0 * d_sr,
+            100.0 * sr_se,
+            judge(d_sr, sr_se),
             m.ni.mean,
             m.ni.se,
             b.ni.mean,
-            b.ni.se
+            b.ni.se,
+            -d_ni,
+            ni_se,
+            judge(d_ni, ni_se)
         )
     }
 
