@@ -174,7 +174,21 @@ fn model_shapes() {
     assert_eq!(fx.perception.config.tracker.input, fx.lab.featurizer.width());
     assert_eq!(fx.lab.featurizer.width(), f);
     let emb = fx.perception.perception.encode_texts(&["I want boots", "Good"]).unwrap();
-    assert_eq!(emb.dims(), &[2, 32]);
+    // The embedding, then the kept classifier's probabilities over every (attribute, value) and "Good".
+    let text = &fx.perception.config.text;
+    assert_eq!((text.out, text.classes), (32, sum_values + 1));
+    assert_eq!(emb.dims(), &[2, text.out + text.classes]);
+    let probs = host2(&emb.narrow(1, text.out, text.classes).unwrap());
+    for row in &probs {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    }
+    let argmax = |r: &[f32]| r.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |x| x.0);
+    assert_eq!(argmax(&probs[0]), 1, "\"I want boots\" is Category value 1");
+    assert_eq!(argmax(&probs[1]), sum_values, "\"Good\" is the last class");
+    // The request memory sits beside the GRU and the heads copy from it.
+    let memory = fx.perception.config.tracker.memory.clone().unwrap();
+    assert_eq!((memory.offset, memory.classes), (32, sum_values + 1));
+    assert_eq!(fx.perception.config.policy.input, 128 + sum_values + 1);
 }
 
 // ---------------------------------------------------------------------------------------------

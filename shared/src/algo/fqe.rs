@@ -172,7 +172,7 @@ pub fn evaluate(policy: &PolicyModel, data: &SessionDataset, cfg: &FqeConfig, se
     }
     store.soft_update("fqe.", "target.", 1.0)?;
     let mut opt = Adam::new(store.vars("fqe."), &cfg.optim)?;
-    let h = model.tracker.hidden;
+    let h = model.tracker.state_width();
     let poisson = rand_distr::Poisson::new(1.0f64).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
     let mut tds = Vec::new();
     for _ in 0..cfg.steps {
