@@ -172,7 +172,7 @@ fn model_shapes() {
     let fx = fixture();
     assert_eq!(fx.perception.config.heads, REFERENCE_HEADS.to_vec());
     assert_eq!(fx.perception.config.tracker.input, fx.lab.featurizer.width());
-    assert_eq!(fx.lab.featurizer.width(), f);
+    assert_eq!(fx.lab.featurizer.width(), f + sum_values + 1, "the text classifier's probabilities join the turn feature");
     let emb = fx.perception.perception.encode_texts(&["I want boots", "Good"]).unwrap();
     // The embedding, then the kept classifier's probabilities over every (attribute, value) and "Good".
     let text = &fx.perception.config.text;
