@@ -159,3 +159,44 @@ impl ServerConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn valid() -> ServerConfig {
+        ServerConfig { fleet_token: "t".into(), ..ServerConfig::default() }
+    }
+
+    fn refused(toml_text: &str) -> String {
+        let mut merged: toml::Table = toml::from_str(&toml::to_string(&valid()).unwrap()).unwrap();
+        let over: toml::Table = toml::from_str(toml_text).unwrap();
+        for (k, v) in over {
+            match (merged.get_mut(&k), v) {
+                (Some(toml::Value::Table(b)), toml::Value::Table(o)) => b.extend(o),
+                (_, v) => {
+                    merged.insert(k, v);
+                }
+            }
+        }
+        match toml::from_str::<ServerConfig>(&toml::to_string(&merged).unwrap()) {
+            Err(e) => e.to_string(),
+            Ok(c) => c.validate().map_or_else(|e| e.to_string(), |()| "accepted".into()),
+        }
+    }
+
+    #[test]
+    fn bad_learning_settings_are_refused_naming_the_field() {
+        assert_eq!(refused(""), "accepted");
+        assert!(refused("[trainer.cql]\nalpha = -1.0").contains("trainer.cql.alpha"));
+        assert!(refused("[trainer.sac]\ntemperature = -0.5").contains("trainer.sac.temperature"));
+        assert!(refused("[trainer.sac]\ntd_lambda = 1.5").contains("trainer.sac.td_lambda"));
+        assert!(refused("[trainer.objective]\nkind = \"turn_cost\"\ncost = 0.0\nfailure_penalty = 0.0").contains("trainer.objective.cost"));
+        assert!(refused("[trainer.fqe]\nensemble = 0").contains("trainer.fqe.ensemble"));
+        assert!(refused("gate_tolerance = nan").contains("gate_tolerance"));
+        assert!(refused("gate_confidence_z = -1.0").contains("gate_confidence_z"));
+        // An unknown objective is a parse error that names the variant and where it stood.
+        let unknown = refused("[trainer.objective]\nkind = \"fastest\"");
+        assert!(unknown.contains("fastest") && unknown.contains("objective"), "{unknown}");
+    }
+}

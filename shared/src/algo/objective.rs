@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 /// What a learner maximises (`objective` in the `[offline]` / `[trainer]` TOML tables).
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields, try_from = "ObjectiveTable")]
 pub enum Objective {
     /// The paper's reward exactly as the device logged it.
     Paper,
@@ -27,6 +27,31 @@ pub enum Objective {
         /// Added to the last turn of a failed session, in reward units (≤ 0).
         failure_penalty: f32,
     },
+}
+
+/// The TOML table an [`Objective`] is read from, so an unknown `kind` is refused by name.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ObjectiveTable {
+    kind: String,
+    cost: Option<f32>,
+    failure_penalty: Option<f32>,
+}
+
+impl TryFrom<ObjectiveTable> for Objective {
+    type Error = String;
+
+    fn try_from(t: ObjectiveTable) -> Result<Objective, String> {
+        let Objective::TurnCost { cost: default_cost, failure_penalty: default_penalty } = Objective::turn_cost() else {
+            return Err("objective: no default turn cost".into());
+        };
+        match t.kind.as_str() {
+            "paper" if t.cost.is_none() && t.failure_penalty.is_none() => Ok(Objective::Paper),
+            "paper" => Err("objective.kind = \"paper\" takes no cost or failure_penalty".into()),
+            "turn_cost" => Ok(Objective::TurnCost { cost: t.cost.unwrap_or(default_cost), failure_penalty: t.failure_penalty.unwrap_or(default_penalty) }),
+            other => Err(format!("objective.kind: unknown objective `{other}` (known: paper, turn_cost)")),
+        }
+    }
 }
 
 impl Default for Objective {
@@ -134,6 +159,9 @@ mod tests {
         assert!(Objective::TurnCost { cost: 0.0, failure_penalty: 0.0 }.validate_at("trainer.objective").unwrap_err().contains("trainer.objective.cost"));
         assert!(Objective::TurnCost { cost: 0.1, failure_penalty: 1.0 }.validate_at("offline.objective").unwrap_err().contains("offline.objective.failure_penalty"));
         let t: toml::Table = toml::from_str("kind = \"fastest\"").unwrap();
-        assert!(toml::Value::Table(t).try_into::<Objective>().is_err());
+        let e = toml::Value::Table(t).try_into::<Objective>().unwrap_err().to_string();
+        assert!(e.contains("objective.kind") && e.contains("fastest"), "{e}");
+        let t: toml::Table = toml::from_str("kind = \"turn_cost\"\ncost = 0.5").unwrap();
+        assert_eq!(toml::Value::Table(t).try_into::<Objective>().unwrap(), Objective::TurnCost { cost: 0.5, failure_penalty: 0.0 });
     }
 }

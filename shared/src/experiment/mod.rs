@@ -242,3 +242,22 @@ impl Lab {
         Ok(self.evaluate_parts(&model.tracker, &model.policy, sessions, seed)?.0)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(text: &str) -> String {
+        ExperimentConfig::from_toml(text).map_or_else(|e| e.to_string(), |_| "accepted".into())
+    }
+
+    #[test]
+    fn bad_settings_are_refused_naming_the_field() {
+        assert_eq!(refused(""), "accepted");
+        assert!(refused("[offline.cql]\nalpha = -1.0").contains("offline.cql.alpha"));
+        assert!(refused("[offline.sac]\ntemperature = 0.0").contains("offline.sac.temperature"));
+        assert!(refused("[offline]\nrounds = 2\nround_sessions = 0").contains("offline.round_sessions"));
+        assert!(refused("[offline.objective]\nkind = \"turn_cost\"\ncost = -1.0\nfailure_penalty = 0.0").contains("offline.objective.cost"));
+        assert!(refused("[offline.objective]\nkind = \"fastest\"").contains("fastest"));
+    }
+}
