@@ -138,15 +138,18 @@ impl SessionDataset {
             return Vec::new();
         }
         let mut k = rng.random_range(0..self.sessions.len());
-        let bucket = self.buckets.iter().find(|b| {
-            if k < b.len() {
-                true
-            } else {
-                k -= b.len();
-                false
-            }
-        });
-        let which = self.buckets.iter().position(|x| bucket.is_some_and(|b| std::ptr::eq(x, b))).unwrap_or(0);
+        let which = self
+            .buckets
+            .iter()
+            .position(|b| {
+                if k < b.len() {
+                    true
+                } else {
+                    k -= b.len();
+                    false
+                }
+            })
+            .unwrap_or(0);
         let b = &self.buckets[which];
         let recent = &self.recent_buckets[which];
         (0..n)
@@ -204,6 +207,23 @@ impl SessionDataset {
             actions,
         })
     }
+}
+
+/// TD(λ) targets over time-major rows of whole sessions (row `t·sessions + b` is turn t of
+/// session b), by one backward pass: y_t = scale·r_t + γ(1 − done_t)·[(1 − λ)·V_{t+1} + λ·y_{t+1}],
+/// where the blend applies only to turns with a successor whose row `follows` (all, when `None`);
+/// elsewhere the target bootstraps from V_{t+1} alone. `v_next[row]` is V of the state after the
+/// row's turn.
+#[allow(clippy::too_many_arguments)]
+pub fn lambda_targets(v_next: &[f32], rewards: &[f32], not_done: &[f32], sessions: usize, gamma: f32, lambda: f32, scale: f32, follows: Option<&[bool]>) -> Vec<f32> {
+    let n = v_next.len();
+    let mut y = vec![0f32; n];
+    for row in (0..n).rev() {
+        let blend = lambda > 0.0 && not_done[row] > 0.0 && row + sessions < n && follows.is_none_or(|f| f[row]);
+        let next = if blend { (1.0 - lambda) * v_next[row] + lambda * y[row + sessions] } else { v_next[row] };
+        y[row] = scale * rewards[row] + gamma * not_done[row] * next;
+    }
+    y
 }
 
 /// A batch of whole sessions, time-major: row `t · sessions + b` is turn `t` of session `b`.

@@ -141,15 +141,8 @@ fn follows_policy(pi_next: &Tensor, batch: &Batch, heads: usize) -> Result<Vec<b
 /// Targets y_t = r_t + γ(1 − done)·[V(s′) or, where the data follows π, (1 − λ)·V(s′) + λ·y_{t+1}],
 /// computed backwards over each session (rows time-major).
 fn trace_target(v_next: &Tensor, batch: &Batch, follows: &[bool], gamma: f32, lambda: f32) -> Result<Tensor> {
-    let v = v_next.to_vec1::<f32>()?;
-    let r = batch.rewards.to_vec1::<f32>()?;
-    let nd = batch.not_done.to_vec1::<f32>()?;
-    let b = batch.sessions;
-    let mut y = vec![0f32; v.len()];
-    for row in (0..v.len()).rev() {
-        let next = if lambda > 0.0 && follows[row] && nd[row] > 0.0 && row + b < v.len() { (1.0 - lambda) * v[row] + lambda * y[row + b] } else { v[row] };
-        y[row] = r[row] + gamma * nd[row] * next;
-    }
+    let (v, r, nd) = (v_next.to_vec1::<f32>()?, batch.rewards.to_vec1::<f32>()?, batch.not_done.to_vec1::<f32>()?);
+    let y = super::dataset::lambda_targets(&v, &r, &nd, batch.sessions, gamma, lambda, 1.0, Some(follows));
     Tensor::from_vec(y, v.len(), v_next.device())
 }
 

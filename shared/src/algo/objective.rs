@@ -29,6 +29,9 @@ pub enum Objective {
     },
 }
 
+/// The default turn cost, in reward units per turn.
+const DEFAULT_COST: f32 = 0.1;
+
 /// The TOML table an [`Objective`] is read from, so an unknown `kind` is refused by name.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,13 +45,10 @@ impl TryFrom<ObjectiveTable> for Objective {
     type Error = String;
 
     fn try_from(t: ObjectiveTable) -> Result<Objective, String> {
-        let Objective::TurnCost { cost: default_cost, failure_penalty: default_penalty } = Objective::turn_cost() else {
-            return Err("objective: no default turn cost".into());
-        };
         match t.kind.as_str() {
             "paper" if t.cost.is_none() && t.failure_penalty.is_none() => Ok(Objective::Paper),
             "paper" => Err("objective.kind = \"paper\" takes no cost or failure_penalty".into()),
-            "turn_cost" => Ok(Objective::TurnCost { cost: t.cost.unwrap_or(default_cost), failure_penalty: t.failure_penalty.unwrap_or(default_penalty) }),
+            "turn_cost" => Ok(Objective::TurnCost { cost: t.cost.unwrap_or(DEFAULT_COST), failure_penalty: t.failure_penalty.unwrap_or(0.0) }),
             other => Err(format!("objective.kind: unknown objective `{other}` (known: paper, turn_cost)")),
         }
     }
@@ -74,7 +74,7 @@ impl Objective {
     /// the critics' learning rate and the CQL weight were tuned at), nothing extra for failure
     /// (a failure already costs its 50 turns, exactly as NI counts it).
     pub fn turn_cost() -> Objective {
-        Objective::TurnCost { cost: 0.1, failure_penalty: 0.0 }
+        Objective::TurnCost { cost: DEFAULT_COST, failure_penalty: 0.0 }
     }
 
     pub fn name(&self) -> &'static str {

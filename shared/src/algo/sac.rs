@@ -247,20 +247,11 @@ impl SacNets<'_> {
         Ok(y.detach())
     }
 
-    /// TD(λ) targets, by a backward pass over each session's turns (on the host: a few thousand
-    /// rows, and a recursion across rows that tensor ops would need T steps for anyway).
+    /// TD(λ) targets, on the host: a few thousand rows, and a recursion across rows that tensor
+    /// ops would need T steps for anyway.
     fn lambda_target(&self, v_next: &Tensor, rows: &Rows) -> Result<Tensor> {
-        let v = v_next.to_vec1::<f32>()?;
-        let r = rows.rewards.to_vec1::<f32>()?;
-        let nd = rows.not_done.to_vec1::<f32>()?;
-        let b = rows.sessions;
-        let (gamma, lambda, scale) = (self.gamma as f32, self.td_lambda as f32, self.reward_scale as f32);
-        let mut y = vec![0f32; v.len()];
-        for row in (0..v.len()).rev() {
-            // A turn with a successor in its session blends V(s′) with that successor's target.
-            let next = if nd[row] > 0.0 && row + b < v.len() { (1.0 - lambda) * v[row] + lambda * y[row + b] } else { v[row] };
-            y[row] = scale * r[row] + gamma * nd[row] * next;
-        }
+        let (v, r, nd) = (v_next.to_vec1::<f32>()?, rows.rewards.to_vec1::<f32>()?, rows.not_done.to_vec1::<f32>()?);
+        let y = super::dataset::lambda_targets(&v, &r, &nd, rows.sessions, self.gamma as f32, self.td_lambda as f32, self.reward_scale as f32, None);
         Tensor::from_vec(y, v.len(), v_next.device())
     }
 
