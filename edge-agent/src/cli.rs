@@ -1,10 +1,12 @@
 //! Command-line flags: each overrides the same field of the TOML config.
 
 use crate::config::{AgentConfig, ConfigError};
-use crate::{AgentError, BaselineLoader, NeuralLoader, PolicyLoader};
-use irec_shared::sim::{Environment, Pool, World};
-use std::sync::Arc;
+use crate::AgentError;
+use irec_model::loader::{BaselineLoader, NeuralLoader, PolicyLoader};
+use irec_world::sim::{Environment, Pool, World};
 use clap::Parser;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use std::path::PathBuf;
 
 /// edge-agent: one simulated device that runs sessions, uploads them, and installs new policies.
@@ -139,7 +141,7 @@ pub enum CliError {
     #[error(transparent)]
     Agent(#[from] AgentError),
     #[error("building the world: {0}")]
-    World(#[from] irec_shared::catalog::csv::CatalogError),
+    World(#[from] irec_world::catalog::csv::CatalogError),
     #[error("printing the config: {0}")]
     Print(#[from] toml::ser::Error),
     #[error("encoding the summary: {0}")]
@@ -171,20 +173,35 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
     let stats = runtime.block_on(crate::run_in(config, env, loader, async {
         let _ = tokio::signal::ctrl_c().await;
     }))?;
-    println!("{}", summary(&stats)?);
+    println!("{}", serde_json::to_string(&Summary::new(stats))?);
     Ok(())
 }
 
-/// The counters as printed: latency lists folded into p50/p99 (per-round lists stay).
-pub fn summary(stats: &crate::Stats) -> Result<serde_json::Value, serde_json::Error> {
-    let mut summary = serde_json::to_value(stats)?;
-    if let Some(obj) = summary.as_object_mut() {
-        obj.remove("ack_latencies_ms");
-        obj.insert("ack_p50_ms".into(), serde_json::json!(stats.ack_latency_percentile(50.0)));
-        obj.insert("ack_p99_ms".into(), serde_json::json!(stats.ack_latency_percentile(99.0)));
-        obj.insert("peak_rss_kib".into(), serde_json::json!(peak_rss_kib()));
+/// What the binary prints as its last stdout line when it stops: the counters, with the whole-run
+/// latency list folded into p50/p99 (per-round lists stay), and the process's peak RSS. Launchers
+/// read it back as this type.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Summary {
+    #[serde(flatten)]
+    pub stats: crate::Stats,
+    pub ack_p50_ms: Option<f64>,
+    pub ack_p99_ms: Option<f64>,
+    /// Peak resident set size of the agent process, in KiB.
+    pub peak_rss_kib: Option<u64>,
+}
+
+impl Summary {
+    pub fn new(mut stats: crate::Stats) -> Summary {
+        let (ack_p50_ms, ack_p99_ms) = (stats.ack_latency_percentile(50.0), stats.ack_latency_percentile(99.0));
+        stats.ack_latencies_ms.clear();
+        Summary { stats, ack_p50_ms, ack_p99_ms, peak_rss_kib: peak_rss_kib() }
     }
-    Ok(summary)
+
+    /// The summary in a process's stdout: its last line that parses as one.
+    pub fn from_stdout(text: &str) -> Option<Summary> {
+        text.lines().rev().filter(|l| l.starts_with('{')).find_map(|l| serde_json::from_str(l).ok())
+    }
 }
 
 /// This process's peak resident set size (Linux: `VmHWM`), in KiB; `None` where unknown.

@@ -1,12 +1,12 @@
 //! Agent settings: a plain struct with serde defaults, loadable from TOML, overridable by flags.
 
-use irec_shared::protocol::{Backoff, FrameLimits, UploadConfig};
-use irec_shared::sim::WorldConfig;
+use irec_protocol::{Backoff, FrameLimits, UploadConfig};
+use irec_world::sim::WorldConfig;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 /// The device's private settings (never uploaded). On first start they become the device's
-/// `irec_shared::policy::DeviceProfile` (see `sessions::first_profile`), which is then kept in the
+/// `irec_world::policy::DeviceProfile` (see `sessions::first_profile`), which is then kept in the
 /// local store: the population and the learned bias persist across restarts; `noise_sigma` is
 /// taken from here at every start.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,7 +1,7 @@
 //! Frames over quinn streams on the agent side, and how transport failures read as protocol
 //! errors (a server that refuses us closes the connection with an error code and reason).
 
-use irec_shared::protocol::{encode, ErrorCode, ErrorMessage, FrameDecoder, FrameLimits, Message, Side};
+use irec_protocol::{encode, ErrorCode, ErrorMessage, FrameDecoder, FrameLimits, Message, Side};
 
 const READ_CHUNK: usize = 64 * 1024;
 

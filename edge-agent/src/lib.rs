@@ -4,12 +4,14 @@
 //!
 //! Layers:
 //! - [`config`], [`cli`]: settings from TOML and flags.
-//! - [`loader`]: the [`PolicyLoader`] / [`LoadedPolicy`] traits (implemented by the learning core).
 //! - [`sessions`]: the device's profile (household, noise, learned bias: `DeviceProfile`), sessions
 //!   on a dedicated thread, the atomically swapped active policy.
 //! - [`store`]: the local sled store (sessions → batches → acked).
 //! - [`tls`], [`io`], [`net`]: QUIC with a pinned certificate; the shell that drives the
-//!   IO-free `Uploader` and `PolicySync` machines of `irec_shared::protocol`.
+//!   IO-free `Uploader` and `PolicySync` machines of `irec_protocol`.
+//!
+//! The policy it runs comes through an `irec_model::loader::PolicyLoader` (learned checkpoints or a
+//! baseline); the agent links inference only, never training code.
 //!
 //! Privacy: nothing but `ExperienceSession`s (and the hello's fleet token) ever leaves the device —
 //! not the seed, σ, bias, population, targets, or any id.
@@ -17,20 +19,17 @@
 pub mod cli;
 pub mod config;
 pub mod io;
-pub mod learned;
-pub mod loader;
 pub mod net;
 pub mod sessions;
 pub mod store;
 pub mod tls;
 
 pub use config::{AgentConfig, DeviceConfig};
-pub use irec_shared::policy::DeviceProfile;
-pub use learned::NeuralLoader;
-pub use loader::{BaselineLoader, LoadError, LoadedPolicy, PolicyLoader};
+pub use irec_world::policy::DeviceProfile;
 
-use irec_shared::protocol::ErrorMessage;
-use irec_shared::sim::{Environment, Pool, World};
+use irec_model::loader::PolicyLoader;
+use irec_protocol::ErrorMessage;
+use irec_world::sim::{Environment, Pool, World};
 use serde::{Deserialize, Serialize};
 use sessions::{ActivePolicy, Generator, PolicySlot};
 use std::future::Future;
@@ -76,6 +75,7 @@ pub struct Stats {
     /// Upload frame bodies acked, in bytes.
     pub bytes_uploaded: u64,
     /// Send-to-ack time of each acked batch, in milliseconds.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ack_latencies_ms: Vec<f64>,
     pub connects: u64,
     pub connect_failures: u64,
@@ -106,7 +106,7 @@ pub struct RoundUploads {
 impl Stats {
     /// A percentile (0..=100) of the ack latencies, in milliseconds.
     pub fn ack_latency_percentile(&self, p: f64) -> Option<f64> {
-        irec_shared::metrics::percentile(&self.ack_latencies_ms, p)
+        irec_world::metrics::percentile(&self.ack_latencies_ms, p)
     }
 }
 

@@ -7,11 +7,11 @@
 
 use crate::config::AgentConfig;
 use crate::io::{self, RequestError};
-use crate::loader::{LoadError, LoadedPolicy, PolicyLoader};
+use irec_model::loader::{LoadError, LoadedPolicy, PolicyLoader};
 use crate::sessions::{ActivePolicy, PolicySlot};
 use crate::store::{AgentStore, StoredPolicy};
 use crate::{AgentError, Stats};
-use irec_shared::protocol::*;
+use irec_protocol::*;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -2,13 +2,13 @@
 //! flushed to the local store before anything else happens to it.
 
 use crate::config::DeviceConfig;
-use crate::loader::LoadedPolicy;
+use irec_model::loader::LoadedPolicy;
 use crate::store::{AgentStore, StoreError};
-use irec_shared::experience::ExperienceSession;
-use irec_shared::policy::{DeviceProfile, LogitBias, Policy, SessionHint, TargetPopulation, TargetSampler};
-use irec_shared::protocol::PolicyId;
-use irec_shared::rng;
-use irec_shared::sim::{Environment, Transcript};
+use irec_protocol::experience::ExperienceSession;
+use irec_world::policy::{DeviceProfile, LogitBias, Policy, SessionHint, TargetPopulation, TargetSampler};
+use irec_protocol::PolicyId;
+use irec_world::rng;
+use irec_world::sim::{Environment, Transcript};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

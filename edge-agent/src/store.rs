@@ -12,9 +12,9 @@
 //! server's ack). Each move is one sled transaction and is flushed before the next step relies on
 //! it, so an agent killed at any point neither loses a session nor uploads it under two batch ids.
 
-use irec_shared::experience::ExperienceSession;
-use irec_shared::policy::DeviceProfile;
-use irec_shared::protocol::{BatchId, PolicyId, UploadBatch};
+use irec_protocol::experience::ExperienceSession;
+use irec_world::policy::DeviceProfile;
+use irec_protocol::{BatchId, PolicyId, UploadBatch};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError as Conflict, TransactionError, Transactional};
 use sled::Tree;
@@ -108,8 +108,8 @@ impl AgentStore {
     pub fn open(dir: &Path) -> Result<AgentStore, StoreError> {
         // A device's store is small; a small page cache keeps a thousand in-process agents cheap.
         // No background flusher: every durable point is an explicit flush under the storage lock
-        // (see `irec_shared::storage_lock`).
-        let db = irec_shared::storage_lock::retry_locked(|| sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).flush_every_ms(None).open())?;
+        // (see `irec_store`).
+        let db = irec_store::retry_locked(|| sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).flush_every_ms(None).open())?;
         Ok(AgentStore {
             sessions: db.open_tree("sessions")?,
             batches: db.open_tree("batches")?,
@@ -120,7 +120,7 @@ impl AgentStore {
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
-        let _sled = irec_shared::storage_lock::guard();
+        let _sled = irec_store::guard();
         self.db.flush()?;
         Ok(())
     }
@@ -132,7 +132,7 @@ impl AgentStore {
     pub async fn flush_async(&self) -> Result<(), StoreError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
-            let _sled = irec_shared::storage_lock::guard();
+            let _sled = irec_store::guard();
             db.flush()
         })
         .await
@@ -159,7 +159,7 @@ impl AgentStore {
         let s = bin(session)?;
         let p = bin(profile)?;
         {
-            let _sled = irec_shared::storage_lock::guard();
+            let _sled = irec_store::guard();
             (&self.sessions, &self.meta).transaction(|(sessions, meta)| {
                 sessions.insert(&index.to_be_bytes()[..], s.as_slice())?;
                 meta.insert(NEXT_SESSION, &(index + 1).to_be_bytes()[..])?;
@@ -172,7 +172,7 @@ impl AgentStore {
 
     /// Sessions waiting for a batch.
     pub fn unbatched(&self) -> usize {
-        let _sled = irec_shared::storage_lock::guard();
+        let _sled = irec_store::guard();
         self.sessions.len()
     }
 
@@ -184,7 +184,7 @@ impl AgentStore {
         let mut groups: Vec<Vec<(sled::IVec, sled::IVec)>> = Vec::new();
         let mut current: Vec<(sled::IVec, sled::IVec)> = Vec::new();
         let mut bytes = BATCH_OVERHEAD;
-        let sled = irec_shared::storage_lock::guard();
+        let sled = irec_store::guard();
         for kv in self.sessions.iter() {
             let (k, v) = kv?;
             if !current.is_empty() && (current.len() >= max_sessions || bytes + v.len() > max_bytes) {
@@ -204,7 +204,7 @@ impl AgentStore {
             let first_session = be_u64(group.first().map(|(k, _)| k.clone()));
             let batch = StoredBatch { id: BatchId(rand::random()), first_session, sessions };
             let encoded = bin(&batch)?;
-            let _sled = irec_shared::storage_lock::guard();
+            let _sled = irec_store::guard();
             (&self.sessions, &self.batches).transaction(|(s, b)| {
                 for (k, _) in &group {
                     s.remove(k)?;
@@ -223,7 +223,7 @@ impl AgentStore {
     /// Formed batches not yet acked, oldest first.
     pub fn pending_batches(&self) -> Result<Vec<BatchId>, StoreError> {
         let mut all: Vec<(u64, BatchId)> = Vec::new();
-        let _sled = irec_shared::storage_lock::guard();
+        let _sled = irec_store::guard();
         for v in self.batches.iter().values() {
             let b: StoredBatch = unbin("batches", &v?)?;
             all.push((b.first_session, b.id));
@@ -246,7 +246,7 @@ impl AgentStore {
     pub fn quarantine(&self, id: BatchId) -> Result<(), StoreError> {
         let key = id.to_bytes();
         {
-            let _sled = irec_shared::storage_lock::guard();
+            let _sled = irec_store::guard();
             (&self.batches, &self.quarantine).transaction(|(b, q)| {
                 if let Some(v) = b.remove(&key[..])? {
                     q.insert(&key[..], v)?;
@@ -258,7 +258,7 @@ impl AgentStore {
     }
 
     pub fn quarantined(&self) -> usize {
-        let _sled = irec_shared::storage_lock::guard();
+        let _sled = irec_store::guard();
         self.quarantine.len()
     }
 
@@ -275,8 +275,8 @@ impl AgentStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use irec_shared::catalog::Action;
-    use irec_shared::experience::ExperienceTurn;
+    use irec_world::catalog::Action;
+    use irec_protocol::experience::ExperienceTurn;
 
     fn session(i: u32) -> ExperienceSession {
         ExperienceSession {
@@ -286,12 +286,12 @@ mod tests {
     }
 
     fn profile() -> DeviceProfile {
-        let schema = irec_shared::catalog::Schema::reference();
+        let schema = irec_world::catalog::Schema::reference();
         DeviceProfile {
             seed: 4,
             noise_sigma: 0.1,
-            population: irec_shared::policy::TargetPopulation::uniform(),
-            bias: irec_shared::policy::LogitBias::new(&schema.head_sizes(), 0.5, 0.9),
+            population: irec_world::policy::TargetPopulation::uniform(),
+            bias: irec_world::policy::LogitBias::new(&schema.head_sizes(), 0.5, 0.9),
         }
     }
 

@@ -1,7 +1,7 @@
 //! The agent trusts exactly one certificate: the server's own `cert.der`, loaded from a file (the
 //! pin). No system roots, TLS 1.3 only, ALPN `irec/1`.
 
-use irec_shared::protocol::ALPN;
+use irec_protocol::ALPN;
 use rustls::pki_types::CertificateDer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

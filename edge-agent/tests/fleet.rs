@@ -5,14 +5,15 @@
 
 use irec_edge_agent::sessions::{first_profile, run_session};
 use irec_edge_agent::store::AgentStore;
-use irec_edge_agent::{AgentConfig, AgentError, BaselineLoader, LoadedPolicy};
-use irec_server::rounds::{RoundTrainer, TrainError, TrainJob, TrainOutcome};
+use irec_edge_agent::{AgentConfig, AgentError};
+use irec_model::loader::{BaselineLoader, LoadedPolicy};
+use irec_learn::round::{RoundMetrics, RoundTrainer, TrainError, TrainJob, TrainOutcome};
 use irec_server::store::Store;
 use irec_server::{Server, ServerConfig, ServerHandle};
-use irec_shared::catalog::GeneratorConfig;
-use irec_shared::experience::ExperienceSession;
-use irec_shared::protocol::*;
-use irec_shared::sim::{Environment, Pool, World, WorldConfig};
+use irec_world::catalog::GeneratorConfig;
+use irec_protocol::experience::ExperienceSession;
+use irec_protocol::*;
+use irec_world::sim::{Environment, Pool, World, WorldConfig};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,7 +33,7 @@ impl RoundTrainer for Trainer {
     fn train(&self, job: TrainJob) -> Result<TrainOutcome, TrainError> {
         Ok(TrainOutcome {
             candidate: format!("round {} on {} sessions", job.round, job.sessions.len()).into_bytes(),
-            metrics: serde_json::Value::Null,
+            metrics: RoundMetrics::default(),
             candidate_estimate: 1.0,
             deployed_estimate: Some(0.0),
             estimate_se: 0.0,
@@ -95,7 +96,7 @@ fn env() -> Environment {
     Environment::with_truth(Arc::new(World::build(&world_config()).unwrap()), Pool::Train)
 }
 
-fn tracker(fallback: bool) -> Arc<irec_edge_agent::loader::FallbackLoader> {
+fn tracker(fallback: bool) -> Arc<irec_model::loader::FallbackLoader> {
     let world = Arc::new(World::build(&world_config()).unwrap());
     let env = Environment::with_truth(world.clone(), Pool::Train);
     Arc::new(BaselineLoader::Tracker { lexicon: Arc::new(world.lexicon.clone()), index: Arc::new(env.index.clone()) }.with_fallback(fallback))

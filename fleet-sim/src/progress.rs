@@ -1,7 +1,7 @@
 //! Progress bars for long steps (on stderr; indicatif hides them when stderr is not a terminal).
 
 use indicatif::{ProgressBar, ProgressStyle};
-use irec_shared::experiment::Progress;
+use irec_learn::experiment::Progress;
 use std::sync::Mutex;
 
 #[derive(Debug, Default)]

@@ -2,8 +2,8 @@
 
 use crate::chart::{self, Panel, Series};
 use anyhow::Context;
-use irec_shared::experiment::compare::{CompareReport, CurvePoint};
-use irec_shared::metrics::{render_table, Metrics};
+use irec_learn::experiment::compare::{CompareReport, CurvePoint};
+use irec_world::metrics::{render_table, Metrics};
 use std::fmt::Write as _;
 use std::path::Path;
 

@@ -7,10 +7,11 @@
 
 use irec_edge_agent::sessions::{first_profile, run_session};
 use irec_edge_agent::store::AgentStore;
-use irec_edge_agent::{AgentConfig, LoadedPolicy};
+use irec_edge_agent::AgentConfig;
+use irec_model::loader::LoadedPolicy;
 use irec_server::store::Store;
-use irec_shared::experience::ExperienceSession;
-use irec_shared::sim::{Environment, Pool, World};
+use irec_protocol::experience::ExperienceSession;
+use irec_world::sim::{Environment, Pool, World};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -61,7 +62,7 @@ fn multiset(sessions: impl IntoIterator<Item = ExperienceSession>) -> BTreeMap<S
 /// Agent `i`'s first `n` sessions as its behaviour policy runs them, its bias learning as it goes.
 fn regenerate(config: &AgentConfig, env: &Environment, n: u64) -> Vec<ExperienceSession> {
     let blob = std::fs::read(config.initial_policy.as_ref().unwrap()).unwrap();
-    let loaded = irec_edge_agent::learned::LoadedNeural::from_bytes(&blob, &env.world).unwrap();
+    let loaded = irec_model::loader::LoadedNeural::from_bytes(&blob, &env.world).unwrap();
     let mut profile = first_profile(&config.device, env);
     let targets = profile.population.sampler(env.index.pool(), &env.world.truth);
     (0..n)
@@ -147,7 +148,7 @@ fn three_agent_processes_two_rounds() {
 }
 
 /// Twenty agents as tasks of one process, beside the server: every session ingested, every agent
-/// on the published policy. Regression: before `irec_shared::storage_lock`, sled's global lock
+/// on the published policy. Regression: before `irec_store`, sled's global lock
 /// deadlocked this within seconds (a transaction waiting on flushes and iterations that waited on
 /// it), and the run hung.
 #[test]

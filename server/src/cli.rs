@@ -1,7 +1,7 @@
 //! Command-line flags: each overrides the same field of the TOML config.
 
 use crate::config::{ConfigError, ServerConfig};
-use crate::rounds::{LearnedTrainer, NoTrainer, RoundTrainer, TrainerKind};
+use irec_learn::round::{LearnedTrainer, NoTrainer, RoundTrainer, TrainerKind};
 use std::sync::Arc;
 use clap::Parser;
 use std::net::SocketAddr;

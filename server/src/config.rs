@@ -1,9 +1,9 @@
 //! Server settings: a plain struct with serde defaults, loadable from TOML, overridable by flags.
 
-use irec_shared::protocol::validate::DEFAULT_MAX_BATCH_SESSIONS;
-use crate::rounds::TrainerConfig;
-use irec_shared::protocol::FrameLimits;
-use irec_shared::sim::WorldConfig;
+use irec_protocol::validate::DEFAULT_MAX_BATCH_SESSIONS;
+use irec_learn::round::TrainerConfig;
+use irec_protocol::FrameLimits;
+use irec_world::sim::WorldConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -8,7 +8,7 @@
 
 use crate::io::{self, ReadError};
 use crate::serve::Shared;
-use irec_shared::protocol::*;
+use irec_protocol::*;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;

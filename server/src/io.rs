@@ -1,7 +1,7 @@
 //! Frames over quinn streams: the only place the server touches stream bytes.
 
-use irec_shared::protocol::frame::HEADER_LEN;
-use irec_shared::protocol::{FrameDecoder, FrameError, FrameLimits, Message, Side};
+use irec_protocol::frame::HEADER_LEN;
+use irec_protocol::{FrameDecoder, FrameError, FrameLimits, Message, Side};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};

@@ -3,7 +3,7 @@
 //!
 //! Layers, bottom up:
 //! - [`tls`]: the self-signed certificate kept in the data dir, QUIC/TLS settings (ALPN `irec/1`).
-//! - [`io`]: frames over quinn streams (the decoding itself is `irec_shared::protocol`).
+//! - [`io`]: frames over quinn streams (the decoding itself is `irec_world::protocol`).
 //! - [`store`]: sled — D, dedupe set, policy registry, rounds, counters.
 //! - [`conn`]: one connection: hello, then one request per stream, announcements on the control
 //!   stream; the logic is the IO-free `ServerConnection` state machine.
@@ -24,7 +24,6 @@ pub mod store;
 pub mod tls;
 
 pub use config::ServerConfig;
-pub use rounds::{RoundTrainer, TrainError, TrainJob, TrainOutcome};
 pub use serve::{run, Server, ServerHandle};
 pub use status::ServerStatus;
 

@@ -3,12 +3,12 @@
 
 use crate::config::ServerConfig;
 use crate::rounds::driver::{self, DriverConfig};
-use crate::rounds::RoundTrainer;
+use irec_learn::round::RoundTrainer;
 use crate::status::{self, ServerStatus};
 use crate::store::Store;
 use crate::{conn, tls, ServerError};
-use irec_shared::catalog::{self, Catalog};
-use irec_shared::protocol::*;
+use irec_world::catalog::{self, Catalog};
+use irec_protocol::*;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;

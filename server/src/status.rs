@@ -4,7 +4,7 @@
 
 use crate::rounds::record::RoundRecord;
 use crate::store::{Counters, Store, StoreError};
-use irec_shared::protocol::PolicyAnnouncement;
+use irec_protocol::PolicyAnnouncement;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

@@ -14,8 +14,8 @@
 //! flushes before it acks an upload or announces a policy.
 
 use crate::rounds::record::{RoundRecord, RoundStatus};
-use irec_shared::experience::ExperienceSession;
-use irec_shared::protocol::{sha256, BatchId, PolicyAnnouncement, PolicyVersion, Sha256Digest, UploadBatch};
+use irec_protocol::experience::ExperienceSession;
+use irec_protocol::{sha256, BatchId, PolicyAnnouncement, PolicyVersion, Sha256Digest, UploadBatch};
 use serde::{de::DeserializeOwned, Deserialize, Serialize};
 use sled::transaction::{ConflictableTransactionError as Conflict, TransactionError, Transactional};
 use sled::Tree;
@@ -158,9 +158,9 @@ impl Store {
     /// Opens (or creates) the database at `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
         // No background flusher: every durable point is an explicit flush under the storage lock
-        // (see `irec_shared::storage_lock`), and sled's own periodic flushes could deadlock a
+        // (see `irec_store`), and sled's own periodic flushes could deadlock a
         // transaction exactly as unguarded ones do.
-        let db = irec_shared::storage_lock::retry_locked(|| sled::Config::new().path(dir).flush_every_ms(None).open())?;
+        let db = irec_store::retry_locked(|| sled::Config::new().path(dir).flush_every_ms(None).open())?;
         Ok(Store {
             sessions: db.open_tree("sessions")?,
             batches: db.open_tree("batches")?,
@@ -183,7 +183,7 @@ impl Store {
             .commit(|| async {
                 let db = self.db.clone();
                 tokio::task::spawn_blocking(move || {
-                    let _sled = irec_shared::storage_lock::guard();
+                    let _sled = irec_store::guard();
                     db.flush()
                 })
                 .await
@@ -199,7 +199,7 @@ impl Store {
     }
 
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        let _sled = irec_shared::storage_lock::guard();
+        let _sled = irec_store::guard();
         self.db.flush()?;
         Ok(())
     }
@@ -220,7 +220,7 @@ impl Store {
         let encoded = batch.sessions.iter().map(bin).collect::<Result<Vec<_>, _>>()?;
         let id = batch.batch_id.to_bytes();
         let n = encoded.len() as u64;
-        let _sled = irec_shared::storage_lock::guard();
+        let _sled = irec_store::guard();
         let outcome = (&self.sessions, &self.batches, &self.meta, &self.rounds).transaction(|(s, b, m, r)| {
             if let Some(seen) = b.get(id)? {
                 let seen: BatchRecord = unbin("batches", &seen).map_err(Conflict::Abort)?;
@@ -262,7 +262,7 @@ impl Store {
         let end = session_key(round.saturating_add(1), 0);
         let mut rows: Vec<(sled::IVec, sled::IVec)> = Vec::new();
         {
-            let _sled = irec_shared::storage_lock::guard();
+            let _sled = irec_store::guard();
             let range = if round == u32::MAX { self.sessions.range::<&[u8], _>(..) } else { self.sessions.range(..&end[..]) };
             for kv in range {
                 rows.push(kv?);
@@ -277,7 +277,7 @@ impl Store {
 
     /// Every session in D with its ingest round, in ingest order.
     pub fn all_sessions(&self) -> Result<Vec<(u32, ExperienceSession)>, StoreError> {
-        let _sled = irec_shared::storage_lock::guard();
+        let _sled = irec_store::guard();
         self.sessions
             .iter()
             .map(|kv| {
@@ -302,7 +302,7 @@ impl Store {
 
     /// Every published version, oldest first.
     pub fn policy_versions(&self) -> Result<Vec<PolicyVersion>, StoreError> {
-        let _sled = irec_shared::storage_lock::guard();
+        let _sled = irec_store::guard();
         self.policies
             .iter()
             .keys()
@@ -321,7 +321,7 @@ impl Store {
     ) -> Result<PolicyRecord, StoreError> {
         let sha = sha256(blob);
         let blob = blob.to_vec();
-        let _sled = irec_shared::storage_lock::guard();
+        let _sled = irec_store::guard();
         let record = (&self.policies, &self.meta, &self.rounds).transaction(|(p, m, r)| {
             let version = be_u64(m.get(DEPLOYED)?) + 1;
             let record = PolicyRecord { version, round, sha256: sha, trained_in_round, blob: blob.clone() };
@@ -341,7 +341,7 @@ impl Store {
     /// entry now says it collects for `next_round`, so agents that stopped at their per-round
     /// session budget hear a new round and go on with the same bytes. Returns the deployed record.
     pub fn refuse(&self, round_record: &RoundRecord, next_round: u32) -> Result<Option<PolicyRecord>, StoreError> {
-        let _sled = irec_shared::storage_lock::guard();
+        let _sled = irec_store::guard();
         let record = (&self.policies, &self.meta, &self.rounds).transaction(|(p, m, r)| {
             r.insert(&round_record.round.to_be_bytes()[..], json(round_record).map_err(Conflict::Abort)?)?;
             let Some(v) = m.get(DEPLOYED)? else { return Ok(None) };
@@ -376,7 +376,7 @@ impl Store {
 
     /// Every round record, oldest first.
     pub fn rounds(&self) -> Result<Vec<RoundRecord>, StoreError> {
-        let _sled = irec_shared::storage_lock::guard();
+        let _sled = irec_store::guard();
         self.rounds.iter().values().map(|v| unjson("rounds", &v?)).collect()
     }
 
@@ -400,8 +400,8 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use irec_shared::catalog::Action;
-    use irec_shared::experience::ExperienceTurn;
+    use irec_world::catalog::Action;
+    use irec_protocol::experience::ExperienceTurn;
 
     fn batch(id: u128, n: usize) -> UploadBatch {
         let s = |i: usize| ExperienceSession {

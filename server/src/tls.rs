@@ -2,7 +2,7 @@
 //! (DER files), and the QUIC endpoint settings built around it. Agents pin the certificate by
 //! loading `cert.der` as their only trust root.
 
-use irec_shared::protocol::ALPN;
+use irec_protocol::ALPN;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

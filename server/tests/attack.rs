@@ -8,10 +8,10 @@
 mod common;
 
 use common::*;
-use irec_server::rounds::NoTrainer;
+use irec_learn::round::NoTrainer;
 use irec_server::store::Store;
-use irec_shared::experience::ExperienceSession;
-use irec_shared::protocol::*;
+use irec_protocol::experience::ExperienceSession;
+use irec_protocol::*;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -6,13 +6,13 @@
 mod common;
 
 use common::*;
-use irec_server::rounds::NoTrainer;
+use irec_learn::round::NoTrainer;
 use irec_server::store::Store;
-use irec_shared::protocol::*;
+use irec_protocol::*;
 use std::sync::Arc;
 use std::time::Duration;
 
-fn stored(dir: &std::path::Path) -> Vec<irec_shared::experience::ExperienceSession> {
+fn stored(dir: &std::path::Path) -> Vec<irec_protocol::experience::ExperienceSession> {
     let st = Store::open(&dir.join("db")).unwrap();
     st.all_sessions().unwrap().into_iter().map(|(_, s)| s).collect()
 }
@@ -132,7 +132,7 @@ async fn bad_input_is_refused_clearly_nothing_is_stored_and_others_are_served() 
     server.stop().await;
     let mut all = stored(dir.path());
     let mut want = good_sessions.clone();
-    let key = |s: &irec_shared::experience::ExperienceSession| s.turns[0].shown;
+    let key = |s: &irec_protocol::experience::ExperienceSession| s.turns[0].shown;
     all.sort_by_key(key);
     want.sort_by_key(key);
     assert_eq!(all, want, "only the good sessions were stored");

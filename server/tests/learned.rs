@@ -4,13 +4,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use irec_server::rounds::{CancelFlag, DeployedPolicy, LearnedTrainer, RoundTrainer, TrainError, TrainJob, TrainerConfig};
-use irec_shared::algo::fqe::FqeConfig;
-use irec_shared::algo::pretrain::PretrainConfig;
-use irec_shared::catalog::GeneratorConfig;
-use irec_shared::experience::ExperienceSession;
-use irec_shared::policy::{evaluate, TrackerPolicy};
-use irec_shared::sim::{Environment, Pool, World, WorldConfig};
+use irec_learn::round::{CancelFlag, DeployedPolicy, LearnedTrainer, RoundTrainer, TrainError, TrainJob, TrainerConfig};
+use irec_learn::algo::fqe::FqeConfig;
+use irec_learn::algo::pretrain::PretrainConfig;
+use irec_world::catalog::GeneratorConfig;
+use irec_protocol::experience::ExperienceSession;
+use irec_world::policy::{evaluate, TrackerPolicy};
+use irec_world::sim::{Environment, Pool, World, WorldConfig};
 use std::sync::Arc;
 
 fn world() -> WorldConfig {
@@ -52,9 +52,10 @@ fn rounds_repeat_after_a_restart_continue_the_learner_and_can_be_cancelled() {
     assert_eq!(out0.deployed_estimate, None);
     assert!(out0.candidate_estimate.is_finite());
     let m = &out0.metrics;
-    assert_eq!(m["steps"], 12);
-    assert_eq!(m["continued_from_round"], serde_json::Value::Null);
-    assert!((0.0..=1.0).contains(&m["candidate"]["metrics"]["sr30"].as_f64().unwrap()), "{m}");
+    assert_eq!(m.steps, 12);
+    assert_eq!(m.continued_from_round, None);
+    let sr30 = m.candidate.unwrap().metrics.sr30;
+    assert!((0.0..=1.0).contains(&sr30), "{m:?}");
     assert!(dir.path().join("perception.ckpt").is_file() && dir.path().join("learner-r000000.ckpt").is_file());
 
     // A restarted server trains the same round again: the same candidate, byte for byte.
@@ -68,11 +69,11 @@ fn rounds_repeat_after_a_restart_continue_the_learner_and_can_be_cancelled() {
     d1.extend(sessions(20, 2, 1));
     let deployed = DeployedPolicy { version: 1, blob: out0.candidate.clone() };
     let out1 = restarted.train(job(1, d1.clone(), 20, Some(deployed.clone()))).unwrap();
-    assert_eq!(out1.metrics["continued_from_round"], 0);
-    assert_eq!(out1.metrics["steps"], 6);
-    assert_eq!(out1.metrics["sessions_in_d"], 60);
+    assert_eq!(out1.metrics.continued_from_round, Some(0));
+    assert_eq!(out1.metrics.steps, 6);
+    assert_eq!(out1.metrics.sessions_in_d, 60);
     assert!(out1.deployed_estimate.is_some_and(f64::is_finite));
-    assert!(out1.metrics["deployed"]["metrics"]["sr30"].is_number());
+    assert!(out1.metrics.deployed.is_some_and(|d| d.metrics.sr30.is_finite()));
     assert_ne!(out1.candidate, out0.candidate);
 
     // A raised cancel flag stops the round.

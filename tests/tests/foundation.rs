@@ -5,15 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use irec_shared::catalog::csv::{self, CatalogError};
-use irec_shared::catalog::{
+use irec_world::catalog::csv::{self, CatalogError};
+use irec_world::catalog::{
     generate, reference, Action, Attribute, Catalog, FeatureConfig, GeneratorConfig, Item, ItemAttrs, ItemId,
     Schema, Split, VisualFeatures, NUM_ATTRS,
 };
-use irec_shared::metrics::{Metrics, SessionOutcome};
-use irec_shared::policy::{evaluate, OraclePolicy, RandomPolicy, TrackerPolicy};
-use irec_shared::rng;
-use irec_shared::sim::{Environment, Feedback, Lexicon, Pool, RewardConfig, SimulatedUser, Transcript, World, WorldConfig, TEMPLATES};
+use irec_world::metrics::{Metrics, SessionOutcome};
+use irec_world::policy::{evaluate, OraclePolicy, RandomPolicy, TrackerPolicy};
+use irec_world::rng;
+use irec_world::sim::{Environment, Feedback, Lexicon, Pool, RewardConfig, SimulatedUser, Transcript, World, WorldConfig, TEMPLATES};
 use proptest::prelude::*;
 use rand::Rng as _;
 use std::collections::{BTreeSet, HashMap};

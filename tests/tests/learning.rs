@@ -8,26 +8,26 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use candle_core::{Device, Tensor, Var, D};
-use irec_shared::algo::bc::{BcConfig, BehaviourCloning};
-use irec_shared::algo::cql::{cql_penalty, cql_sac, off_policy_sac, CqlConfig};
-use irec_shared::algo::dataset::PreparedSession;
-use irec_shared::algo::pretrain::{pretrain, PretrainConfig, PretrainReport};
-use irec_shared::algo::sac::{ActorLoss, DiscreteSac, Rows, SacConfig, SacNets};
-use irec_shared::algo::{fit, OfflineAlgorithm, OptimConfig, PerceptionWeights, SessionDataset, TrainLog};
-use irec_shared::catalog::{FeatureConfig, GeneratorConfig, Schema, NUM_ATTRS};
-use irec_shared::experience::ExperienceSession;
-use irec_shared::experiment::Lab;
-use irec_shared::metrics::Metrics;
-use irec_shared::model::attrnet::{AttrNet, AttrNetConfig};
-use irec_shared::model::heads::{HeadsConfig, MultiHead};
-use irec_shared::model::kernels::seg_logsumexp;
-use irec_shared::model::params::ParamStore;
-use irec_shared::model::text_encoder::{TextEncoder, TextEncoderConfig};
-use irec_shared::model::tracker::{StateTracker, TrackerConfig};
-use irec_shared::model::{rollout, Acting, ModelConfig, ModelError, NeuralPolicy, PolicyModel, SessionSpec};
-use irec_shared::policy::{evaluate, run_session, TrackerPolicy};
-use irec_shared::rng;
-use irec_shared::sim::{Transcript, World, WorldConfig};
+use irec_learn::algo::bc::{BcConfig, BehaviourCloning};
+use irec_learn::algo::cql::{cql_penalty, cql_sac, off_policy_sac, CqlConfig};
+use irec_learn::algo::dataset::PreparedSession;
+use irec_learn::algo::pretrain::{pretrain, PretrainConfig, PretrainReport};
+use irec_learn::algo::sac::{ActorLoss, DiscreteSac, Rows, SacConfig, SacNets};
+use irec_learn::algo::{fit, OfflineAlgorithm, OptimConfig, PerceptionWeights, SessionDataset, TrainLog};
+use irec_world::catalog::{FeatureConfig, GeneratorConfig, Schema, NUM_ATTRS};
+use irec_protocol::experience::ExperienceSession;
+use irec_learn::experiment::Lab;
+use irec_world::metrics::Metrics;
+use irec_model::attrnet::{AttrNet, AttrNetConfig};
+use irec_model::heads::{HeadsConfig, MultiHead};
+use irec_model::kernels::seg_logsumexp;
+use irec_model::params::ParamStore;
+use irec_model::text_encoder::{TextEncoder, TextEncoderConfig};
+use irec_model::tracker::{StateTracker, TrackerConfig};
+use irec_model::{rollout, Acting, ModelConfig, ModelError, NeuralPolicy, PolicyModel, SessionSpec};
+use irec_world::policy::{evaluate, run_session, TrackerPolicy};
+use irec_world::rng;
+use irec_world::sim::{Transcript, World, WorldConfig};
 use rand::Rng as _;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
@@ -120,7 +120,7 @@ fn model_shapes() {
     let text_cfg = TextEncoderConfig { vocab: 40, ..TextEncoderConfig::default() };
     let text = TextEncoder::new(&text_cfg, vb.pp("text")).unwrap();
     let ids: Vec<Vec<u32>> = vec![vec![2, 5, 7], vec![3], vec![9, 9, 9, 9, 12]];
-    let (tokens, mask) = irec_shared::model::text_encoder::pack(&ids, &CPU).unwrap();
+    let (tokens, mask) = irec_model::text_encoder::pack(&ids, &CPU).unwrap();
     assert_eq!(tokens.dims(), &[3, 5]);
     assert_eq!(text.forward(&tokens, &mask).unwrap().dims(), &[3, 32]);
 
@@ -211,14 +211,14 @@ fn checkpoint_round_trip_gives_identical_actions() {
     assert_eq!(model.meta.steps, 25);
     assert_eq!(model.heads(), lab.heads());
     // The blob decodes and re-encodes to the very same bytes (names, shapes, values, metadata).
-    let again = irec_shared::model::Checkpoint {
+    let again = irec_model::Checkpoint {
         meta: model.meta.clone(),
-        tensors: irec_shared::model::Checkpoint::from_bytes(&bytes, &CPU).unwrap().tensors,
+        tensors: irec_model::Checkpoint::from_bytes(&bytes, &CPU).unwrap().tensors,
     };
     assert_eq!(again.to_bytes().unwrap(), bytes);
 
     // The rebuilt model brings its own perception: features from it, not from the original.
-    let featurizer = Arc::new(irec_shared::model::Featurizer::new(model.perception.clone(), &fx.world.features).unwrap());
+    let featurizer = Arc::new(irec_model::Featurizer::new(model.perception.clone(), &fx.world.features).unwrap());
     let env = &lab.eval_env;
     let seed = 77;
     let specs: Vec<SessionSpec> = (0..24).map(|i| SessionSpec::numbered(env, seed, i)).collect();
@@ -246,7 +246,7 @@ fn checkpoint_round_trip_gives_identical_actions() {
 #[test]
 fn corrupt_checkpoints_are_errors_not_panics() {
     let fx = fixture();
-    let rec = irec_shared::algo::Recommender::new(&fx.perception, 3, None).unwrap();
+    let rec = irec_learn::algo::Recommender::new(&fx.perception, 3, None).unwrap();
     let bytes = rec.export("fresh", 0).to_bytes().unwrap();
     assert!(PolicyModel::from_bytes(&bytes, &CPU).is_ok());
     let load = |b: &[u8]| std::panic::catch_unwind(|| PolicyModel::from_bytes(b, &CPU).map(|_| ())).expect("loading panicked");
@@ -389,7 +389,7 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// bonus in the backup, against a hand computation on two sessions of three turns (time-major).
 #[test]
 fn per_head_lambda_targets_equal_hand_computation() {
-    use irec_shared::algo::sac::CriticBackup;
+    use irec_learn::algo::sac::CriticBackup;
     let heads = [2usize, 3];
     let width = 5;
     let (b, t, input) = (2usize, 3usize, 4usize);
@@ -515,7 +515,7 @@ fn cql_loss_equals_hand_computation() {
         reward_scale: reward_scale as f64,
         cql_alpha,
         actor,
-        backup: irec_shared::algo::sac::CriticBackup::Joint,
+        backup: irec_learn::algo::sac::CriticBackup::Joint,
         entropy_in_backup: true,
         tracker_bc: 0.0,
         td_lambda: 0.0,
@@ -657,7 +657,7 @@ fn a_continued_learner_carries_on_exactly() {
     fit(&mut a, &data, 5, 8, 5, &mut r, |_| {}).unwrap();
     let saved = a.training_state("a").unwrap();
     let bytes = saved.to_bytes().unwrap();
-    let restored = irec_shared::model::Checkpoint::from_bytes(&bytes, &CPU).unwrap();
+    let restored = irec_model::Checkpoint::from_bytes(&bytes, &CPU).unwrap();
     let mut b = cql_sac(&fx.perception, 1234, &cfg, &cql, Some(&restored)).unwrap();
     assert_eq!(b.steps(), a.steps());
     assert!((b.temperature().unwrap() - a.temperature().unwrap()).abs() < 1e-9);

@@ -7,9 +7,10 @@
 //! ack and the local delete, whose resend the server must recognise as a duplicate.
 
 use super::bins::{Binaries, Proc};
+use irec_edge_agent::cli::Summary;
 use super::fleet::{self, WorldSize};
 use super::{ChaosError, Outcome};
-use irec_shared::rng;
+use irec_world::rng;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
@@ -138,7 +139,7 @@ struct Device {
     /// How much of the life's log was already scanned for the trigger.
     log_seen: usize,
     finished: bool,
-    summary: Option<serde_json::Value>,
+    summary: Option<Summary>,
 }
 
 impl Device {
@@ -214,7 +215,7 @@ pub fn run(bins: &Binaries, config: &AgentsKilledConfig, progress: &mut dyn FnMu
             if let Some(status) = p.exited() {
                 if status.success() {
                     d.finished = true;
-                    d.summary = p.last_stdout_line().and_then(|l| serde_json::from_str(&l).ok());
+                    d.summary = p.last_stdout_line().and_then(|l| Summary::from_stdout(&l));
                     // Keep the fleet at full strength while kills remain: a new device joins.
                     if kills < config.kills {
                         joined += 1;
@@ -308,7 +309,7 @@ fn verify(out: &mut Outcome, config: &AgentsKilledConfig, devices: &[Device], se
     ;
     let duplicates_on_agents: u64 = devices
         .iter()
-        .filter_map(|d| d.summary.as_ref()?.get("duplicate_acks")?.as_u64())
+        .filter_map(|d| Some(d.summary.as_ref()?.stats.duplicate_acks))
         .sum();
     out.figure("duplicate_acks_in_final_lives", duplicates_on_agents);
     Ok(())

@@ -2,7 +2,7 @@
 //! came back: a message, the code the server closed the connection with, or nothing.
 
 use super::ChaosError;
-use irec_shared::protocol::*;
+use irec_protocol::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

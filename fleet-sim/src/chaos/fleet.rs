@@ -8,11 +8,11 @@ use irec_edge_agent::config::DeviceConfig;
 use irec_edge_agent::sessions::{first_profile, run_session};
 use irec_edge_agent::AgentConfig;
 use irec_server::ServerConfig;
-use irec_shared::catalog::GeneratorConfig;
-use irec_shared::experience::ExperienceSession;
-use irec_shared::policy::TrackerPolicy;
-use irec_shared::protocol::Backoff;
-use irec_shared::sim::{Environment, Pool, World, WorldConfig};
+use irec_world::catalog::GeneratorConfig;
+use irec_protocol::experience::ExperienceSession;
+use irec_world::policy::TrackerPolicy;
+use irec_protocol::Backoff;
+use irec_world::sim::{Environment, Pool, World, WorldConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -154,9 +154,9 @@ pub fn start_agent(bins: &Binaries, name: &str, config: &AgentConfig, logs: &Pat
 pub fn small_learned_trainer(dir: &Path, world: &WorldSize, progress: &mut dyn FnMut(&str)) -> Result<toml::Table, ChaosError> {
     let perception = dir.join("perception.ckpt");
     progress("pretraining a small perception for the learned trainer");
-    let mut pretrain = irec_shared::algo::pretrain::PretrainConfig { sentences: 2_000, text_epochs: 1, attr_epochs: 1, ..Default::default() };
+    let mut pretrain = irec_learn::algo::pretrain::PretrainConfig { sentences: 2_000, text_epochs: 1, attr_epochs: 1, ..Default::default() };
     pretrain.heldout_template_sentences = pretrain.heldout_template_sentences.min(200);
-    let lab = irec_shared::experiment::Lab::build(&world.config(), &pretrain, &candle_core::Device::Cpu, None, &irec_shared::experiment::Silent)
+    let lab = irec_learn::experiment::Lab::build(&world.config(), &pretrain, &candle_core::Device::Cpu, None, &irec_learn::experiment::Silent)
         .map_err(|e| ChaosError::World(e.to_string()))?;
     let bytes = lab.perception.to_checkpoint().to_bytes().map_err(|e| ChaosError::World(e.to_string()))?;
     std::fs::write(&perception, bytes).map_err(|e| ChaosError::Io(perception.clone(), e))?;
@@ -192,7 +192,7 @@ pub fn replay(env: &Environment, device: &DeviceConfig, n: u64) -> Vec<Experienc
 #[derive(Clone, Debug)]
 pub struct Replayed {
     pub session: ExperienceSession,
-    pub transcript: irec_shared::sim::Transcript,
+    pub transcript: irec_world::sim::Transcript,
     /// The session's seed (its users and tie-breaking derive from it).
     pub seed: u64,
 }
@@ -204,8 +204,8 @@ pub fn replay_with(
     env: &Environment,
     device: &DeviceConfig,
     n: u64,
-    policy: &dyn irec_edge_agent::LoadedPolicy,
-) -> (Vec<Replayed>, irec_shared::policy::DeviceProfile) {
+    policy: &dyn irec_model::loader::LoadedPolicy,
+) -> (Vec<Replayed>, irec_world::policy::DeviceProfile) {
     let mut profile = first_profile(device, env);
     profile.noise_sigma = device.noise_sigma;
     let targets = profile.population.sampler(env.index.pool(), &env.world.truth);
@@ -215,7 +215,7 @@ pub fn replay_with(
             let transcript = run_session(env, &targets, p.as_mut(), device.seed, i);
             let session = ExperienceSession::from_transcript(&transcript, 0);
             profile.bias.learn(session.turns.iter().map(|t| t.utterance.as_str()), &env.world.lexicon);
-            let seed = irec_shared::rng::derive(irec_shared::rng::derive(device.seed, irec_shared::rng::stream::SESSIONS), i);
+            let seed = irec_world::rng::derive(irec_world::rng::derive(device.seed, irec_world::rng::stream::SESSIONS), i);
             Replayed { session, transcript, seed }
         })
         .collect();

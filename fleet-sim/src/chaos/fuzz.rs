@@ -11,11 +11,11 @@
 //! 2^64 bytes). [`crate::chaos::fuzz_live`] sends a sample of the same inputs to a live server.
 
 use super::{ChaosError, Outcome};
-use irec_shared::catalog::{Action, Schema, NUM_ATTRS};
-use irec_shared::experience::{ExperienceSession, ExperienceTurn};
-use irec_shared::protocol::frame::HEADER_LEN;
-use irec_shared::protocol::*;
-use irec_shared::rng;
+use irec_world::catalog::{Action, Schema, NUM_ATTRS};
+use irec_protocol::experience::{ExperienceSession, ExperienceTurn};
+use irec_protocol::frame::HEADER_LEN;
+use irec_protocol::*;
+use irec_world::rng;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};

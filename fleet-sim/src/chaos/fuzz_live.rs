@@ -6,12 +6,12 @@
 use super::client::{self, Reply};
 use super::fuzz::{self, Handlers, FUZZ_ITEMS, FUZZ_TOKEN};
 use super::{fleet, ChaosError, Outcome};
-use irec_server::rounds::NoTrainer;
+use irec_learn::round::NoTrainer;
 use irec_server::store::Store;
-use irec_shared::catalog::{Action, GeneratorConfig};
-use irec_shared::experience::{ExperienceSession, ExperienceTurn};
-use irec_shared::protocol::*;
-use irec_shared::rng;
+use irec_world::catalog::{Action, GeneratorConfig};
+use irec_protocol::experience::{ExperienceSession, ExperienceTurn};
+use irec_protocol::*;
+use irec_world::rng;
 use std::collections::{BTreeMap, HashSet};
 use std::path::Path;
 use std::sync::Arc;

@@ -8,7 +8,8 @@
 use super::bins::Binaries;
 use super::fleet::{self, WorldSize};
 use super::{percentile, rss_kib, ChaosError, Outcome};
-use irec_edge_agent::{BaselineLoader, Stats};
+use irec_edge_agent::Stats;
+use irec_model::loader::BaselineLoader;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -96,7 +96,7 @@ impl Outcome {
     }
 }
 
-pub use irec_shared::metrics::percentile;
+pub use irec_world::metrics::percentile;
 
 /// Peak and current resident memory of a process, in KiB, from `/proc/<pid>/status` (Linux).
 pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {

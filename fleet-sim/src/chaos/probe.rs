@@ -6,11 +6,11 @@
 //! Each recorded probability carries a 12-bit watermark in its lowest mantissa bits (the value
 //! the policy acts on), so that a value found anywhere can be told for one of the probe's.
 
-use irec_edge_agent::{LoadError, LoadedPolicy, PolicyLoader};
-use irec_shared::catalog::{Action, NUM_ATTRS};
-use irec_shared::policy::{DeviceProfile, Policy, SessionHint};
-use irec_shared::rng::{self, Rng};
-use irec_shared::sim::Observation;
+use irec_model::loader::{LoadError, LoadedPolicy, PolicyLoader};
+use irec_world::catalog::{Action, NUM_ATTRS};
+use irec_world::policy::{DeviceProfile, Policy, SessionHint};
+use irec_world::rng::{self, Rng};
+use irec_world::sim::Observation;
 use rand::Rng as _;
 use rand_distr::{Distribution, StandardNormal};
 use std::sync::{Arc, Mutex};

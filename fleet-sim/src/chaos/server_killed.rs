@@ -13,11 +13,12 @@
 //! - no agent rejected a policy (a corrupt or partial blob would fail its hash check).
 
 use super::bins::{wait_until, Binaries, Proc};
+use irec_edge_agent::cli::Summary;
 use super::fleet::{self, WorldSize};
 use super::{ChaosError, Outcome};
 use irec_server::rounds::RoundStatus;
-use irec_shared::protocol::{hex, sha256};
-use irec_shared::rng;
+use irec_protocol::{hex, sha256};
+use irec_world::rng;
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -157,7 +158,7 @@ fn now_s() -> f64 {
 struct Agent {
     config: irec_edge_agent::AgentConfig,
     proc: Proc,
-    summaries: Vec<serde_json::Value>,
+    summaries: Vec<Summary>,
     logs: Vec<PathBuf>,
 }
 
@@ -256,7 +257,7 @@ pub fn run(bins: &Binaries, config: &ServerKilledConfig, progress: &mut dyn FnMu
     for (i, a) in agents.iter_mut().enumerate() {
         let status = a.proc.interrupt(Duration::from_secs(30));
         out.check(status.is_some_and(|s| s.success()), || format!("agent {i} did not stop cleanly: {status:?}: {}", a.proc.stderr_tail(5)));
-        a.summaries.extend(a.proc.last_stdout_line().and_then(|l| serde_json::from_str(&l).ok()));
+        a.summaries.extend(a.proc.last_stdout_line().and_then(|l| Summary::from_stdout(&l)));
         let left = fleet::agent_left(&a.config.data_dir)?;
         produced.insert(i, left.next_session);
         a.config.sessions = Some(left.next_session);
@@ -269,7 +270,7 @@ pub fn run(bins: &Binaries, config: &ServerKilledConfig, progress: &mut dyn FnMu
     for (i, a) in agents.iter_mut().enumerate() {
         let status = a.proc.wait(Duration::from_secs(300));
         out.check(status.is_some_and(|s| s.success()), || format!("agent {i} did not finish its uploads: {status:?}: {}", a.proc.stderr_tail(5)));
-        a.summaries.extend(a.proc.last_stdout_line().and_then(|l| serde_json::from_str(&l).ok()));
+        a.summaries.extend(a.proc.last_stdout_line().and_then(|l| Summary::from_stdout(&l)));
     }
     // The rounds those sessions closed finish too.
     let drained = wait_until(&mut server, Duration::from_secs(config.drain_timeout_s), "done with its rounds", || {
@@ -363,7 +364,7 @@ fn verify(out: &mut Outcome, config: &ServerKilledConfig, agents: &[Agent], prod
                 out.check(ok, || format!("agent {i} installed version {v:?} with hash {h:?}, which the registry does not hold"));
             }
         }
-        rejected += a.summaries.iter().filter_map(|s| s.get("policies_rejected")?.as_u64()).sum::<u64>();
+        rejected += a.summaries.iter().map(|s| s.stats.policies_rejected).sum::<u64>();
         if let Some(local) = irec_edge_agent::store::AgentStore::open(&a.config.data_dir.join("db"))?.policy()? {
             let remote = store.policy(local.version)?;
             out.check(remote.is_some_and(|p| p.blob == local.blob && p.sha256 == local.sha256), || {

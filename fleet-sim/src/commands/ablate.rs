@@ -4,9 +4,9 @@ use super::{device, merge, metrics_json, print_json};
 use crate::cli::{AblateArgs, PresetArg};
 use crate::progress::Bars;
 use anyhow::Context;
-use irec_shared::experiment::ablation::{self, Variant};
-use irec_shared::experiment::compare::OfflineConfig;
-use irec_shared::experiment::Preset;
+use irec_learn::experiment::ablation::{self, Variant};
+use irec_learn::experiment::compare::OfflineConfig;
+use irec_learn::experiment::Preset;
 use serde_json::json;
 
 pub fn run(a: AblateArgs) -> anyhow::Result<()> {
@@ -55,6 +55,6 @@ pub fn run(a: AblateArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn line(m: &irec_shared::metrics::Metrics) -> String {
+fn line(m: &irec_world::metrics::Metrics) -> String {
     format!("SR@10 {:5.1}% SR@30 {:5.1}% NI {:5.2}±{:.2}", 100.0 * m.sr10, 100.0 * m.sr30, m.ni.mean, m.ni.se)
 }

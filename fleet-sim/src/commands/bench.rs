@@ -2,7 +2,7 @@
 
 use super::{device, print_json};
 use crate::cli::{BenchArgs, BenchModeArg};
-use irec_shared::bench::{run as bench, BenchConfig, BenchMode};
+use irec_learn::bench::{run as bench, BenchConfig, BenchMode};
 
 pub fn run(a: BenchArgs) -> anyhow::Result<()> {
     let mode = match a.mode {

@@ -3,7 +3,7 @@
 use super::{print_json, world};
 use crate::cli::CatalogArgs;
 use anyhow::Context;
-use irec_shared::catalog::Attribute;
+use irec_world::catalog::Attribute;
 use serde_json::json;
 
 pub fn run(a: CatalogArgs) -> anyhow::Result<()> {
@@ -12,7 +12,7 @@ pub fn run(a: CatalogArgs) -> anyhow::Result<()> {
     let cat = &world.catalog;
     let m = cat.marginals();
     if let Some(path) = &a.write {
-        std::fs::write(path, irec_shared::catalog::csv::write(cat)).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, irec_world::catalog::csv::write(cat)).with_context(|| format!("writing {}", path.display()))?;
     }
     println!("{} items: {} train, {} test", cat.len(), cat.split.train.len(), cat.split.test.len());
     if a.stats {

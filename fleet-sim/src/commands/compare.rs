@@ -5,7 +5,7 @@ use crate::cli::{CompareArgs, PresetArg};
 use crate::progress::Bars;
 use crate::report;
 use anyhow::Context;
-use irec_shared::experiment::{compare, Preset};
+use irec_learn::experiment::{compare, Preset};
 use serde_json::json;
 
 pub fn run(a: CompareArgs) -> anyhow::Result<()> {

@@ -2,9 +2,9 @@
 
 use crate::cli::{Cli, Command, WorldArgs};
 use anyhow::Context;
-use irec_shared::catalog::GeneratorConfig;
-use irec_shared::metrics::Metrics;
-use irec_shared::sim::{World, WorldConfig};
+use irec_world::catalog::GeneratorConfig;
+use irec_world::metrics::Metrics;
+use irec_world::sim::{World, WorldConfig};
 use serde_json::json;
 
 mod ablate;
@@ -42,7 +42,7 @@ pub fn print_json(json: bool, value: &serde_json::Value) {
 
 /// The compute device named on the command line.
 pub fn device(name: &str) -> anyhow::Result<candle_core::Device> {
-    Ok(irec_shared::model::device::open(name)?)
+    Ok(irec_model::device::open(name)?)
 }
 
 /// The world configuration the arguments describe.
@@ -73,8 +73,8 @@ pub fn metrics_json(m: &Metrics) -> serde_json::Value {
 
 
 /// A preset's experiment settings, overridden field by field by a TOML file's.
-pub fn experiment_config(preset: irec_shared::experiment::Preset, path: Option<&std::path::Path>) -> anyhow::Result<irec_shared::experiment::ExperimentConfig> {
-    use irec_shared::experiment::ExperimentConfig;
+pub fn experiment_config(preset: irec_learn::experiment::Preset, path: Option<&std::path::Path>) -> anyhow::Result<irec_learn::experiment::ExperimentConfig> {
+    use irec_learn::experiment::ExperimentConfig;
     let Some(path) = path else { return Ok(ExperimentConfig::preset(preset)) };
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let mut merged: toml::Table = toml::from_str(&toml::to_string(&ExperimentConfig::preset(preset))?)?;

@@ -2,9 +2,9 @@
 
 use super::{metrics_json, print_json, world};
 use crate::cli::{Baseline, PoolArg, SimulateArgs};
-use irec_shared::metrics::{render_table, Metrics};
-use irec_shared::policy::{evaluate, OraclePolicy, RandomPolicy, TrackerPolicy};
-use irec_shared::sim::{Environment, Pool};
+use irec_world::metrics::{render_table, Metrics};
+use irec_world::policy::{evaluate, OraclePolicy, RandomPolicy, TrackerPolicy};
+use irec_world::sim::{Environment, Pool};
 use serde_json::json;
 use std::sync::Arc;
 

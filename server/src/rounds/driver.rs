@@ -3,10 +3,10 @@
 
 use super::gate::{decide, Decision, GateRule};
 use super::record::{RoundRecord, RoundStatus};
-use super::trainer::{CancelFlag, DeployedPolicy, RoundTrainer, TrainError, TrainJob, TrainOutcome};
+use irec_learn::round::{CancelFlag, DeployedPolicy, RoundTrainer, TrainError, TrainJob, TrainOutcome};
 use crate::serve::Shared;
 use crate::store::StoreError;
-use irec_shared::rng;
+use irec_world::rng;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{oneshot, watch};
@@ -158,7 +158,7 @@ async fn finish(shared: &Arc<Shared>, config: &DriverConfig, mut rec: RoundRecor
     rec.candidate_estimate = Some(out.candidate_estimate);
     rec.deployed_estimate = deployed_estimate;
     rec.estimate_se = deployed_estimate.map(|_| out.estimate_se);
-    rec.metrics = out.metrics;
+    rec.metrics = Some(out.metrics);
     rec.error = None;
     let decision = verdict.decision;
     rec.gate = Some(verdict);
@@ -193,7 +193,7 @@ mod tests {
     use super::*;
 
     fn outcome(bytes: usize) -> TrainOutcome {
-        TrainOutcome { candidate: vec![7; bytes], metrics: serde_json::Value::Null, candidate_estimate: 1.0, deployed_estimate: None, estimate_se: 0.0 }
+        TrainOutcome { candidate: vec![7; bytes], metrics: Default::default(), candidate_estimate: 1.0, deployed_estimate: None, estimate_se: 0.0 }
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! Rounds of the federated loop: collect until the quota, train on D ∪ D′, gate, publish.
 //!
-//! - [`trainer`]: the [`RoundTrainer`] trait the learning core implements, and its job/outcome.
 //! - [`gate`]: the deployment gate (a pure function of two value estimates).
 //! - [`record`]: what is stored per round.
-//! - [`learned`]: the learning core's trainer (CQL(H) + SAC, FQE, simulator evaluation).
 //! - [`driver`]: the task that trains closed rounds one at a time while ingest runs.
+//!
+//! What trains a round is an `irec_learn::round::RoundTrainer` the server is handed (the
+//! learned one, or a test double); its results are `irec_learn::round::RoundMetrics`.
 //!
 //! A round closes inside the ingest transaction that fills its quota (the record is `queued`,
 //! the next round starts collecting at once). The driver marks it `training`, snapshots D up to
@@ -14,11 +15,7 @@
 
 pub mod driver;
 pub mod gate;
-pub mod learned;
 pub mod record;
-pub mod trainer;
 
-pub use learned::{LearnedTrainer, TrainerConfig, TrainerKind};
 pub use gate::{decide, Decision, GateVerdict};
 pub use record::{RoundRecord, RoundStatus};
-pub use trainer::{CancelFlag, DeployedPolicy, NoTrainer, RoundTrainer, TrainError, TrainJob, TrainOutcome};

@@ -2,7 +2,8 @@
 //! operator can read it with any sled dump, and in `status.json`).
 
 use super::gate::GateVerdict;
-use irec_shared::protocol::PolicyVersion;
+use irec_learn::round::RoundMetrics;
+use irec_protocol::PolicyVersion;
 use serde::{Deserialize, Serialize};
 
 /// Where a round stands. `Queued` and `Training` are unfinished: after a restart those rounds
@@ -48,8 +49,8 @@ pub struct RoundRecord {
     pub gate: Option<GateVerdict>,
     /// The version published by this round, if the gate let it through.
     pub published_version: Option<PolicyVersion>,
-    /// The trainer's evaluation results.
-    pub metrics: serde_json::Value,
+    /// The trainer's evaluation results; `None` until a training attempt finished.
+    pub metrics: Option<RoundMetrics>,
     pub error: Option<String>,
     /// Wall time of the last training attempt, in milliseconds.
     pub train_ms: Option<u64>,
@@ -69,7 +70,7 @@ impl RoundRecord {
             estimate_se: None,
             gate: None,
             published_version: None,
-            metrics: serde_json::Value::Null,
+            metrics: None,
             error: None,
             train_ms: None,
         }

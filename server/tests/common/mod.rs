@@ -2,11 +2,11 @@
 //! can send anything, well-formed or not.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-use irec_server::rounds::{RoundTrainer, TrainError, TrainJob, TrainOutcome};
+use irec_learn::round::{RoundMetrics, RoundTrainer, TrainError, TrainJob, TrainOutcome};
 use irec_server::{Server, ServerConfig, ServerHandle};
-use irec_shared::catalog::{Action, GeneratorConfig};
-use irec_shared::experience::{ExperienceSession, ExperienceTurn};
-use irec_shared::protocol::*;
+use irec_world::catalog::{Action, GeneratorConfig};
+use irec_protocol::experience::{ExperienceSession, ExperienceTurn};
+use irec_protocol::*;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -77,7 +77,7 @@ impl RoundTrainer for FixedTrainer {
         let candidate = format!("policy for round {} from {} sessions", job.round, job.sessions.len()).into_bytes();
         Ok(TrainOutcome {
             candidate,
-            metrics: serde_json::json!({"sessions": job.sessions.len(), "new": job.new_sessions}),
+            metrics: RoundMetrics { sessions_in_d: job.sessions.len(), new_sessions: job.new_sessions, ..RoundMetrics::default() },
             candidate_estimate: self.candidate_estimate,
             deployed_estimate: job.deployed.as_ref().map(|_| self.deployed_estimate),
             estimate_se: 0.0,

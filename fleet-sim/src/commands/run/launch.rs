@@ -4,11 +4,13 @@
 //! tasks for large fleets. Either way the server writes `status.json`, which is what we watch.
 
 use anyhow::{bail, Context};
-use irec_edge_agent::{AgentConfig, NeuralLoader, PolicyLoader, Stats};
-use irec_server::rounds::{LearnedTrainer, RoundTrainer};
+use irec_edge_agent::cli::Summary;
+use irec_edge_agent::{AgentConfig, Stats};
+use irec_model::loader::{NeuralLoader, PolicyLoader};
+use irec_learn::round::{LearnedTrainer, RoundTrainer};
 use irec_server::status::STATUS_FILE;
 use irec_server::{ServerConfig, ServerStatus};
-use irec_shared::sim::{Environment, Pool, World};
+use irec_world::sim::{Environment, Pool, World};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -203,9 +205,9 @@ impl Processes {
         for (i, c, out) in &mut self.agents {
             let status = wait_or_kill(c)?;
             let text = std::fs::read_to_string(&*out).unwrap_or_default();
-            let line = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or_default();
-            let stats = serde_json::from_str::<Stats>(line).ok();
-            let peak_rss_kib = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v["peak_rss_kib"].as_u64());
+            let summary = Summary::from_stdout(&text);
+            let peak_rss_kib = summary.as_ref().and_then(|s| s.peak_rss_kib);
+            let stats = summary.map(|s| s.stats);
             let problem = match (&stats, status.success()) {
                 (Some(_), true) => None,
                 _ => Some(format!("agent {i} ended with {status}; its summary {}", if stats.is_some() { "was read" } else { "is missing" })),

@@ -18,10 +18,10 @@ use crate::cli::{PresetArg, RunArgs};
 use crate::progress::Bars;
 use anyhow::{bail, Context};
 use irec_edge_agent::AgentConfig;
-use irec_server::rounds::{TrainerConfig, TrainerKind};
+use irec_learn::round::{TrainerConfig, TrainerKind};
 use irec_server::ServerConfig;
-use irec_shared::experiment::{Preset, Progress};
-use irec_shared::rng;
+use irec_learn::experiment::{Preset, Progress};
+use irec_world::rng;
 use launch::{agent_address, read_status, Fleet, InProcess, Processes};
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -101,7 +101,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             round_steps: later_steps,
             eval_sessions,
             eval_seed,
-            fqe: irec_shared::algo::fqe::FqeConfig { steps: a.fqe_steps.unwrap_or(s.fqe_steps), ..Default::default() },
+            fqe: irec_learn::algo::fqe::FqeConfig { steps: a.fqe_steps.unwrap_or(s.fqe_steps), ..Default::default() },
             ..TrainerConfig::default()
         },
         ..ServerConfig::default()

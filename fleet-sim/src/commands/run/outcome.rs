@@ -11,7 +11,7 @@ use anyhow::Context;
 use irec_edge_agent::RoundUploads;
 use irec_server::rounds::RoundStatus;
 use irec_server::ServerStatus;
-use irec_shared::metrics::{percentile, render_table, Metrics};
+use irec_world::metrics::{percentile, render_table, Metrics};
 use serde::Serialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -84,10 +84,6 @@ pub struct Report {
     pub agents_peak_rss_kib: Vec<Option<u64>>,
 }
 
-fn metrics_at(v: &serde_json::Value, who: &str) -> Option<Metrics> {
-    serde_json::from_value(v.get(who)?.get("metrics")?.clone()).ok()
-}
-
 impl Report {
     #[allow(clippy::too_many_arguments)]
     pub fn new(preset: &str, a: &RunArgs, quota: u64, boot: &Bootstrap, status: &ServerStatus, agents: &[AgentReport], launcher: &str, elapsed_s: f64) -> Report {
@@ -101,8 +97,8 @@ impl Report {
                     RoundStatus::Refused => "refused",
                     _ => "failed",
                 };
-                let candidate = metrics_at(&r.metrics, "candidate");
-                let deployed = metrics_at(&r.metrics, "deployed");
+                let candidate = r.metrics.as_ref().and_then(|m| m.candidate).map(|e| e.metrics);
+                let deployed = r.metrics.as_ref().and_then(|m| m.deployed).map(|e| e.metrics);
                 let (policy_version, metrics) = match r.status {
                     RoundStatus::Published => (r.published_version, candidate),
                     _ => (r.deployed_version, deployed),

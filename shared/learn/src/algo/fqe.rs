@@ -1,0 +1,219 @@
+//! Fitted Q evaluation: an off-policy estimate of a policy's value from logged sessions alone, the
+//! evidence behind the server's deployment gate. A fresh state tracker and factorized Q-function
+//! learn Q^π by regressing on r + γ(1 − done)·Q′(s′, π(s′)), where π is the evaluated policy acting
+//! greedily on its own state tracker's view of the same turns; the estimate is Q(s₀, π(s₀)) at the
+//! (shared, empty) initial state.
+
+use super::{scalar, Adam, Batch, OptimConfig, SessionDataset};
+use irec_model::heads::MultiHead;
+use irec_model::params::ParamStore;
+use irec_model::tracker::StateTracker;
+use irec_model::{ModelConfig, PolicyModel};
+use irec_world::rng::Rng;
+use candle_core::{Device, Result, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FqeConfig {
+    pub optim: OptimConfig,
+    /// Gradient steps.
+    pub steps: usize,
+    /// Target-network soft-update rate per step.
+    pub tau: f64,
+    /// λ of the Retrace-style target: the logged continuation is followed while its action is
+    /// the one the evaluated (greedy) policy would take, cut where it is not (0: one-step). A
+    /// one-step target carries value back one turn per 1/τ steps, far too few for the gate's
+    /// budget.
+    pub trace_lambda: f64,
+    /// Q-functions in the bootstrap ensemble (1: a single fit, no standard error).
+    pub ensemble: usize,
+    /// Hidden widths of each member's MLP: the same for every policy evaluated, so the candidate
+    /// and the deployed policy are estimated by equal means whatever their own critics were.
+    pub q_hidden: Vec<usize>,
+}
+
+impl Default for FqeConfig {
+    fn default() -> Self {
+        FqeConfig { optim: OptimConfig::default(), steps: 600, tau: 0.01, trace_lambda: 0.9, ensemble: 5, q_hidden: vec![64, 64] }
+    }
+}
+
+impl FqeConfig {
+    /// Refuses settings that cannot estimate; `at` is this table's TOML path.
+    pub fn validate(&self, at: &str) -> std::result::Result<(), String> {
+        if self.q_hidden.is_empty() || self.q_hidden.contains(&0) {
+            return Err(format!("{at}.q_hidden must list one or more widths > 0"));
+        }
+        if self.ensemble == 0 {
+            return Err(format!("{at}.ensemble must be at least 1"));
+        }
+        if !(self.trace_lambda.is_finite() && (0.0..=1.0).contains(&self.trace_lambda)) {
+            return Err(format!("{at}.trace_lambda must be in [0, 1]"));
+        }
+        if !(self.tau.is_finite() && self.tau > 0.0 && self.tau <= 1.0) {
+            return Err(format!("{at}.tau must be in (0, 1]"));
+        }
+        Ok(())
+    }
+}
+
+/// An off-policy value estimate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct FqeEstimate {
+    /// Estimated expected discounted return of a session under the policy (the ensemble's mean).
+    pub value: f64,
+    /// Its standard error: the spread of the bootstrap ensemble's estimates (0 for one member).
+    #[serde(default)]
+    pub se: f64,
+    /// Mean squared TD error over the last tenth of training.
+    pub td: f64,
+}
+
+/// Greedy one-hot actions of `policy` on every row of a batch's states, after each turn (s′) and
+/// before the first (s₀).
+fn greedy_onehots(policy: &PolicyModel, batch: &Batch) -> Result<(Tensor, Tensor)> {
+    let heads = policy.heads();
+    let states = policy.tracker.unroll(&batch.features)?;
+    let h = policy.tracker.hidden();
+    let next = states.narrow(0, 1, batch.steps)?.reshape((batch.steps * batch.sessions, h))?;
+    let first = states.get(0)?;
+    Ok((onehot_argmax(&policy.policy.forward(&next)?, heads)?, onehot_argmax(&policy.policy.forward(&first)?, heads)?))
+}
+
+fn onehot_argmax(logits: &Tensor, heads: &[usize]) -> Result<Tensor> {
+    let l = logits.to_vec2::<f32>()?;
+    let w: usize = heads.iter().sum();
+    let mut out = vec![0f32; l.len() * w];
+    for (r, row) in l.iter().enumerate() {
+        let mut off = 0;
+        for &n in heads {
+            let best = row[off..off + n].iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |x| x.0);
+            out[r * w + off + best] = 1.0;
+            off += n;
+        }
+    }
+    Tensor::from_vec(out, (l.len(), w), logits.device())
+}
+
+/// How often logged actions are the ones `policy` takes greedily on the same turns: the share
+/// of (turn, head) pairs and of whole turns that agree, over `sessions` (indices into `data`).
+/// For sessions a device collected with `policy`, one minus these is how much its noise and bias
+/// explored.
+pub fn greedy_agreement(policy: &PolicyModel, data: &SessionDataset, sessions: &[usize], device: &Device) -> Result<(f64, f64)> {
+    let heads = policy.heads().len();
+    let (mut head_hits, mut turn_hits, mut turns) = (0usize, 0usize, 0usize);
+    for chunk in sessions.chunks(256) {
+        let batch = data.batch(chunk, device)?;
+        let states = policy.tracker.unroll(&batch.features)?;
+        let s = states.narrow(0, 0, batch.steps)?.reshape((batch.steps * batch.sessions, policy.tracker.hidden()))?;
+        let greedy = onehot_argmax(&policy.policy.forward(&s)?, policy.heads())?.to_vec2::<f32>()?;
+        let logged = batch.onehot.to_vec2::<f32>()?;
+        let mask = batch.mask.to_vec1::<f32>()?;
+        for ((g, l), m) in greedy.iter().zip(&logged).zip(&mask) {
+            if *m == 0.0 {
+                continue;
+            }
+            let agree = g.iter().zip(l).map(|(x, y)| x * y).sum::<f32>().round() as usize;
+            head_hits += agree;
+            turn_hits += usize::from(agree == heads);
+            turns += 1;
+        }
+    }
+    let t = turns.max(1) as f64;
+    Ok((head_hits as f64 / (t * heads as f64), turn_hits as f64 / t))
+}
+
+/// Per row: whether the logged action of the next turn of the same session is the one `policy`
+/// takes there (then the logged continuation is the policy's own, and its outcome may be followed).
+fn follows_policy(pi_next: &Tensor, batch: &Batch, heads: usize) -> Result<Vec<bool>> {
+    let pi = pi_next.to_vec2::<f32>()?;
+    let data = batch.onehot.to_vec2::<f32>()?;
+    let b = batch.sessions;
+    Ok((0..pi.len())
+        .map(|row| {
+            let next = row + b;
+            next < data.len() && pi[row].iter().zip(&data[next]).map(|(x, y)| x * y).sum::<f32>() > heads as f32 - 0.5
+        })
+        .collect())
+}
+
+/// Targets y_t = r_t + γ(1 − done)·[V(s′) or, where the data follows π, (1 − λ)·V(s′) + λ·y_{t+1}],
+/// computed backwards over each session (rows time-major).
+fn trace_target(v_next: &Tensor, batch: &Batch, follows: &[bool], gamma: f32, lambda: f32) -> Result<Tensor> {
+    let (v, r, nd) = (v_next.to_vec1::<f32>()?, batch.rewards.to_vec1::<f32>()?, batch.not_done.to_vec1::<f32>()?);
+    let y = super::dataset::lambda_targets(&v, &r, &nd, batch.sessions, gamma, lambda, 1.0, Some(follows));
+    Tensor::from_vec(y, v.len(), v_next.device())
+}
+
+/// Estimates `policy`'s value on `data`: the mean of an ensemble of Q-functions on one tracker,
+/// each fitted on its own online bootstrap of the sessions (Poisson(1) weights per session and
+/// batch), their spread the estimate's standard error.
+pub fn evaluate(policy: &PolicyModel, data: &SessionDataset, cfg: &FqeConfig, seed: u64, rng: &mut Rng, device: &Device) -> Result<FqeEstimate> {
+    let model: &ModelConfig = &policy.meta.config;
+    let store = ParamStore::new(seed, device);
+    let vb = store.builder();
+    let members = cfg.ensemble.max(1);
+    let qcfg = irec_model::heads::HeadsConfig { hidden: cfg.q_hidden.clone(), ..model.q.clone() };
+    let tracker = StateTracker::new(&model.tracker, vb.pp("fqe").pp("tracker"))?;
+    let t_tracker = StateTracker::new(&model.tracker, vb.pp("target").pp("tracker"))?;
+    let mut qs = Vec::with_capacity(members);
+    let mut t_qs = Vec::with_capacity(members);
+    for k in 0..members {
+        qs.push(MultiHead::new(&qcfg, vb.pp("fqe").pp(format!("q{k}")))?);
+        t_qs.push(MultiHead::new(&qcfg, vb.pp("target").pp(format!("q{k}")))?);
+    }
+    store.soft_update("fqe.", "target.", 1.0)?;
+    let mut opt = Adam::new(store.vars("fqe."), &cfg.optim)?;
+    let h = model.tracker.state_width();
+    let poisson = rand_distr::Poisson::new(1.0f64).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let mut tds = Vec::new();
+    for _ in 0..cfg.steps {
+        let idx = data.sample(cfg.optim.batch_sessions, rng);
+        if idx.is_empty() {
+            break;
+        }
+        let batch = data.batch(&idx, device)?;
+        let n = batch.steps * batch.sessions;
+        let (pi_next, _) = greedy_onehots(policy, &batch)?;
+        let follows = follows_policy(&pi_next, &batch, policy.heads().len())?;
+        let t_states = t_tracker.unroll(&batch.features)?.narrow(0, 1, batch.steps)?.reshape((n, h))?;
+        let states = tracker.unroll(&batch.features)?.narrow(0, 0, batch.steps)?.reshape((n, h))?;
+        let mut loss: Option<Tensor> = None;
+        let mut td_sum = 0.0;
+        for (q, t_q) in qs.iter().zip(&t_qs) {
+            let v_next = (t_q.forward(&t_states)? * &pi_next)?.sum(D::Minus1)?;
+            let y = trace_target(&v_next, &batch, &follows, cfg.optim.gamma as f32, cfg.trace_lambda as f32)?;
+            let q_sa = (q.forward(&states)? * &batch.onehot)?.sum(D::Minus1)?;
+            let err = (q_sa - y)?.sqr()?;
+            td_sum += scalar(&batch.masked_mean(&err)?)? as f64;
+            // Row t·B + b belongs to session b: one bootstrap weight per session.
+            let per_session: Vec<f32> =
+                (0..batch.sessions).map(|_| if members > 1 { rand_distr::Distribution::sample(&poisson, rng) as f32 } else { 1.0 }).collect();
+            let w = Tensor::from_vec((0..n).map(|row| per_session[row % batch.sessions]).collect::<Vec<f32>>(), n, device)?;
+            let l = batch.masked_mean(&((err * w)? * 0.5)?)?;
+            loss = Some(match loss { Some(x) => (x + l)?, None => l });
+        }
+        let Some(loss) = loss else { break };
+        let mut grads = loss.backward()?;
+        opt.step(&mut grads)?;
+        store.soft_update("fqe.", "target.", cfg.tau)?;
+        tds.push(td_sum / members as f64);
+    }
+    // Every session starts from the same empty state: its value under π is the estimate.
+    let idx: Vec<usize> = (0..data.len().min(1)).collect();
+    let values: Vec<f64> = if idx.is_empty() {
+        vec![0.0]
+    } else {
+        let batch = data.batch(&idx, device)?;
+        let (_, pi_first) = greedy_onehots(policy, &batch)?;
+        let s0 = tracker.initial(1, device)?;
+        qs.iter().map(|q| Ok(scalar(&(q.forward(&s0)? * &pi_first)?.sum_all()?)? as f64)).collect::<Result<_>>()?
+    };
+    let spread = irec_world::metrics::MeanSe::of(&values);
+    // The members' standard deviation (not its standard error): each is one bootstrap replicate.
+    let se = if values.len() > 1 { spread.se * (values.len() as f64).sqrt() } else { 0.0 };
+    let tail = &tds[tds.len() - tds.len() / 10..];
+    let td = if tail.is_empty() { 0.0 } else { tail.iter().sum::<f64>() / tail.len() as f64 };
+    Ok(FqeEstimate { value: spread.mean, se, td })
+}

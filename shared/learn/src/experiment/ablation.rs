@@ -1,0 +1,143 @@
+//! Offline-learner variants on one D: the same world, behaviour policies, devices and logged
+//! sessions, and the same test sessions, for every variant, so their figures differ only by the
+//! learner's settings. Each variant reports its deployed policy (the actor, greedy) and, as a
+//! diagnostic, its critic's own greedy policy (argmax_d Q_1,d per head).
+
+use super::behaviour::{behaviour_devices, collect, train_on_policy, Learner};
+use super::compare::{behaviour_on_test, OfflineConfig};
+use super::{ExperimentConfig, Lab, Progress, Result};
+use crate::algo::bc::BehaviourCloning;
+use crate::algo::cql::cql_sac;
+use crate::algo::{fit, OfflineAlgorithm, SessionDataset};
+use irec_world::metrics::Metrics;
+use irec_model::PolicyModel;
+use irec_world::rng;
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// One learner setting to try.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Variant {
+    pub name: String,
+    pub offline: OfflineConfig,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VariantRow {
+    pub name: String,
+    /// The deployed policy (actor, greedy) after training on D.
+    pub offline: Metrics,
+    /// The critic's greedy policy on the same tracker states.
+    pub critic_greedy: Metrics,
+    /// After each iterative round (deploy with the devices' noise → collect → train on D ∪ D′).
+    pub rounds: Vec<Metrics>,
+    /// The offline policy's unsuccessful test sessions, rendered (for reading what goes wrong).
+    #[serde(skip)]
+    pub failures: Vec<String>,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AblationReport {
+    pub seed: u64,
+    /// The paper's reward as D logged it: mean of success turns, of the turn just before a
+    /// success (a near miss), and of every other turn.
+    pub logged_reward: LoggedReward,
+    pub behaviour_on_test: Metrics,
+    pub imitation: Metrics,
+    pub rows: Vec<VariantRow>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+pub struct LoggedReward {
+    pub success_turn: f64,
+    pub before_success: f64,
+    pub other: f64,
+}
+
+impl LoggedReward {
+    pub fn of(sessions: &[irec_protocol::experience::ExperienceSession]) -> LoggedReward {
+        let (mut s, mut b, mut o) = (Vec::new(), Vec::new(), Vec::new());
+        for x in sessions {
+            let n = x.turns.len();
+            for (i, t) in x.turns.iter().enumerate() {
+                let r = t.reward as f64;
+                match (x.succeeded(), i + 1 == n, i + 2 == n) {
+                    (true, true, _) => s.push(r),
+                    (true, _, true) => b.push(r),
+                    _ if i + 1 < n => o.push(r),
+                    _ => {}
+                }
+            }
+        }
+        let mean = |v: &[f64]| irec_world::metrics::MeanSe::of(v).mean;
+        LoggedReward { success_turn: mean(&s), before_success: mean(&b), other: mean(&o) }
+    }
+}
+
+/// Trains every variant on the same D (and, when `iterate`, through its own iterative rounds).
+pub fn run(cfg: &ExperimentConfig, variants: &[Variant], iterate: bool, device: &candle_core::Device, cache: Option<&Path>, progress: &dyn Progress) -> Result<AblationReport> {
+    let lab = Lab::build(&cfg.world, &cfg.pretrain, device, cache, progress)?.collecting_in(cfg.behaviour.world);
+    let eval_seed = rng::derive(cfg.seed, rng::stream::EVALUATION);
+    let n_eval = cfg.eval_sessions;
+    let onp = train_on_policy(&lab, &cfg.on_policy, cfg.seed, Learner::Behaviour, progress)?;
+    let snapshots: Vec<_> = onp.snapshots.iter().map(|(_, ck)| ck.clone()).collect();
+    let devices = behaviour_devices(&lab, &snapshots, &cfg.behaviour, cfg.seed)?;
+    let mut collecting = devices.clone();
+    let d = collect(&lab, &mut collecting, cfg.behaviour.sessions, cfg.behaviour.session_batch, 0, cfg.seed, progress)?.sessions;
+    let behaviour = behaviour_on_test(&lab, &devices, n_eval, eval_seed)?;
+    let raw = SessionDataset::new(&d, &lab.featurizer, lab.heads())?;
+
+    let mut r = rng::rng(rng::derive(cfg.seed, rng::stream::TRAINING));
+    let mut bc = BehaviourCloning::new(&lab.perception, rng::derive(cfg.seed, 31), &cfg.offline.bc)?;
+    fit(&mut bc, &raw, cfg.offline.steps, cfg.offline.bc.optim.batch_sessions, cfg.offline.log_every, &mut r, |_| {})?;
+    let imitation = lab.evaluate(bc.recommender(), n_eval, eval_seed)?;
+    progress.message(&format!("behaviour on test SR@10 {:.1}%, imitation {:.1}%", 100.0 * behaviour.sr10, 100.0 * imitation.sr10));
+
+    let mut rows = Vec::new();
+    for v in variants {
+        let started = Instant::now();
+        let oc: &OfflineConfig = &v.offline;
+        let data = raw.clone().with_objective(&oc.objective);
+        let mut r = rng::rng(rng::derive(cfg.seed, rng::stream::TRAINING));
+        let mut cql = cql_sac(&lab.perception, rng::derive(cfg.seed, 33), &oc.sac, &oc.cql, None)?;
+        progress.start(&format!("variant {}", v.name), oc.steps as u64);
+        fit(&mut cql, &data, oc.steps, oc.sac.optim.batch_sessions, oc.log_every, &mut r, |_| {})?;
+        progress.finish();
+        let (offline, transcripts) = lab.evaluate_parts(&cql.recommender().tracker, &cql.recommender().policy, n_eval, eval_seed)?;
+        let failures = transcripts.iter().filter(|t| !t.success || t.turns.len() > 20).map(|t| t.render()).collect();
+        let critic_greedy = lab.evaluate_parts(&cql.recommender().tracker, cql.critic(), n_eval, eval_seed)?.0;
+        let mut rounds = Vec::new();
+        if iterate {
+            let mut devs = devices.clone();
+            let mut all = d.clone();
+            for round in 1..=oc.rounds as u32 {
+                let deployed = Arc::new(PolicyModel::from_checkpoint(&cql.recommender().export(&v.name, cql.steps()), &lab.device)?);
+                devs.iter_mut().for_each(|dev| dev.policy = deployed.clone());
+                let new = collect(&lab, &mut devs, oc.round_sessions, cfg.behaviour.session_batch, round, cfg.seed, progress)?.sessions;
+                let fresh = SessionDataset::new(&new, &lab.featurizer, lab.heads())?;
+                let all_new: Vec<usize> = (0..fresh.len()).collect();
+                let (per_head, per_turn) = crate::algo::fqe::greedy_agreement(&deployed, &fresh, &all_new, &lab.device)?;
+                progress.message(&format!("round {round}: D′ agrees with the deployed greedy policy on {:.1}% of heads, {:.1}% of turns", 100.0 * per_head, 100.0 * per_turn));
+                all.extend(new);
+                let data = SessionDataset::new(&all, &lab.featurizer, lab.heads())?.with_objective(&oc.objective).favour_newest(oc.newest_share);
+                fit(&mut cql, &data, oc.round_steps, oc.sac.optim.batch_sessions, oc.log_every, &mut r, |_| {})?;
+                rounds.push(lab.evaluate(cql.recommender(), n_eval, eval_seed)?);
+            }
+        }
+        let row = VariantRow { name: v.name.clone(), offline, critic_greedy, rounds, failures, seconds: started.elapsed().as_secs_f64() };
+        progress.message(&format!(
+            "{}: SR@10 {:.1}% NI {:.2} (critic greedy {:.1}%, {:.2}){}",
+            row.name,
+            100.0 * row.offline.sr10,
+            row.offline.ni.mean,
+            100.0 * row.critic_greedy.sr10,
+            row.critic_greedy.ni.mean,
+            row.rounds.iter().map(|m| format!(" → {:.1}%/{:.2}", 100.0 * m.sr10, m.ni.mean)).collect::<String>()
+        ));
+        rows.push(row);
+    }
+    Ok(AblationReport { seed: cfg.seed, logged_reward: LoggedReward::of(&d), behaviour_on_test: behaviour, imitation, rows })
+}

@@ -1,0 +1,14 @@
+//! irec-learn: everything that trains. The server links it to run rounds, fleet-sim to run
+//! studies; the edge agent never does (it only acts, through irec-model).
+//!
+//! - [`algo`]: the learning algorithms (pretraining, BC, SAC, CQL(H)+SAC, PPO, FQE), the
+//!   objective they optimise and the session dataset they read.
+//! - [`experiment`]: the lab (world + pretrained perception), behaviour policies, the paper's
+//!   Table 2 and offline-learner ablations.
+//! - [`round`]: the round trainer the server is handed, and the typed metrics of a round.
+//! - [`bench`]: the training-step benchmark against the PyTorch reference workload.
+
+pub mod algo;
+pub mod bench;
+pub mod experiment;
+pub mod round;

@@ -1,0 +1,301 @@
+//! The learned round trainer: [`LearnedTrainer`] trains CQL(H) + discrete SAC on
+//! D ∪ D′, estimates the candidate and the deployed policy by fitted Q evaluation on the same
+//! logged sessions (the gate's evidence), and evaluates both on the simulator's test split.
+//!
+//! State it keeps between rounds, in its own directory (never the server's sled store):
+//! - `perception.ckpt`: the frozen text encoder + AttrNet every round featurizes with. Chosen
+//!   once — from `trainer.perception`, else the deployed policy, else pretrained on the world —
+//!   and kept, so a restarted server featurizes D exactly as before.
+//! - `learner-rNNNNNN.ckpt`: the learner (tracker, policy, twin critics) after round N. Round N+1
+//!   continues from it, so D ∪ D′ refines one learner as the paper's iterative offline loop does;
+//!   a round trained again after a crash starts from the same file and repeats exactly (CPU).
+//!   Optimiser moments, target networks and the temperature restart each round.
+
+use super::metrics::{Evaluated, RoundMetrics, Seconds};
+use super::trainer::{RoundTrainer, TrainError, TrainJob, TrainOutcome};
+use crate::algo::cql::{cql_sac, CqlConfig};
+use crate::algo::fqe::{self, FqeConfig};
+use crate::algo::pretrain::{PretrainConfig, PretrainReport};
+use crate::algo::sac::{DiscreteSac, SacConfig};
+use crate::algo::{fit, Objective, OfflineAlgorithm, PerceptionWeights, SessionDataset, TrainLog};
+use crate::experiment::{Lab, Silent};
+use irec_model::{device, Checkpoint, Featurizer, PolicyModel};
+use irec_world::rng;
+use irec_world::sim::{World, WorldConfig};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tracing::info;
+
+/// Which trainer the server runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainerKind {
+    /// CQL(H) + discrete SAC with an FQE gate ([`LearnedTrainer`]).
+    #[default]
+    Learned,
+    /// No learning: every round is recorded as failed and its data kept (networking only).
+    None,
+}
+
+/// Settings of the round trainer (`[trainer]` in the server's TOML).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrainerConfig {
+    pub kind: TrainerKind,
+    /// A checkpoint carrying the pretrained perception (`text.*`, `attrnet.*`; any irec policy
+    /// checkpoint does). Unset: the deployed policy's, else pretrained on the world at the first
+    /// round (tens of seconds on a CPU).
+    pub perception: Option<PathBuf>,
+    /// Where the trainer keeps its perception and learner between rounds. Unset:
+    /// `<data_dir>/trainer`.
+    pub state_dir: Option<PathBuf>,
+    /// Pretraining, when no perception is given.
+    pub pretrain: PretrainConfig,
+    /// The reward the learner and the gate's estimates optimise (`[trainer.objective]`, `kind` =
+    /// `turn_cost` or `paper`).
+    pub objective: Objective,
+    pub sac: SacConfig,
+    pub cql: CqlConfig,
+    /// Gradient steps of a learner that starts from scratch (the first trained round).
+    pub first_round_steps: usize,
+    /// Gradient steps of each later round, continuing the previous round's learner.
+    pub round_steps: usize,
+    /// Steps between training-log lines (kept in the round's metrics).
+    pub log_every: usize,
+    /// Fitted Q evaluation of the candidate and the deployed policy.
+    pub fqe: FqeConfig,
+    /// Test-split sessions each policy is evaluated on in the simulator (greedy, no noise).
+    pub eval_sessions: usize,
+    /// Seed of those sessions: the same every round, so rounds compare with each other (and with
+    /// whatever else a researcher evaluates on that seed).
+    pub eval_seed: u64,
+}
+
+impl Default for TrainerConfig {
+    fn default() -> Self {
+        TrainerConfig {
+            kind: TrainerKind::Learned,
+            perception: None,
+            state_dir: None,
+            pretrain: PretrainConfig::default(),
+            objective: Objective::default(),
+            sac: SacConfig::default(),
+            cql: CqlConfig::default(),
+            first_round_steps: 1_000,
+            round_steps: 400,
+            log_every: 50,
+            fqe: FqeConfig { steps: 300, ..FqeConfig::default() },
+            eval_sessions: 500,
+            eval_seed: 1,
+        }
+    }
+}
+
+/// The world and perception, built at the first round and reused.
+struct Ready {
+    lab: Lab,
+}
+
+/// CQL(H) + discrete SAC rounds with an FQE gate and simulator evaluation.
+pub struct LearnedTrainer {
+    cfg: TrainerConfig,
+    world: WorldConfig,
+    state_dir: PathBuf,
+    ready: Mutex<Option<Arc<Ready>>>,
+}
+
+fn failed<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> TrainError + '_ {
+    move |e| TrainError::Failed(format!("{what}: {e}"))
+}
+
+impl LearnedTrainer {
+    /// `data_dir`: the server's, under which the default state dir lives.
+    pub fn new(cfg: TrainerConfig, world: WorldConfig, data_dir: &Path) -> LearnedTrainer {
+        let state_dir = cfg.state_dir.clone().unwrap_or_else(|| data_dir.join("trainer"));
+        LearnedTrainer { cfg, world, state_dir, ready: Mutex::new(None) }
+    }
+
+    fn learner_path(&self, round: u32) -> PathBuf {
+        self.state_dir.join(format!("learner-r{round:06}.ckpt"))
+    }
+
+    fn ready(&self, job: &TrainJob, dev: &candle_core::Device) -> Result<Arc<Ready>, TrainError> {
+        let mut slot = self.ready.lock().map_err(|_| TrainError::Failed("trainer state poisoned".into()))?;
+        if let Some(r) = slot.as_ref() {
+            return Ok(r.clone());
+        }
+        std::fs::create_dir_all(&self.state_dir).map_err(failed("creating the state dir"))?;
+        let kept = self.state_dir.join("perception.ckpt");
+        let from_file = |p: &Path| -> Result<PerceptionWeights, TrainError> {
+            let bytes = std::fs::read(p).map_err(|e| failed(&format!("reading {}", p.display()))(e.to_string()))?;
+            let ck = Checkpoint::from_bytes(&bytes, dev).map_err(|e| failed(&format!("loading {}", p.display()))(e.to_string()))?;
+            PerceptionWeights::from_checkpoint(&ck, dev).map_err(failed("perception"))
+        };
+        let world = || World::build(&self.world).map(Arc::new).map_err(failed("building the world"));
+        let lab = if kept.exists() {
+            Lab::from_perception(world()?, from_file(&kept)?, PretrainReport::default(), dev)
+        } else if let Some(p) = &self.cfg.perception {
+            Lab::from_perception(world()?, from_file(p)?, PretrainReport::default(), dev)
+        } else if let Some(d) = &job.deployed {
+            let ck = Checkpoint::from_bytes(&d.blob, dev).map_err(failed("the deployed policy"))?;
+            let pw = PerceptionWeights::from_checkpoint(&ck, dev).map_err(failed("the deployed policy's perception"))?;
+            Lab::from_perception(world()?, pw, PretrainReport::default(), dev)
+        } else {
+            info!("no perception given: pretraining the text encoder and AttrNet");
+            Lab::build(&self.world, &self.cfg.pretrain, dev, Some(&self.state_dir.join("cache")), &Silent)
+        }
+        .map_err(failed("preparing the world and perception"))?;
+        if lab.heads() != lab.world.catalog.schema.head_sizes().as_slice() {
+            return Err(TrainError::Failed("the perception's action heads do not match the catalog".into()));
+        }
+        if !kept.exists() {
+            let bytes = lab.perception.to_checkpoint().to_bytes().map_err(failed("encoding the perception"))?;
+            write_atomic(&kept, &bytes).map_err(failed("saving the perception"))?;
+        }
+        let r = Arc::new(Ready { lab });
+        *slot = Some(r.clone());
+        Ok(r)
+    }
+
+    /// The newest learner saved by a round before `round`.
+    fn previous_learner(&self, round: u32, dev: &candle_core::Device) -> Result<Option<(u32, Checkpoint)>, TrainError> {
+        for r in (0..round).rev() {
+            let p = self.learner_path(r);
+            if let Ok(bytes) = std::fs::read(&p) {
+                let ck = Checkpoint::from_bytes(&bytes, dev).map_err(|e| failed(&format!("loading {}", p.display()))(e.to_string()))?;
+                return Ok(Some((r, ck)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// Writes via a temporary file and a rename: a crash leaves the old file or the new one.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Whether `ck` carries exactly this perception (then D's features apply to it as they are).
+fn same_perception(ours: &PerceptionWeights, ck: &Checkpoint) -> bool {
+    let theirs = ck.only(&["text.", "attrnet."]).tensors;
+    ck.meta.vocab == ours.perception.vocab.words
+        && theirs.len() == ours.tensors.len()
+        && ours.tensors.iter().all(|(k, a)| {
+            theirs.get(k).is_some_and(|b| {
+                let flat = |t: &candle_core::Tensor| t.flatten_all().and_then(|t| t.to_vec1::<f32>()).ok();
+                a.dims() == b.dims() && flat(a).is_some_and(|x| Some(x) == flat(b))
+            })
+        })
+}
+
+impl RoundTrainer for LearnedTrainer {
+    fn train(&self, job: TrainJob) -> Result<TrainOutcome, TrainError> {
+        let started = Instant::now();
+        let dev = device::open(&job.device).map_err(|e| TrainError::Failed(e.to_string()))?;
+        let ready = self.ready(&job, &dev)?;
+        let lab = &ready.lab;
+        let prepared = Instant::now();
+        let data = SessionDataset::new(&job.sessions, &lab.featurizer, lab.heads()).map_err(failed("featurizing D"))?.with_objective(&self.cfg.objective);
+        if data.is_empty() {
+            return Err(TrainError::Failed("D holds no usable session".into()));
+        }
+        let previous = self.previous_learner(job.round, &dev)?;
+        let steps = if previous.is_some() { self.cfg.round_steps } else { self.cfg.first_round_steps };
+        let seed = job.seed;
+        let mut learner: DiscreteSac =
+            cql_sac(&lab.perception, rng::derive(seed, 1), &self.cfg.sac, &self.cfg.cql, previous.as_ref().map(|p| &p.1)).map_err(failed("building the learner"))?;
+        let mut r = rng::rng(rng::derive(seed, 2));
+        let featurize_s = prepared.elapsed().as_secs_f64();
+
+        // Training in slices, so a server stopping mid-round is not held up for long.
+        let train_started = Instant::now();
+        let mut logs: Vec<TrainLog> = Vec::new();
+        let slice = self.cfg.log_every.max(1);
+        let mut done = 0;
+        while done < steps {
+            if job.cancel.is_cancelled() {
+                return Err(TrainError::Cancelled);
+            }
+            let k = slice.min(steps - done);
+            logs.extend(fit(&mut learner, &data, k, self.cfg.sac.optim.batch_sessions, self.cfg.log_every, &mut r, |_| {}).map_err(failed("training"))?);
+            done += k;
+        }
+        let train_s = train_started.elapsed().as_secs_f64();
+        let label = format!("irec round {} (CQL(H) + SAC, {} sessions)", job.round, job.sessions.len());
+        let candidate_ck = learner.recommender().export(&label, learner.steps());
+        let candidate = candidate_ck.to_bytes().map_err(failed("encoding the candidate"))?;
+        let state = learner.training_state(&label).map_err(failed("the learner state"))?.to_bytes().map_err(failed("encoding the learner"))?;
+        write_atomic(&self.learner_path(job.round), &state).map_err(failed("saving the learner"))?;
+
+        // The gate's evidence and the simulator's verdict, for the candidate and the deployed.
+        let eval_started = Instant::now();
+        let eval_seed = self.cfg.eval_seed;
+        let fqe_seed = rng::derive(seed, 3);
+        let candidate_model = PolicyModel::from_checkpoint(&candidate_ck, &dev).map_err(failed("reloading the candidate"))?;
+        let mut fr = rng::rng(fqe_seed);
+        let cand = Evaluated {
+            fqe: fqe::evaluate(&candidate_model, &data, &self.cfg.fqe, fqe_seed, &mut fr, &dev).map_err(failed("FQE of the candidate"))?,
+            metrics: lab.evaluate_checkpoint(&candidate_ck, self.cfg.eval_sessions, eval_seed).map_err(failed("evaluating the candidate"))?,
+        };
+        if job.cancel.is_cancelled() {
+            return Err(TrainError::Cancelled);
+        }
+        let deployed = match &job.deployed {
+            None => None,
+            Some(d) => match Checkpoint::from_bytes(&d.blob, &dev).and_then(|ck| Ok((PolicyModel::from_checkpoint(&ck, &dev)?, ck))) {
+                // A deployed blob the trainer cannot read has no estimate; the gate then publishes.
+                Err(e) => {
+                    info!(version = d.version, "deployed policy not evaluated: {e}");
+                    None
+                }
+                Ok((model, ck)) => {
+                    let own;
+                    let data_for = if same_perception(&lab.perception, &ck) {
+                        &data
+                    } else {
+                        let f = Featurizer::new(model.perception.clone(), &lab.world.features).map_err(failed("the deployed policy's featurizer"))?;
+                        own = SessionDataset::new(&job.sessions, &f, model.heads())
+                            .map_err(failed("featurizing D for the deployed policy"))?
+                            .with_objective(&self.cfg.objective);
+                        &own
+                    };
+                    let mut fr = rng::rng(fqe_seed);
+                    Some(Evaluated {
+                        fqe: fqe::evaluate(&model, data_for, &self.cfg.fqe, fqe_seed, &mut fr, &dev).map_err(failed("FQE of the deployed policy"))?,
+                        metrics: lab.evaluate_checkpoint(&ck, self.cfg.eval_sessions, eval_seed).map_err(failed("evaluating the deployed policy"))?,
+                    })
+                }
+            },
+        };
+        let eval_s = eval_started.elapsed().as_secs_f64();
+        let last_losses: BTreeMap<String, f32> = logs.last().map(|l| l.losses.clone()).unwrap_or_default();
+        let metrics = RoundMetrics {
+            candidate: Some(cand),
+            deployed,
+            eval_sessions: self.cfg.eval_sessions,
+            sessions_in_d: job.sessions.len(),
+            new_sessions: job.new_sessions,
+            transitions: data.transitions(),
+            steps,
+            continued_from_round: previous.as_ref().map(|p| p.0),
+            losses: last_losses,
+            log: logs,
+            seconds: Seconds { featurize: featurize_s, train: train_s, evaluate: eval_s, total: started.elapsed().as_secs_f64() },
+        };
+        info!(round = job.round, steps, sr30 = cand.metrics.sr30, ni = cand.metrics.ni.mean, fqe = cand.fqe.value, "round trained");
+        Ok(TrainOutcome {
+            candidate,
+            metrics,
+            candidate_estimate: cand.fqe.value,
+            deployed_estimate: deployed.as_ref().map(|d| d.fqe.value),
+            // The two ensembles are fitted independently: their variances add.
+            estimate_se: deployed.as_ref().map_or(0.0, |d| (cand.fqe.se.powi(2) + d.fqe.se.powi(2)).sqrt()),
+        })
+    }
+}

@@ -1,0 +1,17 @@
+//! irec-world: the simulated world every other crate stands on. No candle, no sled, no network.
+//!
+//! Data flows catalog → simulated world → policies → metrics:
+//! - [`catalog`]: items with set-valued attributes (UT-Zappos50K schema), the generator and the
+//!   `meta-data.csv` loader, visual features.
+//! - [`retrieval`]: from a multi-discrete action to the item shown (bitset index).
+//! - [`sim`]: the simulated user, the template bank, the reward, episodes.
+//! - [`policy`]: the policy interface, the session loop, and the non-learned baselines.
+//! - [`metrics`]: SR@K, NI, NV with standard errors; the Markdown table.
+//! - [`rng`]: seeded, order-independent randomness.
+
+pub mod catalog;
+pub mod metrics;
+pub mod policy;
+pub mod retrieval;
+pub mod rng;
+pub mod sim;
