@@ -1,7 +1,7 @@
 //! Frames over quinn streams on the agent side, and how transport failures read as protocol
 //! errors (a server that refuses us closes the connection with an error code and reason).
 
-use irec_protocol::{encode, ErrorCode, ErrorMessage, FrameDecoder, FrameLimits, Message, Side};
+use irec_protocol::{encode, ErrorCode, ErrorMessage, FrameDecoder, FrameLimits, Message, Reply, Side};
 
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -14,6 +14,21 @@ pub enum RequestError {
     /// The connection or stream failed, or the reply was not a frame: try again later.
     #[error("transport: {0}")]
     Transport(String),
+}
+
+impl RequestError {
+    /// As the protocol machines read it.
+    pub fn into_reply(self) -> Reply {
+        match self {
+            RequestError::Refused(e) => Reply::Refused(e),
+            RequestError::Transport(why) => Reply::Transport(why),
+        }
+    }
+}
+
+/// A request's outcome as the protocol machines read it.
+pub fn reply(result: Result<Message, RequestError>) -> Reply {
+    result.map_or_else(RequestError::into_reply, Reply::Message)
 }
 
 fn from_connection(e: &quinn::ConnectionError) -> RequestError {

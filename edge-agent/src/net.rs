@@ -1,5 +1,7 @@
-//! The agent's network shell: connect (with backoff), hello, then drive the IO-free
-//! [`Uploader`] and [`PolicySync`] machines over one connection until it ends, and again.
+//! The agent's network shell: connect, hello, then drive the IO-free machines of
+//! `irec_protocol` ([`Reconnect`], [`Batching`], [`Uploader`], [`PolicySync`]) over one connection
+//! until it ends, and again. The rules (when to cut a batch, how a failure is classified, when
+//! to retry) live in those machines and their pair test; this file only does the IO they ask for.
 //!
 //! Within a connection: uploads run one stream each (as many at once as the uploader allows);
 //! announcements arrive on the control stream; policy pulls run on their own stream; a verified
@@ -20,9 +22,6 @@ use std::time::{Duration, Instant};
 use tokio::sync::{watch, Notify};
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::{debug, info, warn};
-
-/// How long a policy pull may take before it is abandoned (and asked again on the next trigger).
-const POLICY_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// What the network shell shares with the rest of the agent.
 pub struct Net {
@@ -72,25 +71,17 @@ impl Net {
             && uploader.is_idle()
     }
 
-    async fn form_batches(&self, uploader: &mut Uploader, max_sessions: usize, max_bytes: usize, last_session: Instant) -> Result<(), AgentError> {
-        let waiting = self.store.unbatched();
-        if waiting == 0 {
-            return Ok(());
-        }
-        let linger = Duration::from_millis(self.config.batch_linger_ms);
-        let all = self.generator_done.load(Ordering::SeqCst) || last_session.elapsed() >= linger;
-        if waiting >= max_sessions || all {
-            // Forming a batch flushes under the process-wide storage lock: on a blocking thread,
-            // or a thousand in-process agents stall the runtime's workers (and every ack waiting
-            // on them) behind each other's fsyncs (seen in R4).
-            let store = self.store.clone();
-            let formed = tokio::task::spawn_blocking(move || store.form_batches(max_sessions, max_bytes, all))
-                .await
-                .map_err(|e| AgentError::Sessions(format!("batch task: {e}")))??;
-            for id in formed {
-                debug!(batch = %id, "batch formed");
-                uploader.add(id);
-            }
+    async fn form_batches(&self, uploader: &mut Uploader, batching: &Batching) -> Result<(), AgentError> {
+        let generator_done = self.generator_done.load(Ordering::SeqCst);
+        let Some(cut) = batching.poll(self.store.unbatched(), generator_done, Instant::now()) else { return Ok(()) };
+        // Forming a batch flushes under the process-wide storage lock: on a blocking thread, or a
+        // thousand in-process agents stall the runtime's workers (and every ack waiting on them)
+        // behind each other's fsyncs (seen in R4).
+        let store = self.store.clone();
+        let formed = irec_store::blocking(move || store.form_batches(cut.max_sessions, cut.max_bytes, cut.all)).await?;
+        for id in formed {
+            debug!(batch = %id, "batch formed");
+            uploader.add(id);
         }
         Ok(())
     }
@@ -104,11 +95,11 @@ impl Net {
         let installed = self.slot.current().and_then(|a| a.id);
         let mut sync = PolicySync::new(installed);
         let mut endpoint: Option<quinn::Endpoint> = None;
-        let mut failures = 0u32;
-        let mut last_session = Instant::now();
+        let mut reconnect = Reconnect::new(self.config.reconnect, self.config.device.seed);
+        let (max_sessions, max_bytes) = (self.config.batch_size, self.config.frames.upload_bytes as usize);
+        let linger = Duration::from_millis(self.config.batch_linger_ms);
+        let mut batching = Batching::new(max_sessions, max_bytes, linger, Instant::now());
         loop {
-            let (bs, bb) = (self.config.batch_size, self.config.frames.upload_bytes as usize);
-            self.form_batches(&mut uploader, bs, bb, last_session).await?;
             if self.done(&uploader) {
                 return Ok(());
             }
@@ -116,30 +107,31 @@ impl Net {
                 r = self.connect(&mut endpoint) => r,
                 _ = stop.changed() => return Ok(()),
             };
-            match attempt {
+            let retry_at = match attempt {
                 Ok(c) => {
-                    failures = 0;
+                    reconnect.on_connected();
                     self.stat(|s| s.connects += 1);
-                    match self.serve(c, &mut uploader, &mut sync, &mut stop, &mut last_session).await? {
+                    match self.serve(c, &mut uploader, &mut sync, &mut batching, &mut stop).await? {
                         Ended::Stop | Ended::Done => return Ok(()),
                         Ended::Lost(why) => info!("connection lost: {why}"),
                     }
+                    reconnect.on_lost(Instant::now())
                 }
-                Err(RequestError::Refused(e)) if e.code.is_fatal() => return Err(AgentError::Refused(e)),
                 Err(e) => {
+                    let reply = e.into_reply();
+                    let at = reconnect.on_failed(&reply, Instant::now()).map_err(AgentError::Refused)?;
                     self.stat(|s| s.connect_failures += 1);
-                    debug!("connect failed: {e}");
+                    debug!("connect failed: {reply}");
+                    at
                 }
-            }
-            failures = failures.saturating_add(1);
-            let delay = self.config.reconnect.delay(failures, self.config.device.seed);
-            let wake = tokio::time::sleep(delay);
+            };
+            let wake = tokio::time::sleep_until(retry_at.into());
             tokio::pin!(wake);
             loop {
                 tokio::select! {
                     _ = &mut wake => break,
                     _ = stop.changed() => return Ok(()),
-                    _ = self.new_session.notified() => last_session = Instant::now(),
+                    _ = self.new_session.notified() => batching.on_session(Instant::now()),
                 }
             }
         }
@@ -211,15 +203,13 @@ impl Net {
         c: Connected,
         uploader: &mut Uploader,
         sync: &mut PolicySync,
+        batching: &mut Batching,
         stop: &mut watch::Receiver<bool>,
-        last_session: &mut Instant,
     ) -> Result<Ended, AgentError> {
         let Connected { conn, mut control, mut decoder, welcome } = c;
         info!(deployed = ?welcome.deployed.map(|d| d.version), "connected");
         let limits = self.config.frames;
-        let max_sessions = self.config.batch_size.min(welcome.max_batch_sessions.max(1) as usize);
-        let max_bytes = (limits.upload_bytes.min(welcome.max_upload_bytes)) as usize;
-        let linger = Duration::from_millis(self.config.batch_linger_ms);
+        batching.connected(&welcome);
         let mut tasks: JoinSet<TaskOut> = JoinSet::new();
         let mut uploads: HashMap<BatchId, AbortHandle> = HashMap::new();
         uploader.connected();
@@ -230,7 +220,7 @@ impl Net {
             spawn_policy_request(&mut tasks, &conn, req, limits);
         }
         let ended = loop {
-            self.form_batches(uploader, max_sessions, max_bytes, *last_session).await?;
+            self.form_batches(uploader, batching).await?;
             let now = Instant::now();
             for id in uploader.poll_timeouts(now) {
                 warn!(batch = %id, "upload timed out; will retry");
@@ -263,11 +253,10 @@ impl Net {
                 conn.close(0u8.into(), b"done");
                 break Ended::Done;
             }
-            let mut wake = uploader.next_wakeup();
-            if self.store.unbatched() > 0 {
-                let at = *last_session + linger;
-                wake = Some(wake.map_or(at, |w| w.min(at)));
-            }
+            let wake = match (uploader.next_wakeup(), batching.next_wakeup(self.store.unbatched())) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
             let sleep_until = wake.unwrap_or_else(|| now + Duration::from_secs(3600));
             tokio::select! {
                 Some(joined) = tasks.join_next(), if !tasks.is_empty() => {
@@ -308,7 +297,7 @@ impl Net {
                         Err(e) => break Ended::Lost(format!("{}", RequestError::from(e))),
                     }
                 }
-                _ = self.new_session.notified() => *last_session = Instant::now(),
+                _ = self.new_session.notified() => batching.on_session(Instant::now()),
                 _ = tokio::time::sleep_until(sleep_until.into()) => {}
                 _ = stop.changed() => {
                     conn.close(0u8.into(), b"agent stopping");
@@ -317,6 +306,7 @@ impl Net {
             }
         };
         uploader.disconnected();
+        batching.disconnected();
         if sync.requesting() {
             sync.on_request_failed();
         }
@@ -337,8 +327,9 @@ impl Net {
         match out {
             TaskOut::Upload { id, result, started, bytes, sessions, round } => {
                 uploads.remove(&id);
-                match result {
-                    Ok(Message::Ack(ack)) if ack.batch_id == id => {
+                let reply = io::reply(result);
+                match uploader.on_reply(id, reply.clone(), Instant::now()) {
+                    UploadStep::Acked(ack) => {
                         // Durably gone here before the uploader forgets it: a crash in between
                         // resends the batch, which the server acks as a duplicate.
                         // (The debug events let fault-injection campaigns tell where a kill hit.)
@@ -363,57 +354,41 @@ impl Net {
                             }
                         });
                     }
-                    Ok(other) => {
-                        warn!(batch = %id, "unexpected reply {:?}", other.kind());
-                        uploader.on_failure(id, Failure::Transient, Instant::now());
+                    UploadStep::Fatal(e) => return Err(AgentError::Refused(e)),
+                    UploadStep::Quarantine => {
+                        warn!(batch = %id, "server refused the batch: {reply}; quarantined");
+                        let store = self.store.clone();
+                        irec_store::blocking(move || store.quarantine(id)).await?;
+                        self.stat(|s| s.quarantined_batches += 1);
                     }
-                    Err(RequestError::Refused(e)) if e.code.is_fatal() => return Err(AgentError::Refused(e)),
-                    Err(RequestError::Refused(e)) if e.code.is_permanent() => {
-                        warn!(batch = %id, "server refused the batch: {e}; quarantined");
-                        if uploader.on_failure(id, Failure::Permanent, Instant::now()) == AfterFailure::Quarantine {
-                            let store = self.store.clone();
-                            tokio::task::spawn_blocking(move || store.quarantine(id))
-                                .await
-                                .map_err(|e| AgentError::Sessions(format!("quarantine task: {e}")))??;
-                            self.stat(|s| s.quarantined_batches += 1);
+                    UploadStep::RetryAt(_) | UploadStep::Ignored => {
+                        match &reply {
+                            Reply::Message(m) => warn!(batch = %id, "unexpected reply {:?}", m.kind()),
+                            _ => debug!(batch = %id, "upload failed: {reply}"),
                         }
-                    }
-                    Err(e) => {
-                        debug!(batch = %id, "upload failed: {e}");
-                        uploader.on_failure(id, Failure::Transient, Instant::now());
-                        if conn.close_reason().is_some() {
-                            return Ok(Some(Ended::Lost(e.to_string())));
+                        if !matches!(reply, Reply::Message(_)) && conn.close_reason().is_some() {
+                            return Ok(Some(Ended::Lost(reply.to_string())));
                         }
                     }
                 }
             }
-            TaskOut::Policy(result) => match result {
-                Ok(Message::PolicyBlob(blob)) => match sync.on_blob(blob) {
-                    Ok(verified) => {
-                        let loader = self.loader.clone();
-                        tasks.spawn(async move {
-                            let bytes = verified.bytes.clone();
-                            let result = tokio::task::spawn_blocking(move || loader.load(&bytes))
-                                .await
-                                .unwrap_or_else(|e| Err(LoadError::Invalid(format!("loader panicked: {e}"))));
-                            TaskOut::Loaded { verified, result }
-                        });
-                    }
-                    Err(e) => {
-                        warn!("policy refused: {e}");
-                        self.stat(|s| s.policies_rejected += 1);
-                    }
-                },
-                Ok(Message::NoPolicy(_)) => sync.on_no_policy(),
-                Ok(other) => {
-                    warn!("unexpected policy reply {:?}", other.kind());
-                    sync.on_request_failed();
+            TaskOut::Policy(result) => match sync.on_reply(io::reply(result)) {
+                PolicyStep::Load(verified) => {
+                    let loader = self.loader.clone();
+                    tasks.spawn(async move {
+                        let bytes = verified.bytes.clone();
+                        let result = tokio::task::spawn_blocking(move || loader.load(&bytes))
+                            .await
+                            .unwrap_or_else(|e| Err(LoadError::Invalid(format!("loader panicked: {e}"))));
+                        TaskOut::Loaded { verified, result }
+                    });
                 }
-                Err(RequestError::Refused(e)) if e.code.is_fatal() => return Err(AgentError::Refused(e)),
-                Err(e) => {
-                    debug!("policy pull failed: {e}");
-                    sync.on_request_failed();
+                PolicyStep::Rejected(e) => {
+                    warn!("policy refused: {e}");
+                    self.stat(|s| s.policies_rejected += 1);
                 }
+                PolicyStep::Wait => {}
+                PolicyStep::Fatal(e) => return Err(AgentError::Refused(e)),
             },
             TaskOut::Loaded { verified, result } => match result {
                 Ok(loaded) => {
@@ -448,7 +423,7 @@ fn spawn_policy_request(tasks: &mut JoinSet<TaskOut>, conn: &quinn::Connection, 
     tasks.spawn(async move {
         let request = Message::PolicyRequest(req);
         let pull = io::request(&conn, &request, limits);
-        match tokio::time::timeout(POLICY_TIMEOUT, pull).await {
+        match tokio::time::timeout(policy_sync::POLICY_TIMEOUT, pull).await {
             Ok(r) => TaskOut::Policy(r),
             Err(_) => TaskOut::Policy(Err(RequestError::Transport("policy pull timed out".to_string()))),
         }

@@ -13,12 +13,16 @@
 //! it, so an agent killed at any point neither loses a session nor uploads it under two batch ids.
 
 use irec_protocol::experience::ExperienceSession;
-use irec_world::policy::DeviceProfile;
 use irec_protocol::{BatchId, PolicyId, UploadBatch};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError as Conflict, TransactionError, Transactional};
-use sled::Tree;
+use irec_store::codec::{be_u64, bin, unbin};
+use irec_store::{ConflictableTransactionError as Conflict, Db, Options, Tree};
+use irec_world::policy::DeviceProfile;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+pub use irec_store::StoreError;
 
 const NEXT_SESSION: &[u8] = b"next_session";
 const PROFILE: &[u8] = b"profile";
@@ -30,25 +34,6 @@ const CACHE_BYTES: u64 = 8 << 20;
 /// Bytes an upload frame body adds around its sessions: a 128-bit varint batch id (≤ 17 bytes)
 /// and the sessions' length prefix (≤ 9 bytes).
 pub const BATCH_OVERHEAD: usize = 26;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("corrupt record in tree {tree}: {reason}")]
-    Corrupt { tree: &'static str, reason: String },
-    #[error("encoding a record: {0}")]
-    Encode(String),
-}
-
-impl From<TransactionError<StoreError>> for StoreError {
-    fn from(e: TransactionError<StoreError>) -> StoreError {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        }
-    }
-}
 
 /// A batch as stored: its id is fixed before its first send.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,64 +65,40 @@ impl StoredPolicy {
     }
 }
 
-fn bin<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| StoreError::Encode(e.to_string()))
-}
-
-fn unbin<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| StoreError::Corrupt { tree, reason: e.to_string() })
-}
-
-fn be_u64(bytes: Option<sled::IVec>) -> u64 {
-    bytes.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map_or(0, u64::from_be_bytes)
-}
-
 /// The agent's database.
 #[derive(Clone, Debug)]
 pub struct AgentStore {
-    db: sled::Db,
+    db: Db,
     sessions: Tree,
     batches: Tree,
     quarantine: Tree,
     meta: Tree,
+    /// Sessions in `sessions`, kept here so the async side asks without iterating the tree.
+    unbatched: Arc<AtomicUsize>,
 }
 
 impl AgentStore {
     pub fn open(dir: &Path) -> Result<AgentStore, StoreError> {
         // A device's store is small; a small page cache keeps a thousand in-process agents cheap.
-        // No background flusher: every durable point is an explicit flush under the storage lock
-        // (see `irec_store`).
-        let db = irec_store::retry_locked(|| sled::Config::new().path(dir).cache_capacity(CACHE_BYTES).flush_every_ms(None).open())?;
+        let db = Db::open(dir, Options { cache_bytes: Some(CACHE_BYTES) })?;
+        let sessions = db.tree("sessions")?;
         Ok(AgentStore {
-            sessions: db.open_tree("sessions")?,
-            batches: db.open_tree("batches")?,
-            quarantine: db.open_tree("quarantine")?,
-            meta: db.open_tree("meta")?,
+            unbatched: Arc::new(AtomicUsize::new(sessions.len())),
+            sessions,
+            batches: db.tree("batches")?,
+            quarantine: db.tree("quarantine")?,
+            meta: db.tree("meta")?,
             db,
         })
     }
 
     pub fn flush(&self) -> Result<(), StoreError> {
-        let _sled = irec_store::guard();
-        self.db.flush()?;
-        Ok(())
+        self.db.flush()
     }
 
-    /// [`AgentStore::flush`] without blocking the async runtime: sled's synchronous flush on a
-    /// blocking thread under the storage lock. Not sled's `flush_async`, which deadlocks when
-    /// called concurrently (spacejam/sled#1308) — and sled's state is shared by every store in a
-    /// process, so a thousand in-process agents would call it concurrently all the time.
+    /// [`AgentStore::flush`] without blocking the async runtime.
     pub async fn flush_async(&self) -> Result<(), StoreError> {
-        let db = self.db.clone();
-        tokio::task::spawn_blocking(move || {
-            let _sled = irec_store::guard();
-            db.flush()
-        })
-        .await
-        .map_err(|e| StoreError::Encode(format!("flush task failed: {e}")))??;
-        Ok(())
+        self.db.flush_async().await
     }
 
     /// Index of the next session to run (= sessions finished by this device, all runs).
@@ -158,22 +119,21 @@ impl AgentStore {
     pub fn record_session(&self, index: u64, session: &ExperienceSession, profile: &DeviceProfile) -> Result<(), StoreError> {
         let s = bin(session)?;
         let p = bin(profile)?;
-        {
-            let _sled = irec_store::guard();
-            (&self.sessions, &self.meta).transaction(|(sessions, meta)| {
-                sessions.insert(&index.to_be_bytes()[..], s.as_slice())?;
-                meta.insert(NEXT_SESSION, &(index + 1).to_be_bytes()[..])?;
-                meta.insert(PROFILE, p.as_slice())?;
-                Ok::<_, Conflict<StoreError>>(())
-            })?;
+        let fresh = self.db.transaction((&self.sessions, &self.meta), |(sessions, meta)| {
+            let fresh = sessions.insert(&index.to_be_bytes()[..], s.as_slice())?.is_none();
+            meta.insert(NEXT_SESSION, &(index + 1).to_be_bytes()[..])?;
+            meta.insert(PROFILE, p.as_slice())?;
+            Ok::<_, Conflict<StoreError>>(fresh)
+        })?;
+        if fresh {
+            self.unbatched.fetch_add(1, Ordering::SeqCst);
         }
         self.flush()
     }
 
     /// Sessions waiting for a batch.
     pub fn unbatched(&self) -> usize {
-        let _sled = irec_store::guard();
-        self.sessions.len()
+        self.unbatched.load(Ordering::SeqCst)
     }
 
     /// Moves waiting sessions into new batches of at most `max_sessions` sessions and
@@ -181,12 +141,10 @@ impl AgentStore {
     /// gets a fresh random id, persisted (and flushed) with it before anyone can send it.
     pub fn form_batches(&self, max_sessions: usize, max_bytes: usize, all: bool) -> Result<Vec<BatchId>, StoreError> {
         let max_sessions = max_sessions.max(1);
-        let mut groups: Vec<Vec<(sled::IVec, sled::IVec)>> = Vec::new();
-        let mut current: Vec<(sled::IVec, sled::IVec)> = Vec::new();
+        let mut groups: Vec<Vec<(irec_store::IVec, irec_store::IVec)>> = Vec::new();
+        let mut current: Vec<(irec_store::IVec, irec_store::IVec)> = Vec::new();
         let mut bytes = BATCH_OVERHEAD;
-        let sled = irec_store::guard();
-        for kv in self.sessions.iter() {
-            let (k, v) = kv?;
+        for (k, v) in self.sessions.entries()? {
             if !current.is_empty() && (current.len() >= max_sessions || bytes + v.len() > max_bytes) {
                 groups.push(std::mem::take(&mut current));
                 bytes = BATCH_OVERHEAD;
@@ -194,7 +152,6 @@ impl AgentStore {
             bytes += v.len();
             current.push((k, v));
         }
-        drop(sled);
         if !current.is_empty() && (all || current.len() >= max_sessions) {
             groups.push(current);
         }
@@ -204,14 +161,14 @@ impl AgentStore {
             let first_session = be_u64(group.first().map(|(k, _)| k.clone()));
             let batch = StoredBatch { id: BatchId(rand::random()), first_session, sessions };
             let encoded = bin(&batch)?;
-            let _sled = irec_store::guard();
-            (&self.sessions, &self.batches).transaction(|(s, b)| {
+            self.db.transaction((&self.sessions, &self.batches), |(s, b)| {
                 for (k, _) in &group {
                     s.remove(k)?;
                 }
                 b.insert(&batch.id.to_bytes()[..], encoded.as_slice())?;
                 Ok::<_, Conflict<StoreError>>(())
             })?;
+            self.unbatched.fetch_sub(group.len(), Ordering::SeqCst);
             ids.push(batch.id);
         }
         if !ids.is_empty() {
@@ -223,9 +180,8 @@ impl AgentStore {
     /// Formed batches not yet acked, oldest first.
     pub fn pending_batches(&self) -> Result<Vec<BatchId>, StoreError> {
         let mut all: Vec<(u64, BatchId)> = Vec::new();
-        let _sled = irec_store::guard();
-        for v in self.batches.iter().values() {
-            let b: StoredBatch = unbin("batches", &v?)?;
+        for v in self.batches.values()? {
+            let b: StoredBatch = unbin("batches", &v)?;
             all.push((b.first_session, b.id));
         }
         all.sort_unstable();
@@ -245,20 +201,16 @@ impl AgentStore {
     /// The server refused `id`'s content: keep it aside, never resend it.
     pub fn quarantine(&self, id: BatchId) -> Result<(), StoreError> {
         let key = id.to_bytes();
-        {
-            let _sled = irec_store::guard();
-            (&self.batches, &self.quarantine).transaction(|(b, q)| {
-                if let Some(v) = b.remove(&key[..])? {
-                    q.insert(&key[..], v)?;
-                }
-                Ok::<_, Conflict<StoreError>>(())
-            })?;
-        }
+        self.db.transaction((&self.batches, &self.quarantine), |(b, q)| {
+            if let Some(v) = b.remove(&key[..])? {
+                q.insert(&key[..], v)?;
+            }
+            Ok::<_, Conflict<StoreError>>(())
+        })?;
         self.flush()
     }
 
     pub fn quarantined(&self) -> usize {
-        let _sled = irec_store::guard();
         self.quarantine.len()
     }
 

@@ -5,7 +5,7 @@ use crate::config::ServerConfig;
 use crate::rounds::driver::{self, DriverConfig};
 use irec_learn::round::RoundTrainer;
 use crate::status::{self, ServerStatus};
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use crate::{conn, tls, ServerError};
 use irec_world::catalog::{self, Catalog};
 use irec_protocol::*;
@@ -66,7 +66,7 @@ impl Shared {
         if let Some(r) = outcome.closed_round {
             info!(round = r, "round closed");
             self.round_wake.notify_one();
-            self.publish_status();
+            self.publish_status().await;
             // Before the ack: a tool that saw its last upload acked finds every round it closed
             // in status.json (queued), and can wait for them to finish.
             self.write_status_file();
@@ -116,8 +116,11 @@ impl Shared {
     }
 
     /// Refreshes the live status from the store.
-    pub fn publish_status(&self) {
-        match ServerStatus::read(&self.store, self.connections.load(Ordering::Relaxed)) {
+    /// Reads the status from the store (on a blocking thread: it iterates the rounds) and
+    /// publishes it on the handle's watch channel.
+    pub async fn publish_status(&self) {
+        let (store, connections) = (self.store.clone(), self.connections.load(Ordering::Relaxed));
+        match irec_store::blocking(move || ServerStatus::read(&store, connections)).await {
             Ok(mut s) => {
                 s.listening = self.local_addr;
                 self.status.send_replace(s);
@@ -186,10 +189,21 @@ impl Server {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::Io(config.data_dir.clone(), e))?;
         let (cert, key) = tls::load_or_create(&config.data_dir, &config.cert_names)?;
-        let store = Store::open(&config.data_dir.join("db"))?;
-        if let Some(path) = &config.initial_policy {
-            let blob = std::fs::read(path).map_err(|e| ServerError::Io(path.clone(), e))?;
-            let p = store.publish_initial(&blob)?;
+        let initial_blob = match &config.initial_policy {
+            Some(path) => Some(std::fs::read(path).map_err(|e| ServerError::Io(path.clone(), e))?),
+            None => None,
+        };
+        // Opening may wait for a just-released lock and publishing flushes: off the runtime.
+        let db_dir = config.data_dir.join("db");
+        let (store, initial_policy, deployed, mut initial) = irec_store::blocking(move || -> Result<_, StoreError> {
+            let store = Store::open(&db_dir)?;
+            let published = initial_blob.map(|b| store.publish_initial(&b)).transpose()?;
+            let deployed = store.deployed()?.map(|p| p.announcement());
+            let status = ServerStatus::read(&store, 0)?;
+            Ok((store, published, deployed, status))
+        })
+        .await?;
+        if let Some(p) = initial_policy {
             info!(version = p.version, sha256 = %hex(&p.sha256), "initial policy");
         }
         let cat = catalog(&config)?;
@@ -203,10 +217,8 @@ impl Server {
         let runtime = quinn::default_runtime().ok_or_else(|| ServerError::Task("no async runtime for the endpoint".to_string()))?;
         let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime).map_err(|e| ServerError::Bind(config.listen, e))?;
 
-        let deployed = store.deployed()?.map(|p| p.announcement());
         let (announce_tx, announce) = watch::channel(deployed);
         let local_addr = endpoint.local_addr().ok();
-        let mut initial = ServerStatus::read(&store, 0)?;
         initial.listening = local_addr;
         let (status_tx, status) = watch::channel(initial);
         let shared = Arc::new(Shared {
@@ -296,7 +308,7 @@ impl Server {
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         shared.store.flush().await?;
         info!(flushes = shared.store.flushes(), "stopped");
-        shared.publish_status();
+        shared.publish_status().await;
         shared.write_status_file();
         match driver_result {
             Ok(r) => r?,

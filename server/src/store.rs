@@ -16,9 +16,9 @@
 use crate::rounds::record::{RoundRecord, RoundStatus};
 use irec_protocol::experience::ExperienceSession;
 use irec_protocol::{sha256, BatchId, PolicyAnnouncement, PolicyVersion, Sha256Digest, UploadBatch};
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
-use sled::transaction::{ConflictableTransactionError as Conflict, TransactionError, Transactional};
-use sled::Tree;
+use irec_store::codec::{be_u64, bin, json, unbin, unjson};
+use irec_store::{ConflictableTransactionError as Conflict, Db, IVec, Options, Tree};
+use serde::{Deserialize, Serialize};
 use std::path::Path;
 
 const CURRENT_ROUND: &[u8] = b"current_round";
@@ -26,25 +26,13 @@ const ROUND_SESSIONS: &[u8] = b"round_sessions";
 const NEXT_SEQ: &[u8] = b"next_seq";
 const DEPLOYED: &[u8] = b"deployed";
 
+/// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("sled: {0}")]
-    Sled(#[from] sled::Error),
-    #[error("corrupt record in tree {tree}: {reason}")]
-    Corrupt { tree: &'static str, reason: String },
-    #[error("encoding a record: {0}")]
-    Encode(String),
+    #[error(transparent)]
+    Storage(#[from] irec_store::StoreError),
     #[error("round {0} has no record")]
     NoSuchRound(u32),
-}
-
-impl From<TransactionError<StoreError>> for StoreError {
-    fn from(e: TransactionError<StoreError>) -> StoreError {
-        match e {
-            TransactionError::Abort(e) => e,
-            TransactionError::Storage(e) => StoreError::Sled(e),
-        }
-    }
 }
 
 /// Where a stored batch went (the dedupe record).
@@ -107,29 +95,7 @@ pub struct Counters {
     pub deployed: Option<PolicyVersion>,
 }
 
-fn bin<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    bincode::serde::encode_to_vec(v, bincode::config::standard()).map_err(|e| StoreError::Encode(e.to_string()))
-}
-
-fn unbin<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    bincode::serde::decode_from_slice(bytes, bincode::config::standard())
-        .map(|(v, _)| v)
-        .map_err(|e| StoreError::Corrupt { tree, reason: e.to_string() })
-}
-
-fn json<T: Serialize>(v: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(v).map_err(|e| StoreError::Encode(e.to_string()))
-}
-
-fn unjson<T: DeserializeOwned>(tree: &'static str, bytes: &[u8]) -> Result<T, StoreError> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { tree, reason: e.to_string() })
-}
-
-fn be_u64(bytes: Option<sled::IVec>) -> u64 {
-    bytes.and_then(|b| <[u8; 8]>::try_from(b.as_ref()).ok()).map_or(0, u64::from_be_bytes)
-}
-
-fn be_u32(bytes: Option<sled::IVec>) -> u32 {
+fn be_u32(bytes: Option<IVec>) -> u32 {
     bytes.and_then(|b| <[u8; 4]>::try_from(b.as_ref()).ok()).map_or(0, u32::from_be_bytes)
 }
 
@@ -144,7 +110,7 @@ pub fn session_key(round: u32, seq: u64) -> [u8; 12] {
 /// The server's database.
 #[derive(Debug, Clone)]
 pub struct Store {
-    db: sled::Db,
+    db: Db,
     /// Concurrent acks share flushes.
     commit: std::sync::Arc<crate::commit::GroupCommit>,
     sessions: Tree,
@@ -157,16 +123,13 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the database at `dir`.
     pub fn open(dir: &Path) -> Result<Store, StoreError> {
-        // No background flusher: every durable point is an explicit flush under the storage lock
-        // (see `irec_store`), and sled's own periodic flushes could deadlock a
-        // transaction exactly as unguarded ones do.
-        let db = irec_store::retry_locked(|| sled::Config::new().path(dir).flush_every_ms(None).open())?;
+        let db = Db::open(dir, Options::default())?;
         Ok(Store {
-            sessions: db.open_tree("sessions")?,
-            batches: db.open_tree("batches")?,
-            policies: db.open_tree("policies")?,
-            rounds: db.open_tree("rounds")?,
-            meta: db.open_tree("meta")?,
+            sessions: db.tree("sessions")?,
+            batches: db.tree("batches")?,
+            policies: db.tree("policies")?,
+            rounds: db.tree("rounds")?,
+            meta: db.tree("meta")?,
             db,
             commit: Default::default(),
         })
@@ -174,23 +137,11 @@ impl Store {
 
     /// Makes everything written so far durable.
     ///
-    /// sled's synchronous flush on a blocking thread under the storage lock, never
-    /// `flush_async`: concurrent flushes deadlock in sled 0.34 (spacejam/sled#1308, #1301; R5's
-    /// race test in `server/tests/attack.rs` froze all ingest with it).
+    /// On a blocking thread (`irec_store::Db::flush_async`; R5's race test in
+    /// `server/tests/attack.rs` froze all ingest with sled's own async flush). Concurrent callers
+    /// share one flush when theirs is already covered (group commit).
     pub async fn flush(&self) -> Result<(), StoreError> {
-        // Concurrent callers share one flush when theirs is already covered (group commit).
-        self.commit
-            .commit(|| async {
-                let db = self.db.clone();
-                tokio::task::spawn_blocking(move || {
-                    let _sled = irec_store::guard();
-                    db.flush()
-                })
-                .await
-                .map_err(|e| StoreError::Encode(format!("flush task failed: {e}")))??;
-                Ok(())
-            })
-            .await
+        Ok(self.commit.commit(|| self.db.flush_async()).await?)
     }
 
     /// Flushes actually run by [`Store::flush`] (fewer than its callers under load).
@@ -199,9 +150,7 @@ impl Store {
     }
 
     pub fn flush_blocking(&self) -> Result<(), StoreError> {
-        let _sled = irec_store::guard();
-        self.db.flush()?;
-        Ok(())
+        Ok(self.db.flush()?)
     }
 
     pub fn counters(&self) -> Result<Counters, StoreError> {
@@ -220,8 +169,7 @@ impl Store {
         let encoded = batch.sessions.iter().map(bin).collect::<Result<Vec<_>, _>>()?;
         let id = batch.batch_id.to_bytes();
         let n = encoded.len() as u64;
-        let _sled = irec_store::guard();
-        let outcome = (&self.sessions, &self.batches, &self.meta, &self.rounds).transaction(|(s, b, m, r)| {
+        let outcome = self.db.transaction((&self.sessions, &self.batches, &self.meta, &self.rounds), |(s, b, m, r)| {
             if let Some(seen) = b.get(id)? {
                 let seen: BatchRecord = unbin("batches", &seen).map_err(Conflict::Abort)?;
                 return Ok(IngestOutcome { stored: 0, duplicate: true, round: seen.round, closed_round: None });
@@ -251,7 +199,7 @@ impl Store {
 
     /// Whether a batch id was stored.
     pub fn has_batch(&self, id: BatchId) -> Result<bool, StoreError> {
-        Ok(self.batches.contains_key(id.to_bytes())?)
+        Ok(self.batches.get(id.to_bytes())?.is_some())
     }
 
     /// D up to and including `round` and how many of those came in `round`, in a canonical order:
@@ -260,14 +208,7 @@ impl Store {
     /// seed give different rounds.
     pub fn sessions_through(&self, round: u32) -> Result<(Vec<ExperienceSession>, usize), StoreError> {
         let end = session_key(round.saturating_add(1), 0);
-        let mut rows: Vec<(sled::IVec, sled::IVec)> = Vec::new();
-        {
-            let _sled = irec_store::guard();
-            let range = if round == u32::MAX { self.sessions.range::<&[u8], _>(..) } else { self.sessions.range(..&end[..]) };
-            for kv in range {
-                rows.push(kv?);
-            }
-        }
+        let mut rows = if round == u32::MAX { self.sessions.entries()? } else { self.sessions.range(..&end[..])? };
         let round_of = |k: &[u8]| k.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_be_bytes);
         rows.sort_by(|a, b| round_of(&a.0).cmp(&round_of(&b.0)).then_with(|| a.1.cmp(&b.1)));
         let new = rows.iter().filter(|(k, _)| round_of(k) >= round).count();
@@ -277,19 +218,18 @@ impl Store {
 
     /// Every session in D with its ingest round, in ingest order.
     pub fn all_sessions(&self) -> Result<Vec<(u32, ExperienceSession)>, StoreError> {
-        let _sled = irec_store::guard();
         self.sessions
-            .iter()
-            .map(|kv| {
-                let (k, v) = kv?;
+            .entries()?
+            .into_iter()
+            .map(|(k, v)| {
                 let round = k.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_be_bytes);
-                Ok((round, unbin("sessions", &v)?))
+                Ok((round, unbin::<ExperienceSession>("sessions", &v)?))
             })
             .collect()
     }
 
     pub fn policy(&self, version: PolicyVersion) -> Result<Option<PolicyRecord>, StoreError> {
-        self.policies.get(version.to_be_bytes())?.map(|v| unbin("policies", &v)).transpose()
+        Ok(self.policies.get(version.to_be_bytes())?.map(|v| unbin("policies", &v)).transpose()?)
     }
 
     /// The deployed (latest published) policy.
@@ -302,12 +242,7 @@ impl Store {
 
     /// Every published version, oldest first.
     pub fn policy_versions(&self) -> Result<Vec<PolicyVersion>, StoreError> {
-        let _sled = irec_store::guard();
-        self.policies
-            .iter()
-            .keys()
-            .map(|k| Ok(be_u64(Some(k?))))
-            .collect()
+        Ok(self.policies.entries()?.into_iter().map(|(k, _)| be_u64(Some(k))).collect())
     }
 
     /// Publishes a policy as the next version; with `round_record`, records the round's outcome
@@ -321,8 +256,7 @@ impl Store {
     ) -> Result<PolicyRecord, StoreError> {
         let sha = sha256(blob);
         let blob = blob.to_vec();
-        let _sled = irec_store::guard();
-        let record = (&self.policies, &self.meta, &self.rounds).transaction(|(p, m, r)| {
+        let record = self.db.transaction((&self.policies, &self.meta, &self.rounds), |(p, m, r)| {
             let version = be_u64(m.get(DEPLOYED)?) + 1;
             let record = PolicyRecord { version, round, sha256: sha, trained_in_round, blob: blob.clone() };
             p.insert(&version.to_be_bytes()[..], bin(&record).map_err(Conflict::Abort)?)?;
@@ -341,8 +275,7 @@ impl Store {
     /// entry now says it collects for `next_round`, so agents that stopped at their per-round
     /// session budget hear a new round and go on with the same bytes. Returns the deployed record.
     pub fn refuse(&self, round_record: &RoundRecord, next_round: u32) -> Result<Option<PolicyRecord>, StoreError> {
-        let _sled = irec_store::guard();
-        let record = (&self.policies, &self.meta, &self.rounds).transaction(|(p, m, r)| {
+        let record = self.db.transaction((&self.policies, &self.meta, &self.rounds), |(p, m, r)| {
             r.insert(&round_record.round.to_be_bytes()[..], json(round_record).map_err(Conflict::Abort)?)?;
             let Some(v) = m.get(DEPLOYED)? else { return Ok(None) };
             let Some(bytes) = p.get(&v)? else { return Ok(None) };
@@ -366,7 +299,7 @@ impl Store {
     }
 
     pub fn round(&self, round: u32) -> Result<Option<RoundRecord>, StoreError> {
-        self.rounds.get(round.to_be_bytes())?.map(|v| unjson("rounds", &v)).transpose()
+        Ok(self.rounds.get(round.to_be_bytes())?.map(|v| unjson("rounds", &v)).transpose()?)
     }
 
     pub fn put_round(&self, record: &RoundRecord) -> Result<(), StoreError> {
@@ -376,8 +309,7 @@ impl Store {
 
     /// Every round record, oldest first.
     pub fn rounds(&self) -> Result<Vec<RoundRecord>, StoreError> {
-        let _sled = irec_store::guard();
-        self.rounds.iter().values().map(|v| unjson("rounds", &v?)).collect()
+        Ok(self.rounds.values()?.iter().map(|v| unjson("rounds", v)).collect::<Result<_, _>>()?)
     }
 
     /// Closed rounds not yet trained to the end (queued, or interrupted mid-training), oldest first.

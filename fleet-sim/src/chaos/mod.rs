@@ -51,8 +51,9 @@ pub enum ChaosError {
     World(String),
     #[error("server storage: {0}")]
     Store(#[from] irec_server::store::StoreError),
-    #[error("agent storage: {0}")]
-    AgentStore(#[from] irec_edge_agent::store::StoreError),
+    /// A store below the server's own rules (an agent's, or a database read directly).
+    #[error("storage: {0}")]
+    Storage(#[from] irec_store::StoreError),
     #[error("server: {0}")]
     Server(#[from] irec_server::ServerError),
     #[error("relay: {0}")]

@@ -144,13 +144,10 @@ impl Needles {
 /// Every key and value of every tree of a stopped server's database, but the policy registry's
 /// values (checkpoints: float32 weights), as (tree, bytes).
 fn db_entries(db_dir: &Path) -> Result<Vec<(String, Vec<u8>)>, ChaosError> {
-    let db = sled::open(db_dir).map_err(|e| ChaosError::Store(irec_server::store::StoreError::Sled(e)))?;
+    let db = irec_store::Db::open(db_dir, irec_store::Options::default())?;
     let mut out = Vec::new();
-    for name in db.tree_names() {
-        let label = String::from_utf8_lossy(&name).into_owned();
-        let tree = db.open_tree(&name).map_err(|e| ChaosError::Store(irec_server::store::StoreError::Sled(e)))?;
-        for kv in tree.iter() {
-            let (k, v) = kv.map_err(|e| ChaosError::Store(irec_server::store::StoreError::Sled(e)))?;
+    for (label, entries) in db.dump()? {
+        for (k, v) in entries {
             out.push((label.clone(), k.to_vec()));
             if label != "policies" {
                 out.push((label.clone(), v.to_vec()));

@@ -30,7 +30,8 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), StoreError> {
     loop {
-        let next = shared.store.unfinished_rounds()?.into_iter().next();
+        let store = shared.store.clone();
+        let next = irec_store::blocking(move || store.unfinished_rounds()).await?.into_iter().next();
         match next {
             Some(rec) => {
                 if !train_round(&shared, &trainer, &config, rec, &mut stop).await? {
@@ -57,17 +58,15 @@ async fn train_round(
 ) -> Result<bool, StoreError> {
     let round = rec.round;
     let store = shared.store.clone();
-    let snapshot = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+    let (sessions, new_sessions, mut rec, deployed) = irec_store::blocking(move || -> Result<_, StoreError> {
         let (sessions, new) = store.sessions_through(round)?;
         let rec = store.start_training(round, sessions.len() as u64)?;
         let deployed = store.deployed()?.map(|p| DeployedPolicy { version: p.version, blob: p.blob });
         Ok((sessions, new, rec, deployed))
     })
-    .await
-    .map_err(|e| StoreError::Encode(format!("snapshot task failed: {e}")))?;
-    let (sessions, new_sessions, mut rec, deployed) = snapshot?;
+    .await?;
     shared.store.flush().await?;
-    shared.publish_status();
+    shared.publish_status().await;
     info!(round, sessions = sessions.len(), new_sessions, attempt = rec.attempts, "training round");
 
     let cancel = CancelFlag::default();
@@ -102,7 +101,7 @@ async fn train_round(
             shared.store.flush().await?;
         }
     }
-    shared.publish_status();
+    shared.publish_status().await;
     shared.write_status_file();
     Ok(true)
 }
@@ -166,9 +165,7 @@ async fn finish(shared: &Arc<Shared>, config: &DriverConfig, mut rec: RoundRecor
         Decision::Published => {
             rec.status = RoundStatus::Published;
             let store = shared.store.clone();
-            let published = tokio::task::spawn_blocking(move || store.publish(&out.candidate, round + 1, Some(round), Some(&rec)))
-                .await
-                .map_err(|e| StoreError::Encode(format!("publish task failed: {e}")))??;
+            let published = irec_store::blocking(move || store.publish(&out.candidate, round + 1, Some(round), Some(&rec))).await?;
             // Durable before anyone hears of it: an agent must never be told of a version that a
             // crash could take back.
             shared.store.flush().await?;
@@ -177,7 +174,8 @@ async fn finish(shared: &Arc<Shared>, config: &DriverConfig, mut rec: RoundRecor
         }
         Decision::Refused => {
             rec.status = RoundStatus::Refused;
-            let deployed = shared.store.refuse(&rec, round + 1)?;
+            let store = shared.store.clone();
+            let deployed = irec_store::blocking(move || store.refuse(&rec, round + 1)).await?;
             shared.store.flush().await?;
             if let Some(d) = deployed {
                 // Same version and bytes, next round: agents keep collecting with it.

@@ -1,8 +1,11 @@
-//! Exponential backoff with deterministic jitter, shared by reconnects and upload retries.
+//! Exponential backoff with deterministic jitter, shared by reconnects and upload retries, and
+//! the agent's reconnect machine.
 
 use irec_world::rng;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
+use super::message::ErrorMessage;
+use super::reply::Reply;
+use std::time::{Duration, Instant};
 
 /// Delay after the `n`-th consecutive failure: `base · 2^(n−1)`, capped at `max`, then scaled by a
 /// jitter factor in [0.5, 1) drawn from a caller-given key — so a thousand agents that failed
@@ -33,6 +36,48 @@ impl Backoff {
         // 53 random bits → a fraction in [0, 1).
         let u = (rng::derive(jitter_key, failures as u64) >> 11) as f64 / (1u64 << 53) as f64;
         Duration::from_micros((raw as f64 * 1000.0 * (0.5 + 0.5 * u)) as u64)
+    }
+}
+
+/// When the agent connects again. A lost connection waits one backoff step (so a thousand agents
+/// whose server restarted come back spread over the jitter, not at once); each failed attempt
+/// in a row doubles the wait; a fatal refusal (wrong token or version) stops retrying for good.
+#[derive(Clone, Debug)]
+pub struct Reconnect {
+    backoff: Backoff,
+    /// The device's jitter key: different devices draw different delays, a replay the same.
+    key: u64,
+    failures: u32,
+}
+
+impl Reconnect {
+    pub fn new(backoff: Backoff, key: u64) -> Reconnect {
+        Reconnect { backoff, key, failures: 0 }
+    }
+
+    /// Consecutive failed attempts since the last welcome.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// A welcome arrived.
+    pub fn on_connected(&mut self) {
+        self.failures = 0;
+    }
+
+    /// An established connection ended: when to try again.
+    pub fn on_lost(&mut self, now: Instant) -> Instant {
+        self.failures = 1;
+        now + self.backoff.delay(self.failures, self.key)
+    }
+
+    /// An attempt failed with `reply`: when to try again, or the error that ends the agent.
+    pub fn on_failed(&mut self, reply: &Reply, now: Instant) -> Result<Instant, ErrorMessage> {
+        if let Some(e) = reply.fatal() {
+            return Err(e.clone());
+        }
+        self.failures = self.failures.saturating_add(1);
+        Ok(now + self.backoff.delay(self.failures, self.key))
     }
 }
 

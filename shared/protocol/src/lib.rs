@@ -11,8 +11,11 @@
 //! - state machines, time passed in, no IO:
 //!   - [`server_conn`]: the server's side of a connection (hello first, then requests);
 //!   - [`upload`]: the agent's upload queue (one batch per stream, ack → delete, backoff);
-//!   - [`policy_sync`]: the agent's policy pulls (request on connect/announcement, verify hash).
-//! - [`backoff`]: exponential backoff with deterministic jitter.
+//!   - [`policy_sync`]: the agent's policy pulls (request on connect/announcement, verify hash);
+//!   - [`batching`]: when the agent cuts finished sessions into batches (full, or after a linger);
+//!   - [`backoff`]: exponential backoff with deterministic jitter, and the agent's reconnects.
+//! - [`reply`]: what came back for an agent's request, and how bad a failure is (fatal,
+//!   permanent, transient), the one place those rules live.
 //!
 //! Transport: QUIC with ALPN [`ALPN`]. The agent's first bidirectional stream carries `Hello` →
 //! `Welcome` and then stays open as the control stream on which the server pushes
@@ -21,20 +24,24 @@
 //! docs/protocol.md is the reference.
 
 pub mod backoff;
+pub mod batching;
 pub mod experience;
 pub mod frame;
 pub mod message;
 pub mod policy_sync;
+pub mod reply;
 pub mod server_conn;
 pub mod upload;
 pub mod validate;
 
-pub use backoff::Backoff;
+pub use backoff::{Backoff, Reconnect};
+pub use batching::{Batching, Cut};
 pub use frame::{encode, FrameDecoder, FrameError, FrameLimits};
 pub use message::*;
-pub use policy_sync::{PolicyId, PolicySync, SyncError, Verified};
+pub use policy_sync::{PolicyId, PolicyStep, PolicySync, SyncError, Verified};
+pub use reply::{Disposition, Reply};
 pub use server_conn::{ConnState, Rejection, Request, ServerConnection, ServerRules};
-pub use upload::{AfterFailure, Failure, UploadConfig, Uploader};
+pub use upload::{AfterFailure, Failure, UploadConfig, UploadStep, Uploader};
 pub use validate::{experience_limits, UploadRules};
 
 /// The protocol version a hello carries. Bumped on any incompatible change (with the ALPN).

@@ -13,6 +13,26 @@
 //! loader accepted the bytes and the store persisted them, then reports [`PolicySync::installed`].
 
 use super::message::*;
+use super::reply::Reply;
+use std::time::{Duration, Instant};
+
+/// How long a policy pull may take before it is abandoned (and asked again on the next
+/// connect or announcement). A checkpoint is megabytes over a possibly slow link.
+pub const POLICY_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// What the shell must do with a reply to a policy request.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PolicyStep {
+    /// Verified bytes: load them off the runtime, persist, then report
+    /// [`PolicySync::on_installed`] or [`PolicySync::on_load_failed`].
+    Load(Verified),
+    /// The blob failed verification; nothing is installed.
+    Rejected(SyncError),
+    /// Nothing newer (or the request failed transiently): wait for the next trigger.
+    Wait,
+    /// Stop the agent: no request can succeed with this configuration.
+    Fatal(ErrorMessage),
+}
 
 /// The policy an agent runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -147,6 +167,34 @@ impl PolicySync {
     }
 
     /// The answer to our request: nothing newer.
+    /// What came back for the outstanding request. No answer, or any reply but a blob or
+    /// "no policy", ends the request; it is asked again on the next connect or announcement.
+    pub fn on_reply(&mut self, reply: Reply) -> PolicyStep {
+        if let Some(e) = reply.fatal() {
+            self.requesting = false;
+            return PolicyStep::Fatal(e.clone());
+        }
+        match reply {
+            Reply::Message(Message::PolicyBlob(blob)) => match self.on_blob(blob) {
+                Ok(v) => PolicyStep::Load(v),
+                Err(e) => PolicyStep::Rejected(e),
+            },
+            Reply::Message(Message::NoPolicy(_)) => {
+                self.on_no_policy();
+                PolicyStep::Wait
+            }
+            _ => {
+                self.on_request_failed();
+                PolicyStep::Wait
+            }
+        }
+    }
+
+    /// The deadline of a request sent at `sent`.
+    pub fn deadline(sent: Instant) -> Instant {
+        sent + POLICY_TIMEOUT
+    }
+
     pub fn on_no_policy(&mut self) {
         self.requesting = false;
     }

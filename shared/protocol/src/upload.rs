@@ -6,13 +6,15 @@
 //! 1. a batch is persisted (with its id) before [`Uploader::add`];
 //! 2. [`Uploader::poll_send`] says which batch to send now (one stream per batch, at most
 //!    `max_in_flight` at once, none while backing off or disconnected);
-//! 3. on an ack, the shell deletes the batch from its store, flushes, then calls
-//!    [`Uploader::on_ack`];
-//! 4. on a failure it calls [`Uploader::on_failure`]; transient failures retry the same batch id
-//!    after an exponential backoff, permanent ones (the server refused its content) quarantine it.
+//! 3. it reports what came back with [`Uploader::on_reply`], which classifies it: on
+//!    [`UploadStep::Acked`] the shell deletes the batch from its store, flushes, then calls
+//!    [`Uploader::on_ack`]; transient failures retry the same batch id after an exponential
+//!    backoff, permanent ones (the server refused its content) quarantine it, fatal ones (wrong
+//!    token or version) stop the agent.
 
 use super::backoff::Backoff;
-use super::message::BatchId;
+use super::message::{Ack, BatchId, ErrorMessage, Message};
+use super::reply::{Disposition, Reply};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -52,6 +54,21 @@ pub enum AfterFailure {
     /// Move the batch out of the upload queue (keep it locally for an operator to inspect).
     Quarantine,
     /// The batch was not in flight (a late report after a timeout or reconnect): nothing to do.
+    Ignored,
+}
+
+/// What the shell must do with a reply to an upload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UploadStep {
+    /// The server has the batch: delete it durably, then call [`Uploader::on_ack`].
+    Acked(Ack),
+    /// The batch stays queued; nothing is sent before `at`.
+    RetryAt(Instant),
+    /// Move the batch out of the upload queue (keep it locally for an operator to inspect).
+    Quarantine,
+    /// Stop the agent: no upload can succeed with this configuration.
+    Fatal(ErrorMessage),
+    /// The batch was not in flight (a late reply after a timeout or reconnect): nothing to do.
     Ignored,
 }
 
@@ -138,6 +155,25 @@ impl Uploader {
         self.queue.retain(|q| *q != id);
         self.failures = 0;
         self.not_before = None;
+    }
+
+    /// What came back for the upload of `id`. Only an ack naming `id` acks it; any other
+    /// message is a transient failure, as is no answer; a refusal goes by its error code.
+    pub fn on_reply(&mut self, id: BatchId, reply: Reply, now: Instant) -> UploadStep {
+        if let Reply::Message(Message::Ack(ack)) = &reply {
+            if ack.batch_id == id {
+                return UploadStep::Acked(*ack);
+            }
+        }
+        if let Some(e) = reply.fatal() {
+            return UploadStep::Fatal(e.clone());
+        }
+        let failure = if reply.failure() == Disposition::Permanent { Failure::Permanent } else { Failure::Transient };
+        match self.on_failure(id, failure, now) {
+            AfterFailure::RetryAt(at) => UploadStep::RetryAt(at),
+            AfterFailure::Quarantine => UploadStep::Quarantine,
+            AfterFailure::Ignored => UploadStep::Ignored,
+        }
     }
 
     /// Sending `id` failed.
