@@ -195,18 +195,11 @@ impl Summary {
     pub fn new(mut stats: crate::Stats) -> Summary {
         let (ack_p50_ms, ack_p99_ms) = (stats.ack_latency_percentile(50.0), stats.ack_latency_percentile(99.0));
         stats.ack_latencies_ms.clear();
-        Summary { stats, ack_p50_ms, ack_p99_ms, peak_rss_kib: peak_rss_kib() }
+        Summary { stats, ack_p50_ms, ack_p99_ms, peak_rss_kib: crate::procfs::memory(None).map(|m| m.peak_kib) }
     }
 
     /// The summary in a process's stdout: its last line that parses as one.
     pub fn from_stdout(text: &str) -> Option<Summary> {
         text.lines().rev().filter(|l| l.starts_with('{')).find_map(|l| serde_json::from_str(l).ok())
     }
-}
-
-/// This process's peak resident set size (Linux: `VmHWM`), in KiB; `None` where unknown.
-pub fn peak_rss_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
 }

@@ -7,6 +7,7 @@
 //! - [`sessions`]: the device's profile (household, noise, learned bias: `DeviceProfile`), sessions
 //!   on a dedicated thread, the atomically swapped active policy.
 //! - [`store`]: the local sled store (sessions → batches → acked).
+//! - [`procfs`]: this process's memory and CPU, for the summary it prints (Linux).
 //! - [`tls`], [`io`], [`net`]: QUIC with a pinned certificate; the shell that drives the
 //!   IO-free `Uploader` and `PolicySync` machines of `irec_protocol`.
 //!
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod io;
 pub mod net;
+pub mod procfs;
 pub mod sessions;
 pub mod store;
 pub mod tls;
@@ -136,10 +138,9 @@ pub async fn run_in(
     // A missing or unreadable pin is a configuration error, not something to retry.
     tls::client_config(&config.server_cert, Duration::from_secs(1), Duration::from_secs(10))?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| AgentError::Io(config.data_dir.clone(), e))?;
-    let store = store::AgentStore::open(&config.data_dir.join("db"))?;
+    let store = store::AgentStore::open(&store::db_dir(&config.data_dir))?;
     let mut profile = store.profile(sessions::first_profile(&config.device, &env))?;
     profile.noise_sigma = config.device.noise_sigma;
-    let targets = profile.population.sampler(env.index.pool(), &env.world.truth);
 
     let slot = Arc::new(PolicySlot::default());
     if let Some(stored) = store.policy()? {
@@ -160,7 +161,6 @@ pub async fn run_in(
     let ran = Arc::new(AtomicU64::new(0));
     let generator = Generator {
         env,
-        targets,
         store: store.clone(),
         slot: slot.clone(),
         profile,

@@ -100,6 +100,7 @@ impl Net {
         let linger = Duration::from_millis(self.config.batch_linger_ms);
         let mut batching = Batching::new(max_sessions, max_bytes, linger, Instant::now());
         loop {
+            self.form_batches(&mut uploader, &batching).await?;
             if self.done(&uploader) {
                 return Ok(());
             }

@@ -5,10 +5,10 @@ use crate::config::DeviceConfig;
 use irec_model::loader::LoadedPolicy;
 use crate::store::{AgentStore, StoreError};
 use irec_protocol::experience::ExperienceSession;
-use irec_world::policy::{DeviceProfile, LogitBias, Policy, SessionHint, TargetPopulation, TargetSampler};
+use irec_world::policy::{run_spec, DeviceProfile, LogitBias, TargetPopulation, TargetSampler};
 use irec_protocol::PolicyId;
 use irec_world::rng;
-use irec_world::sim::{Environment, Transcript};
+use irec_world::sim::{Environment, SessionSpec, Transcript};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -61,33 +61,56 @@ pub fn first_profile(device: &DeviceConfig, env: &Environment) -> DeviceProfile 
     }
 }
 
-/// Runs session `index` of a device: a target from the device's household, the users and
-/// tie-breaking from its seed. The transcript (with its target) stays on the device.
-pub fn run_session(env: &Environment, targets: &TargetSampler, policy: &mut dyn Policy, device_seed: u64, index: u64) -> Transcript {
-    let s = rng::derive(rng::derive(device_seed, rng::stream::SESSIONS), index);
-    let mut r = rng::rng(rng::derive(s, 0));
-    let target = targets.sample(&mut r).unwrap_or_else(|| env.sample_target(&mut r));
-    let mut episode = env.start(target, s);
-    let mut r = rng::rng(rng::derive(s, 3));
-    policy.begin(&SessionHint { desires: episode.user.desires });
-    while !episode.is_done() {
-        let action = policy.act(&mut r);
-        match episode.step(action) {
-            Some(turn) => {
-                let observation = turn.observation.clone();
-                policy.observe(&observation);
-            }
-            None => break,
-        }
+/// One device's sessions: its profile and household, and the loop that runs session `index`
+/// the same way for the agent and for every replay that checks what a fleet uploaded.
+pub struct Device<'e> {
+    env: &'e Environment,
+    targets: TargetSampler,
+    pub profile: DeviceProfile,
+}
+
+/// A session as the device ran it: what it uploads, and what only the device knows.
+#[derive(Clone, Debug)]
+pub struct DeviceSession {
+    pub session: ExperienceSession,
+    /// With the target and the user's wishes; it never leaves the device.
+    pub transcript: Transcript,
+    pub spec: SessionSpec,
+}
+
+impl<'e> Device<'e> {
+    pub fn new(env: &'e Environment, profile: DeviceProfile) -> Device<'e> {
+        let targets = profile.population.sampler(env.index.pool(), &env.world.truth);
+        Device { env, targets, profile }
     }
-    episode.into_transcript()
+
+    /// The device on its first start.
+    pub fn first(env: &'e Environment, config: &DeviceConfig) -> Device<'e> {
+        Device::new(env, first_profile(config, env))
+    }
+
+    /// Runs session `index` with `policy` personalised by the device's profile, tagged `round`,
+    /// then adapts the device's private bias to what the user said.
+    pub fn run(&mut self, policy: &dyn LoadedPolicy, index: u64, round: u32) -> DeviceSession {
+        let spec = SessionSpec::of_device(self.env, self.profile.seed, index, |r| self.targets.sample(r));
+        let transcript = run_spec(self.env, &spec, policy.instantiate(&self.profile).as_mut());
+        let session = ExperienceSession::from_transcript(&transcript, round);
+        self.profile.bias.learn(session.turns.iter().map(|t| t.utterance.as_str()), &self.env.world.lexicon);
+        DeviceSession { session, transcript, spec }
+    }
+}
+
+/// Sessions `0..n` of a device from its first start, running `policy` throughout (round tag 0),
+/// exactly as its agent runs them; with the profile after the last one.
+pub fn replay(env: &Environment, config: &DeviceConfig, policy: &dyn LoadedPolicy, n: u64) -> (Vec<DeviceSession>, DeviceProfile) {
+    let mut device = Device::first(env, config);
+    let sessions = (0..n).map(|i| device.run(policy, i, 0)).collect();
+    (sessions, device.profile)
 }
 
 /// What the session thread needs.
 pub struct Generator {
     pub env: Arc<Environment>,
-    /// The device's household, as a sampler over the pool.
-    pub targets: TargetSampler,
     pub store: AgentStore,
     pub slot: Arc<PolicySlot>,
     pub profile: DeviceProfile,
@@ -118,6 +141,8 @@ impl Generator {
     }
 
     fn run_inner(&mut self) -> Result<(), StoreError> {
+        let env = self.env.clone();
+        let mut device = Device::new(&env, self.profile.clone());
         let mut index = self.store.next_session()?;
         // Sessions run with the policy of this id (None: the fallback).
         let mut with_policy: (Option<Option<PolicyId>>, u64) = (None, 0);
@@ -137,13 +162,9 @@ impl Generator {
                 continue;
             }
             with_policy.1 += 1;
-            let mut policy = active.loaded.instantiate(&self.profile);
-            let transcript = run_session(&self.env, &self.targets, policy.as_mut(), self.profile.seed, index);
-            let session = ExperienceSession::from_transcript(&transcript, active.id.map_or(0, |i| i.round));
-            // Minor adaptation from what the device heard; the bias stays on the device.
-            self.profile.bias.learn(session.turns.iter().map(|t| t.utterance.as_str()), &self.env.world.lexicon);
+            let ran = device.run(active.loaded.as_ref(), index, active.id.map_or(0, |i| i.round));
             tracing::debug!(index, "recording session");
-            self.store.record_session(index, &session, &self.profile)?;
+            self.store.record_session(index, &ran.session, &device.profile)?;
             tracing::debug!(index, "session recorded");
             index += 1;
             self.ran.fetch_add(1, Ordering::Relaxed);

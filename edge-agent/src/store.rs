@@ -35,6 +35,11 @@ const CACHE_BYTES: u64 = 8 << 20;
 /// and the sessions' length prefix (≤ 9 bytes).
 pub const BATCH_OVERHEAD: usize = 26;
 
+/// Where the database lives inside an agent's data dir.
+pub fn db_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("db")
+}
+
 /// A batch as stored: its id is fixed before its first send.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct StoredBatch {

@@ -6,7 +6,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use irec_fleet_sim::chaos::bins::Binaries;
+use irec_testkit::procs::Binaries;
 use irec_fleet_sim::chaos::{self, Outcome};
 use std::path::Path;
 

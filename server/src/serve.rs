@@ -194,7 +194,7 @@ impl Server {
             None => None,
         };
         // Opening may wait for a just-released lock and publishing flushes: off the runtime.
-        let db_dir = config.data_dir.join("db");
+        let db_dir = crate::store::db_dir(&config.data_dir);
         let (store, initial_policy, deployed, mut initial) = irec_store::blocking(move || -> Result<_, StoreError> {
             let store = Store::open(&db_dir)?;
             let published = initial_blob.map(|b| store.publish_initial(&b)).transpose()?;

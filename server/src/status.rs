@@ -38,6 +38,13 @@ impl ServerStatus {
     }
 }
 
+/// The status a server last wrote into `data_dir`, if it can be read now (tools that run the
+/// server as a separate process poll this).
+pub fn read_file(data_dir: &Path) -> Option<ServerStatus> {
+    let bytes = std::fs::read(data_dir.join(STATUS_FILE)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
 /// Writes `status.json` via a temporary file and a rename, so readers never see half of it.
 pub fn write_file(data_dir: &Path, status: &ServerStatus) -> std::io::Result<()> {
     let tmp = data_dir.join("status.json.tmp");

@@ -99,6 +99,11 @@ fn be_u32(bytes: Option<IVec>) -> u32 {
     bytes.and_then(|b| <[u8; 4]>::try_from(b.as_ref()).ok()).map_or(0, u32::from_be_bytes)
 }
 
+/// Where the database lives inside a server's data dir.
+pub fn db_dir(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("db")
+}
+
 /// Key of a session in D.
 pub fn session_key(round: u32, seq: u64) -> [u8; 12] {
     let mut k = [0u8; 12];

@@ -7,15 +7,9 @@ mod common;
 
 use common::*;
 use irec_learn::round::NoTrainer;
-use irec_server::store::Store;
 use irec_protocol::*;
 use std::sync::Arc;
 use std::time::Duration;
-
-fn stored(dir: &std::path::Path) -> Vec<irec_protocol::experience::ExperienceSession> {
-    let st = Store::open(&dir.join("db")).unwrap();
-    st.all_sessions().unwrap().into_iter().map(|(_, s)| s).collect()
-}
 
 #[tokio::test]
 async fn uploads_are_acked_and_stored_exactly_once() {
@@ -33,7 +27,7 @@ async fn uploads_are_acked_and_stored_exactly_once() {
     let b = vec![session(7, 1.0)];
     assert_eq!(expect_ack(&c.request(&batch(11, b.clone())).await).stored, 1);
     assert_eq!(server.handle.status().counters.sessions_total, 3);
-    server.stop().await;
+    server.stop().await.unwrap();
     let all = stored(dir.path());
     assert_eq!(all, [a, b].concat(), "D holds exactly the uploaded sessions, in order, once");
 }
@@ -64,9 +58,9 @@ async fn bad_input_is_refused_clearly_nothing_is_stored_and_others_are_served() 
     ];
     for (bytes, code) in bad_hellos {
         let conn = connect(addr, &cert).await.unwrap();
-        let (reply, _) = send_raw(&conn, &bytes).await;
+        let reply = send_raw(&conn, &bytes).await;
         assert_eq!(reply.error_code(), Some(code), "{reply:?}");
-        if let Reply::Message(Message::Error(e)) = &reply {
+        if let Answer::Message(Message::Error(e)) = &reply {
             assert!(!e.message.is_empty());
         }
         // The connection is closed with the same code.
@@ -121,7 +115,7 @@ async fn bad_input_is_refused_clearly_nothing_is_stored_and_others_are_served() 
     ];
     let agent = client(addr, &cert).await;
     for (bytes, code) in bad_requests {
-        let (reply, _) = send_raw(&agent.conn, &bytes).await;
+        let reply = send_raw(&agent.conn, &bytes).await;
         assert_eq!(reply.error_code(), Some(code), "{reply:?}");
         check_good_still_served(&good).await;
     }
@@ -129,7 +123,7 @@ async fn bad_input_is_refused_clearly_nothing_is_stored_and_others_are_served() 
     assert_eq!(expect_ack(&agent.request(&batch(5000, vec![session(9, 1.0)])).await).stored, 1);
     good_sessions.push(session(9, 1.0));
 
-    server.stop().await;
+    server.stop().await.unwrap();
     let mut all = stored(dir.path());
     let mut want = good_sessions.clone();
     let key = |s: &irec_protocol::experience::ExperienceSession| s.turns[0].shown;
@@ -159,7 +153,7 @@ async fn a_slow_or_silent_peer_does_not_block_others_and_times_out() {
     let silent = connect(addr, &cert).await.unwrap();
     let closed = tokio::time::timeout(Duration::from_secs(5), silent.closed()).await.unwrap();
     assert!(matches!(closed, quinn::ConnectionError::ApplicationClosed(c) if c.error_code.into_inner() == ErrorCode::Timeout.code() as u64));
-    server.stop().await;
+    server.stop().await.unwrap();
     assert_eq!(stored(dir.path()).len(), 1);
 }
 
@@ -176,12 +170,12 @@ async fn connections_over_the_cap_are_closed_with_a_reason() {
             quinn::ConnectionError::ApplicationClosed(c) => c.error_code.into_inner(),
             other => panic!("unexpected close {other}"),
         },
-        Err(quinn::ConnectionError::ApplicationClosed(c)) => c.error_code.into_inner(),
+        Err(irec_testkit::KitError::Connection(quinn::ConnectionError::ApplicationClosed(c))) => c.error_code.into_inner(),
         Err(other) => panic!("unexpected error {other}"),
     };
     assert_eq!(ErrorCode::from_code(code), Some(ErrorCode::TooManyConnections));
     assert_eq!(expect_ack(&first.request(&batch(1, vec![session(1, 1.0)])).await).stored, 1);
-    server.stop().await;
+    server.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -193,8 +187,8 @@ async fn a_client_pinning_another_certificate_is_rejected() {
     let (cert, _) = irec_server::tls::load_or_create(other.path(), &["irec-server".to_string()]).unwrap();
     assert_ne!(std::fs::read(server.cert()).unwrap(), cert.as_ref());
     let err = connect(server.addr(), &other.path().join("cert.der")).await.unwrap_err();
-    assert!(matches!(err, quinn::ConnectionError::TransportError(_)), "{err}");
-    server.stop().await;
+    assert!(matches!(err, irec_testkit::KitError::Connection(quinn::ConnectionError::TransportError(_))), "{err}");
+    server.stop().await.unwrap();
 }
 
 #[tokio::test]
@@ -207,7 +201,7 @@ async fn a_restart_between_uploads_loses_nothing_and_still_dedupes() {
         cert_before = std::fs::read(server.cert()).unwrap();
         let c = client(server.addr(), &server.cert()).await;
         assert_eq!(expect_ack(&c.request(&batch(1, first.clone())).await).stored, 2);
-        server.stop().await;
+        server.stop().await.unwrap();
     }
     let server = start(config(dir.path()), Arc::new(NoTrainer)).await;
     assert_eq!(std::fs::read(server.cert()).unwrap(), cert_before, "the certificate is kept");
@@ -215,6 +209,6 @@ async fn a_restart_between_uploads_loses_nothing_and_still_dedupes() {
     let c = client(server.addr(), &server.cert()).await;
     assert!(expect_ack(&c.request(&batch(1, first.clone())).await).duplicate, "dedupe survives restarts");
     assert_eq!(expect_ack(&c.request(&batch(2, vec![session(5, 1.0)])).await).stored, 1);
-    server.stop().await;
+    server.stop().await.unwrap();
     assert_eq!(stored(dir.path()), [first, vec![session(5, 1.0)]].concat());
 }

@@ -8,7 +8,6 @@ mod common;
 use common::*;
 use irec_learn::round::{RoundTrainer, TrainError, TrainJob, TrainOutcome};
 use irec_server::rounds::RoundStatus;
-use irec_server::store::Store;
 use irec_protocol::*;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -25,7 +24,7 @@ fn with_initial(dir: &std::path::Path, quota: u64) -> irec_server::ServerConfig 
     c
 }
 
-async fn pull(c: &Client, have: Option<u64>) -> Reply {
+async fn pull(c: &Client, have: Option<u64>) -> Answer {
     c.request(&Message::PolicyRequest(PolicyRequest { have })).await
 }
 
@@ -38,13 +37,13 @@ async fn a_full_round_publishes_announces_and_serves_the_new_policy() {
     let v1 = c.welcome.deployed.expect("the bootstrap policy is deployed before agents connect");
     assert_eq!((v1.version, v1.round, v1.sha256), (1, 0, sha256(b"behaviour policy")));
     match pull(&c, None).await {
-        Reply::Message(Message::PolicyBlob(b)) => {
+        Answer::Message(Message::PolicyBlob(b)) => {
             assert_eq!((b.version, b.bytes.as_slice()), (1, &b"behaviour policy"[..]));
             assert_eq!(sha256(&b.bytes), b.sha256);
         }
         other => panic!("{other:?}"),
     }
-    assert!(matches!(pull(&c, Some(1)).await, Reply::Message(Message::NoPolicy(NoPolicy { deployed: Some(1) }))));
+    assert!(matches!(pull(&c, Some(1)).await, Answer::Message(Message::NoPolicy(NoPolicy { deployed: Some(1) }))));
 
     expect_ack(&c.request(&batch(1, vec![session(1, 1.0), session(2, 1.0)])).await);
     assert_eq!(server.handle.status().counters.current_round, 0);
@@ -56,7 +55,7 @@ async fn a_full_round_publishes_announces_and_serves_the_new_policy() {
     let expected = b"policy for round 0 from 3 sessions";
     assert_eq!((ann.version, ann.round, ann.sha256), (2, 1, sha256(expected)));
     match pull(&c, Some(1)).await {
-        Reply::Message(Message::PolicyBlob(b)) => assert_eq!((b.version, b.bytes.as_slice(), b.sha256), (2, &expected[..], ann.sha256)),
+        Answer::Message(Message::PolicyBlob(b)) => assert_eq!((b.version, b.bytes.as_slice(), b.sha256), (2, &expected[..], ann.sha256)),
         other => panic!("{other:?}"),
     }
     let mut h = server.handle.clone();
@@ -69,8 +68,8 @@ async fn a_full_round_publishes_announces_and_serves_the_new_policy() {
     // A late joiner learns of version 2 from its welcome.
     let late = client(server.addr(), &server.cert()).await;
     assert_eq!(late.welcome.deployed.map(|d| d.version), Some(2));
-    server.stop().await;
-    let st = Store::open(&dir.path().join("server/db")).unwrap();
+    server.stop().await.unwrap();
+    let st = irec_server::store::Store::open(&irec_server::store::db_dir(&dir.path().join("server"))).unwrap();
     assert_eq!(st.policy_versions().unwrap(), vec![1, 2]);
     let status: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.path().join("server/status.json")).unwrap()).unwrap();
     assert_eq!(status["rounds"][0]["gate"]["decision"], "published");
@@ -95,7 +94,7 @@ async fn the_gate_refuses_a_candidate_estimated_worse_and_records_why() {
     assert_eq!((deployed.version, deployed.round), (1, 1));
     let ann = c.announcement(Duration::from_secs(5)).await.expect("the carried-on policy is announced");
     assert_eq!(ann, deployed);
-    server.stop().await;
+    server.stop().await.unwrap();
 }
 
 /// Blocks until released or cancelled, then behaves like `FixedTrainer`.
@@ -128,7 +127,7 @@ async fn a_round_interrupted_mid_training_is_trained_again_after_restart() {
         h.wait_for(|s| s.rounds.first().is_some_and(|r| r.status == RoundStatus::Training)).await.unwrap();
         // Ingest keeps running while the round trains.
         expect_ack(&c.request(&batch(2, vec![session(3, 1.0)])).await);
-        server.stop().await;
+        server.stop().await.unwrap();
     }
     let server = start(with_initial(dir.path(), 2), Arc::new(GatedTrainer { release: Arc::new(AtomicBool::new(true)) })).await;
     let mut h = server.handle.clone();
@@ -138,7 +137,7 @@ async fn a_round_interrupted_mid_training_is_trained_again_after_restart() {
     assert_eq!((status.counters.current_round, status.counters.round_sessions, status.counters.sessions_total), (1, 1, 3));
     let c = client(server.addr(), &server.cert()).await;
     assert_eq!(c.welcome.deployed.map(|d| d.version), Some(2));
-    server.stop().await;
+    server.stop().await.unwrap();
 }
 
 struct PanickingTrainer;
@@ -160,7 +159,7 @@ async fn a_failing_trainer_marks_the_round_failed_and_the_server_keeps_going() {
     assert_eq!(status.rounds[0].status, RoundStatus::Failed);
     assert!(status.rounds[0].error.as_deref().unwrap_or("").contains("bug in the trainer"));
     expect_ack(&c.request(&batch(2, vec![session(2, 1.0)])).await);
-    server.stop().await;
+    server.stop().await.unwrap();
 }
 
 /// A tool that saw its last upload acked must find the rounds that upload closed in
@@ -177,5 +176,5 @@ async fn status_json_lists_a_closed_round_by_the_time_its_upload_is_acked() {
     assert_eq!(status["rounds"][0]["round"], 0, "{status}");
     assert_eq!(status["counters"]["current_round"], 1);
     release.store(true, Ordering::SeqCst);
-    server.stop().await;
+    server.stop().await.unwrap();
 }

@@ -13,7 +13,7 @@ use irec_world::catalog::{
 use irec_world::metrics::{Metrics, SessionOutcome};
 use irec_world::policy::{evaluate, OraclePolicy, RandomPolicy, TrackerPolicy};
 use irec_world::rng;
-use irec_world::sim::{Environment, Feedback, Lexicon, Pool, RewardConfig, SimulatedUser, Transcript, World, WorldConfig, TEMPLATES};
+use irec_world::sim::{Environment, SessionSpec, Feedback, Lexicon, Pool, RewardConfig, SimulatedUser, Transcript, World, WorldConfig, TEMPLATES};
 use proptest::prelude::*;
 use rand::Rng as _;
 use std::collections::{BTreeSet, HashMap};
@@ -510,7 +510,7 @@ fn reward_is_the_formula_with_the_failure_penalty() {
 
     // A session cut off at 3 turns: the last turn carries the −3.
     let env = hand_env(&w, Pool::Test, RewardConfig { max_turns: 3, ..RewardConfig::default() });
-    let mut ep = env.start(0, 1);
+    let mut ep = env.start(&SessionSpec { target: 0, seed: 1 });
     let plan = [
         (ask(&[(Category, "Boots"), (Gender, "Men")]), 1, 0.25),       // 1 − 0.5·0.5 − 0.5·1
         (ask(&[(Category, "Shoes")]), 2, -3.0),                         // 1 − 0.5·2 − 0.5·6
@@ -534,13 +534,13 @@ fn reward_is_the_formula_with_the_failure_penalty() {
     assert_eq!(t.turns.len(), 3);
 
     // A success: no penalty, even on the last allowed turn.
-    let mut ep = env.start(0, 2);
+    let mut ep = env.start(&SessionSpec { target: 0, seed: 2 });
     let turn = ep.step(ask(&target_cells)).unwrap().clone();
     assert_eq!((turn.observation.shown, turn.feedback), (4, Feedback::Good));
     assert_eq!(turn.observation.utterance, "Good");
     assert!((turn.reward - 0.5).abs() < 1e-6, "1 − 0.5·1 − 0.5·0, got {}", turn.reward);
     assert!(ep.is_done());
-    let mut ep = env.start(0, 3);
+    let mut ep = env.start(&SessionSpec { target: 0, seed: 3 });
     for action in [ask(&[(Category, "Boots"), (Gender, "Men")]), ask(&[(Category, "Shoes")]), ask(&target_cells)] {
         ep.step(action);
     }
@@ -550,7 +550,7 @@ fn reward_is_the_formula_with_the_failure_penalty() {
 
     // A pool that runs dry before the cap: the session fails and its last turn carries the −3.
     let env = hand_env(&w, Pool::Train, RewardConfig::default());
-    let mut ep = env.start(3, 4);
+    let mut ep = env.start(&SessionSpec { target: 3, seed: 4 });
     let mut shown = Vec::new();
     while let Some(turn) = ep.step(Action::default()) {
         shown.push(turn.observation.shown);
@@ -726,7 +726,7 @@ fn nv_counts_each_shown_item_that_violates_a_voiced_wish_once() {
     ];
     let w = hand_world(&items, vec![], vec![0, 1, 2, 3, 4]);
     let env = hand_env(&w, Pool::Test, RewardConfig::default());
-    let mut ep = env.start(0, 5);
+    let mut ep = env.start(&SessionSpec { target: 0, seed: 5 });
     let boots = Schema::reference().value_index(Category, "Boots");
     let women = Schema::reference().value_index(Gender, "Women");
     assert_eq!((ep.user.desires.get(Category), ep.user.desires.get(Gender)), (boots, women));

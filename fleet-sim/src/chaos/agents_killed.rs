@@ -6,7 +6,7 @@
 //! report shows how often each dangerous window was hit — notably the one between the server's
 //! ack and the local delete, whose resend the server must recognise as a duplicate.
 
-use super::bins::{Binaries, Proc};
+use irec_testkit::procs::{Binaries, Proc};
 use irec_edge_agent::cli::Summary;
 use super::fleet::{self, WorldSize};
 use super::{ChaosError, Outcome};
@@ -167,7 +167,7 @@ pub fn run(bins: &Binaries, config: &AgentsKilledConfig, progress: &mut dyn FnMu
     let mut out = Outcome::new("agents_killed");
     let dir = fleet::workdir(config.dir.as_deref(), "agents-killed")?;
     let mut r = rng::rng(config.seed);
-    let port = super::bins::free_udp_port()?;
+    let port = irec_testkit::procs::free_udp_port()?;
     let server_dir = dir.join("server");
     let blob = dir.join("behaviour.bin");
     let bytes: Vec<u8> = (0..64 * 1024).map(|_| r.random()).collect();
@@ -302,8 +302,8 @@ fn verify(out: &mut Outcome, config: &AgentsKilledConfig, devices: &[Device], se
         );
         out.check(d.finished, || format!("{} did not finish", d.name));
     }
-    let found = fleet::server_sessions(server_dir)?;
-    let t = fleet::tally(&expected, &found);
+    let found = irec_testkit::stored_sessions(server_dir)?;
+    let t = irec_testkit::tally::tally(&expected, &found);
     out.figure("sessions", t);
     out.check(t.exact(), || format!("D does not hold every device's sessions exactly once: {t:?} (logs in {})", dir.display()))
     ;

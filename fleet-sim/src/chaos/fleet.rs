@@ -1,20 +1,19 @@
 //! What every campaign's fleet shares: a small world (agents restart often, and each start
-//! builds it), configs for server and agents written as TOML, starting the processes, replaying
-//! what a device produced, and counting sessions against that replay.
+//! builds it), configs for server and agents written as TOML, starting the processes, and what a
+//! device produced with the tracker (the agent's own session loop, replayed).
 
-use super::bins::{wait_until, Binaries, Proc};
+use irec_testkit::procs::{wait_until, Binaries, Proc};
 use super::ChaosError;
 use irec_edge_agent::config::DeviceConfig;
-use irec_edge_agent::sessions::{first_profile, run_session};
+use irec_edge_agent::sessions;
+use irec_model::loader::BaselineLoader;
 use irec_edge_agent::AgentConfig;
 use irec_server::ServerConfig;
 use irec_world::catalog::GeneratorConfig;
 use irec_protocol::experience::ExperienceSession;
-use irec_world::policy::TrackerPolicy;
 use irec_protocol::Backoff;
 use irec_world::sim::{Environment, Pool, World, WorldConfig};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -96,21 +95,10 @@ pub fn write_toml<T: Serialize>(path: &Path, value: &T, extra: Option<&toml::Tab
         other => return Err(ChaosError::Config(format!("expected a table, got {}", other.type_str()))),
     };
     if let Some(extra) = extra {
-        merge(&mut table, extra);
+        crate::commands::merge(&mut table, extra.clone());
     }
     let text = toml::to_string_pretty(&table).map_err(|e| ChaosError::Config(e.to_string()))?;
     std::fs::write(path, text).map_err(|e| ChaosError::Io(path.to_path_buf(), e))
-}
-
-fn merge(into: &mut toml::Table, from: &toml::Table) {
-    for (k, v) in from {
-        match (into.get_mut(k), v) {
-            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
-            _ => {
-                into.insert(k.clone(), v.clone());
-            }
-        }
-    }
 }
 
 /// Reads a TOML file of extra server settings.
@@ -145,7 +133,7 @@ pub fn start_agent(bins: &Binaries, name: &str, config: &AgentConfig, logs: &Pat
         write_toml(&toml_path, config, None)?;
     }
     let args = vec!["--config".to_string(), toml_path.display().to_string(), "--policy".to_string(), "tracker".to_string()];
-    Proc::spawn(name, &bins.agent, &args, env, logs)
+    Ok(Proc::spawn(name, &bins.agent, &args, env, logs)?)
 }
 
 /// A `[trainer]` section: the learned trainer, sized small, on a perception pretrained here into
@@ -167,110 +155,11 @@ pub fn small_learned_trainer(dir: &Path, world: &WorldSize, progress: &mut dyn F
     text.parse::<toml::Table>().map_err(|e| ChaosError::Config(e.to_string()))
 }
 
-/// The server's status snapshot, if readable now.
-pub fn read_status(data_dir: &Path) -> Option<irec_server::ServerStatus> {
-    let bytes = std::fs::read(data_dir.join(irec_server::status::STATUS_FILE)).ok()?;
-    serde_json::from_slice(&bytes).ok()
-}
-
 /// Sessions `0..n` of device `device` with the rule-based tracker, as the agent uploads them
 /// (round tag 0). The tracker ignores the device's learned bias, so this is exact.
 pub fn replay(env: &Environment, device: &DeviceConfig, n: u64) -> Vec<ExperienceSession> {
-    let profile = first_profile(device, env);
-    let targets = profile.population.sampler(env.index.pool(), &env.world.truth);
-    let lexicon = Arc::new(env.world.lexicon.clone());
-    let index = Arc::new(env.index.clone());
-    (0..n)
-        .map(|i| {
-            let mut p = TrackerPolicy::new(lexicon.clone(), index.clone());
-            ExperienceSession::from_transcript(&run_session(env, &targets, &mut p, device.seed, i), 0)
-        })
-        .collect()
-}
-
-/// One replayed session with what only the device knew about it.
-#[derive(Clone, Debug)]
-pub struct Replayed {
-    pub session: ExperienceSession,
-    pub transcript: irec_world::sim::Transcript,
-    /// The session's seed (its users and tie-breaking derive from it).
-    pub seed: u64,
-}
-
-/// Sessions `0..n` of a device running `policy`, exactly as its agent runs them: the profile of
-/// a first start (noise σ from `device`), and the private bias learned after every session.
-/// Returns the sessions and the profile after the last one.
-pub fn replay_with(
-    env: &Environment,
-    device: &DeviceConfig,
-    n: u64,
-    policy: &dyn irec_model::loader::LoadedPolicy,
-) -> (Vec<Replayed>, irec_world::policy::DeviceProfile) {
-    let mut profile = first_profile(device, env);
-    profile.noise_sigma = device.noise_sigma;
-    let targets = profile.population.sampler(env.index.pool(), &env.world.truth);
-    let out = (0..n)
-        .map(|i| {
-            let mut p = policy.instantiate(&profile);
-            let transcript = run_session(env, &targets, p.as_mut(), device.seed, i);
-            let session = ExperienceSession::from_transcript(&transcript, 0);
-            profile.bias.learn(session.turns.iter().map(|t| t.utterance.as_str()), &env.world.lexicon);
-            let seed = irec_world::rng::derive(irec_world::rng::derive(device.seed, irec_world::rng::stream::SESSIONS), i);
-            Replayed { session, transcript, seed }
-        })
-        .collect();
-    (out, profile)
-}
-
-/// How what the server holds compares with what the devices produced.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Tally {
-    pub expected: usize,
-    pub found: usize,
-    /// Produced but not in D.
-    pub missing: usize,
-    /// Extra copies of produced sessions.
-    pub duplicates: usize,
-    /// In D but produced by nobody.
-    pub unexpected: usize,
-}
-
-impl Tally {
-    pub fn exact(&self) -> bool {
-        self.missing == 0 && self.duplicates == 0 && self.unexpected == 0 && self.expected == self.found
-    }
-}
-
-/// Compares multisets of sessions, ignoring the round tag (it depends on which policy version a
-/// device ran, not on what happened in the session).
-pub fn tally(expected: &[ExperienceSession], found: &[ExperienceSession]) -> Tally {
-    let key = |s: &ExperienceSession| {
-        let mut s = s.clone();
-        s.round = 0;
-        bincode::serde::encode_to_vec(&s, bincode::config::standard()).unwrap_or_default()
-    };
-    let mut counts: HashMap<Vec<u8>, (usize, usize)> = HashMap::new();
-    for s in expected {
-        counts.entry(key(s)).or_default().0 += 1;
-    }
-    for s in found {
-        counts.entry(key(s)).or_default().1 += 1;
-    }
-    let mut t = Tally { expected: expected.len(), found: found.len(), ..Tally::default() };
-    for (e, f) in counts.values() {
-        match (e, f) {
-            (0, f) => t.unexpected += f,
-            (e, f) if f < e => t.missing += e - f,
-            (e, f) => t.duplicates += f - e,
-        }
-    }
-    t
-}
-
-/// Every session in a stopped server's D.
-pub fn server_sessions(data_dir: &Path) -> Result<Vec<ExperienceSession>, ChaosError> {
-    let store = irec_server::store::Store::open(&data_dir.join("db"))?;
-    Ok(store.all_sessions()?.into_iter().map(|(_, s)| s).collect())
+    let tracker = BaselineLoader::Tracker { lexicon: Arc::new(env.world.lexicon.clone()), index: Arc::new(env.index.clone()) };
+    sessions::replay(env, device, &tracker, n).0.into_iter().map(|s| s.session).collect()
 }
 
 /// What is left in a stopped agent's store.
@@ -283,7 +172,7 @@ pub struct AgentLeft {
 }
 
 pub fn agent_left(data_dir: &Path) -> Result<AgentLeft, ChaosError> {
-    let st = irec_edge_agent::store::AgentStore::open(&data_dir.join("db"))?;
+    let st = irec_edge_agent::store::AgentStore::open(&irec_edge_agent::store::db_dir(data_dir))?;
     Ok(AgentLeft {
         next_session: st.next_session()?,
         unbatched: st.unbatched(),

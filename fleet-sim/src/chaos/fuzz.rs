@@ -456,7 +456,7 @@ pub fn run(config: &FuzzConfig, progress: &(dyn Fn(&str) + Sync)) -> Result<Outc
     out.figure("uploads_accepted", fed.accepted_uploads);
     out.figure("blobs_verified", fed.blobs_verified);
     out.figure("decoder_peak_buffered_bytes", fed.peak_buffered);
-    if let Some((peak, _)) = super::rss_kib(std::process::id()) {
+    if let Some(peak) = irec_edge_agent::procfs::memory(None).map(|m| m.peak_kib) {
         out.figure("process_peak_rss_kib", peak);
     }
     out.check(panics == 0, || format!("{panics} inputs panicked: {}", notes.join("; ")));

@@ -3,7 +3,7 @@
 //! predict what the server must do with each; afterwards D must hold exactly the uploads they
 //! accepted, once each, and the server must still serve a well-behaved agent.
 
-use super::client::{self, Reply};
+use irec_testkit::quic::{self as client, Answer, Session};
 use super::fuzz::{self, Handlers, FUZZ_ITEMS, FUZZ_TOKEN};
 use super::{fleet, ChaosError, Outcome};
 use irec_learn::round::NoTrainer;
@@ -61,7 +61,7 @@ async fn run_async(inputs: u64, seed: u64, dir: &Path, progress: &(dyn Fn(&str) 
     }));
     let (addr, cert) = (handle.local_addr, handle.cert_path.clone());
     let ep = client::endpoint()?;
-    let mut agent = client::hello(&ep, addr, &cert, FUZZ_TOKEN).await?;
+    let mut agent = Session::hello(&ep, addr, &cert, FUZZ_TOKEN).await?;
     let h = Handlers::new();
     let mut expected: BTreeMap<BatchId, usize> = BTreeMap::new();
     let mut replies: BTreeMap<String, u64> = BTreeMap::new();
@@ -84,20 +84,20 @@ async fn run_async(inputs: u64, seed: u64, dir: &Path, progress: &(dyn Fn(&str) 
                     conn.close(0u8.into(), b"");
                     r
                 }
-                Err(e) => Reply::Nothing(e.to_string()),
+                Err(e) => Answer::Nothing(e.to_string()),
             }
         };
         let key = match &reply {
-            Reply::Message(Message::Error(e)) => format!("error {:?}", e.code),
-            Reply::Message(m) => format!("{:?}", m.kind()),
-            Reply::Closed(c) => match ErrorCode::from_code(*c) {
+            Answer::Message(Message::Error(e)) => format!("error {:?}", e.code),
+            Answer::Message(m) => format!("{:?}", m.kind()),
+            Answer::Closed(c) => match ErrorCode::from_code(*c) {
                 Some(code) => format!("closed {code:?}"),
                 None => {
                     out.check(false, || format!("input {i}: connection closed with unknown code {c}"));
                     format!("closed {c}")
                 }
             },
-            Reply::Nothing(why) => {
+            Answer::Nothing(why) => {
                 out.check(false, || format!("input {i}: no reply ({why})"));
                 "nothing".to_string()
             }
@@ -106,7 +106,7 @@ async fn run_async(inputs: u64, seed: u64, dir: &Path, progress: &(dyn Fn(&str) 
         // A bad request costs only its stream; if the good connection died, that is a finding.
         if agent.conn.close_reason().is_some() {
             out.check(false, || format!("input {i} closed a welcomed connection: {:?}", agent.conn.close_reason()));
-            agent = client::hello(&ep, addr, &cert, FUZZ_TOKEN).await?;
+            agent = Session::hello(&ep, addr, &cert, FUZZ_TOKEN).await?;
             reconnects += 1;
         }
         if i % 500 == 499 || i + 1 == inputs {
@@ -116,7 +116,7 @@ async fn run_async(inputs: u64, seed: u64, dir: &Path, progress: &(dyn Fn(&str) 
             expected.insert(b.batch_id, b.sessions.len());
             let frame = encode(&Message::UploadBatch(b), &FrameLimits::default()).map_err(|e| ChaosError::Relay(e.to_string()))?;
             let r = client::exchange(&agent.conn, &frame, WITHIN).await;
-            out.check(matches!(r, Reply::Message(Message::Ack(_))), || format!("after input {i} a good upload got {r:?}"));
+            out.check(matches!(r, Answer::Message(Message::Ack(_))), || format!("after input {i} a good upload got {r:?}"));
         }
         if i % 2_000 == 1_999 {
             progress(&format!("R3 live: {} inputs, {:.0}/s", i + 1, (i + 1) as f64 / started.elapsed().as_secs_f64()));

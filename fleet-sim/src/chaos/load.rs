@@ -5,9 +5,10 @@
 //! the time from the first agent's start to the last ack), send-to-ack latency percentiles over
 //! every batch, and the server's peak resident memory.
 
-use super::bins::Binaries;
+use irec_testkit::procs::Binaries;
 use super::fleet::{self, WorldSize};
-use super::{percentile, rss_kib, ChaosError, Outcome};
+use super::{percentile, ChaosError, Outcome};
+use irec_edge_agent::procfs;
 use irec_edge_agent::Stats;
 use irec_model::loader::BaselineLoader;
 use serde::{Deserialize, Serialize};
@@ -56,7 +57,7 @@ pub fn run(bins: &Binaries, config: &LoadConfig, progress: &(dyn Fn(&str) + Sync
     let progress_line = |n: usize| progress(&format!("R4: {n} agents running"));
     let mut out = Outcome::new("load");
     let dir = fleet::workdir(config.dir.as_deref(), "load")?;
-    let port = super::bins::free_udp_port()?;
+    let port = irec_testkit::procs::free_udp_port()?;
     let server_dir = dir.join("server");
     let mut server_config = fleet::server_config(&server_dir, port, &config.world);
     server_config.max_connections = config.agents + 64;
@@ -95,7 +96,7 @@ pub fn run(bins: &Binaries, config: &LoadConfig, progress: &(dyn Fn(&str) + Sync
                 loop {
                     let now = running.load(Ordering::SeqCst);
                     peak_running = peak_running.max(now);
-                    if let Some((hwm, _)) = rss_kib(server_pid) {
+                    if let Some(hwm) = procfs::memory(Some(server_pid)).map(|m| m.peak_kib) {
                         peak_rss = peak_rss.max(hwm);
                     }
                     if last.elapsed() > Duration::from_secs(10) {
@@ -138,9 +139,9 @@ pub fn run(bins: &Binaries, config: &LoadConfig, progress: &(dyn Fn(&str) + Sync
         (results, peak_running, peak_rss)
     });
     let wall = started.elapsed().as_secs_f64();
-    let peak_rss = rss_kib(server_pid).map_or(peak_rss_during, |(hwm, _)| hwm.max(peak_rss_during));
-    let server_cpu = super::cpu_seconds(server_pid);
-    let fleet_cpu = super::cpu_seconds(std::process::id());
+    let peak_rss = procfs::memory(Some(server_pid)).map_or(peak_rss_during, |m| m.peak_kib.max(peak_rss_during));
+    let server_cpu = procfs::cpu_seconds(Some(server_pid));
+    let fleet_cpu = procfs::cpu_seconds(None);
     runtime.shutdown_timeout(Duration::from_secs(5));
     let stopped = server.interrupt(Duration::from_secs(30));
     out.check(stopped.is_some_and(|s| s.success()), || format!("the server did not stop cleanly: {stopped:?}"));
@@ -152,13 +153,13 @@ pub fn run(bins: &Binaries, config: &LoadConfig, progress: &(dyn Fn(&str) + Sync
             Err(e) => out.check(false, || format!("agent {i}: {e}")),
         }
     }
-    let found = fleet::server_sessions(&server_dir)?;
+    let found = irec_testkit::stored_sessions(&server_dir)?;
     let turns: usize = found.iter().map(|s| s.turns.len()).sum();
     let mut expected = Vec::new();
     for c in &configs {
         expected.extend(fleet::replay(&env, &c.device, config.sessions));
     }
-    let t = fleet::tally(&expected, &found);
+    let t = irec_testkit::tally::tally(&expected, &found);
     out.check(t.exact(), || format!("D does not hold every session exactly once: {t:?}"));
     let latencies: Vec<f64> = stats.iter().flat_map(|s| s.ack_latencies_ms.iter().copied()).collect();
     let bytes: u64 = stats.iter().map(|s| s.bytes_uploaded).sum();

@@ -13,16 +13,15 @@
 //! - [`privacy`] (R6): every byte the server stores or receives, searched for private values.
 //!
 //! R5 (attacks on a live server) lives with the server's own tests (`server/tests/ingest.rs`,
-//! `server/tests/attack.rs`), which have the hand-made QUIC client it needs.
+//! `server/tests/attack.rs`).
 //!
-//! Building blocks: [`bins`] (the binaries as child processes, SIGKILL), [`fleet`] (configs of a
-//! small world, replaying what a device produced, counting sessions), [`relay`] (a recording
-//! QUIC relay for the traffic audit).
+//! Building blocks: [`fleet`] (configs of a small world, starting server and agents, what is left
+//! in their stores), [`relay`] (a recording QUIC relay for the traffic audit), [`probe`]; and from
+//! `irec-testkit`, shared with the server's and the system tests: the binaries as child processes
+//! (`procs`), the hand-driven QUIC client (`quic`), exactly-once counts (`tally`).
 
 pub mod agents_killed;
-pub mod bins;
 pub mod fleet;
-pub mod client;
 pub mod fuzz;
 pub mod fuzz_live;
 pub mod load;
@@ -39,12 +38,6 @@ use std::path::PathBuf;
 pub enum ChaosError {
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
-    #[error("starting {0}: {1}")]
-    Spawn(String, std::io::Error),
-    #[error("{0}")]
-    Timeout(String),
-    #[error("binary not found: {0}")]
-    Binary(String),
     #[error("config: {0}")]
     Config(String),
     #[error("building the world: {0}")]
@@ -58,6 +51,9 @@ pub enum ChaosError {
     Server(#[from] irec_server::ServerError),
     #[error("relay: {0}")]
     Relay(String),
+    /// Starting, stopping or reaching the binaries (missing binary, timeout, connection).
+    #[error(transparent)]
+    Kit(#[from] irec_testkit::KitError),
 }
 
 /// What a campaign measured and which promises it saw broken.
@@ -99,25 +95,4 @@ impl Outcome {
 
 pub use irec_world::metrics::percentile;
 
-/// Peak and current resident memory of a process, in KiB, from `/proc/<pid>/status` (Linux).
-pub fn rss_kib(pid: u32) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-    };
-    Some((field("VmHWM:")?, field("VmRSS:")?))
-}
 
-/// CPU time a process has used (user + system), in seconds, from `/proc/<pid>/stat` (Linux,
-/// assuming the usual 100 clock ticks per second).
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces) start after the last ')'.
-    let rest = &text[text.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}

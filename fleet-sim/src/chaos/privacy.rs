@@ -24,7 +24,7 @@
 //! The scan is first pointed at a device's own store, where it must find that device's seed:
 //! proof it can see a leak.
 
-use super::bins::Binaries;
+use irec_testkit::procs::Binaries;
 use super::fleet::{self, WorldSize};
 use super::probe::ProbeLoader;
 use super::relay::{Direction, Relay};
@@ -176,7 +176,7 @@ fn files_under(dir: &Path) -> Vec<PathBuf> {
 pub fn run(bins: &Binaries, config: &PrivacyConfig) -> Result<Outcome, ChaosError> {
     let mut out = Outcome::new("privacy");
     let dir = fleet::workdir(config.dir.as_deref(), "privacy")?;
-    let port = super::bins::free_udp_port()?;
+    let port = irec_testkit::procs::free_udp_port()?;
     let server_dir = dir.join("server");
     let blob = dir.join("behaviour.bin");
     std::fs::write(&blob, b"any checkpoint: the probe ignores its bytes").map_err(|e| ChaosError::Io(blob.clone(), e))?;
@@ -226,8 +226,8 @@ pub fn run(bins: &Binaries, config: &PrivacyConfig) -> Result<Outcome, ChaosErro
     let (streams, failures) = traffic?;
     runtime.shutdown_timeout(Duration::from_secs(5));
     // Rounds the uploads closed finish first, so the trainer's state and the registry are audited.
-    let rounds_done = super::bins::wait_until(&mut server, Duration::from_secs(600), "done with its rounds", || {
-        fleet::read_status(&server_dir).is_some_and(|s| s.rounds.iter().all(|r| r.status.is_finished()))
+    let rounds_done = irec_testkit::procs::wait_until(&mut server, Duration::from_secs(600), "done with its rounds", || {
+        irec_server::status::read_file(&server_dir).is_some_and(|s| s.rounds.iter().all(|r| r.status.is_finished()))
     });
     out.check(rounds_done.is_ok(), || format!("rounds did not finish: {rounds_done:?}"));
     let stopped = server.interrupt(Duration::from_secs(20));
@@ -240,7 +240,7 @@ pub fn run(bins: &Binaries, config: &PrivacyConfig) -> Result<Outcome, ChaosErro
     let mut needles = Needles::default();
     let mut replayed = Vec::new();
     for d in &devices {
-        let (sessions, profile) = fleet::replay_with(&env, d, config.sessions, &probe);
+        let (sessions, profile) = irec_edge_agent::sessions::replay(&env, d, &probe, config.sessions);
         needles.u64("device seed", d.seed);
         needles.f32("noise sigma", d.noise_sigma);
         needles.strong.add("noise sigma", d.noise_sigma.to_string().into_bytes());
@@ -248,8 +248,8 @@ pub fn run(bins: &Binaries, config: &PrivacyConfig) -> Result<Outcome, ChaosErro
         let bias: Vec<f32> = profile.bias.values().into_iter().filter(|b| (*b * 1024.0).fract() != 0.0).collect();
         needles.f32s("learned bias", &bias);
         for s in &sessions {
-            needles.u64("session seed", s.seed);
-            needles.u64("user id (user seed)", rng::derive(s.seed, 1));
+            needles.u64("session seed", s.spec.seed);
+            needles.u64("user id (user seed)", rng::derive(s.spec.seed, irec_world::sim::SessionSpec::USER));
         }
         replayed.extend(sessions);
     }
@@ -320,9 +320,9 @@ pub fn run(bins: &Binaries, config: &PrivacyConfig) -> Result<Outcome, ChaosErro
     }
     let expected: Vec<ExperienceSession> = replayed.iter().map(|r| r.session.clone()).collect();
     let uploaded: Vec<ExperienceSession> = uploads.into_values().flatten().collect();
-    let t_wire = fleet::tally(&expected, &uploaded);
+    let t_wire = irec_testkit::tally::tally(&expected, &uploaded);
     out.check(t_wire.exact(), || format!("the uploads are not exactly the sessions the devices ran: {t_wire:?}"));
-    let t_d = fleet::tally(&expected, &fleet::server_sessions(&server_dir)?);
+    let t_d = irec_testkit::tally::tally(&expected, &irec_testkit::stored_sessions(&server_dir)?);
     out.check(t_d.exact(), || format!("D is not exactly the sessions the devices ran: {t_d:?}"));
     let mut target_shown_unfound = 0;
     let mut failed = 0;

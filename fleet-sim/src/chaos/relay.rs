@@ -63,7 +63,7 @@ impl Relay {
         let endpoint = quinn::Endpoint::server(config, SocketAddr::from(([127, 0, 0, 1], 0))).map_err(|e| ChaosError::Io(dir.into(), e))?;
         let addr = endpoint.local_addr().map_err(|e| ChaosError::Io(dir.into(), e))?;
         let traffic = Traffic::default();
-        let upstream = super::client::endpoint()?;
+        let upstream = irec_testkit::quic::endpoint()?;
         let (ep, t, cert_path) = (endpoint.clone(), traffic.clone(), server_cert.to_path_buf());
         tokio::spawn(async move {
             while let Some(incoming) = ep.accept().await {
@@ -85,7 +85,7 @@ impl Relay {
 
 async fn relay_connection(incoming: quinn::Incoming, up: quinn::Endpoint, server: SocketAddr, cert: &Path, t: Traffic) -> Result<(), ChaosError> {
     let agent = incoming.await.map_err(|e| ChaosError::Relay(e.to_string()))?;
-    let server = super::client::connect(&up, server, cert).await?;
+    let server = irec_testkit::quic::connect(&up, server, cert).await?;
     // Closes travel both ways with their code and reason.
     let (a, s) = (agent.clone(), server.clone());
     tokio::spawn(async move {

@@ -12,7 +12,7 @@
 //!   policy any agent ever installed is byte for byte the registry's version of that number;
 //! - no agent rejected a policy (a corrupt or partial blob would fail its hash check).
 
-use super::bins::{wait_until, Binaries, Proc};
+use irec_testkit::procs::{wait_until, Binaries, Proc};
 use irec_edge_agent::cli::Summary;
 use super::fleet::{self, WorldSize};
 use super::{ChaosError, Outcome};
@@ -171,7 +171,7 @@ pub fn run(bins: &Binaries, config: &ServerKilledConfig, progress: &mut dyn FnMu
         Some(t) => t.clone(),
         None => fleet::small_learned_trainer(&dir, &config.world, progress)?,
     };
-    let port = super::bins::free_udp_port()?;
+    let port = irec_testkit::procs::free_udp_port()?;
     let server_dir = dir.join("server");
     let mut server_config = fleet::server_config(&server_dir, port, &config.world);
     server_config.round_quota = config.round_quota;
@@ -274,7 +274,7 @@ pub fn run(bins: &Binaries, config: &ServerKilledConfig, progress: &mut dyn FnMu
     }
     // The rounds those sessions closed finish too.
     let drained = wait_until(&mut server, Duration::from_secs(config.drain_timeout_s), "done with its rounds", || {
-        fleet::read_status(&server_dir).is_some_and(|s| s.rounds.iter().all(|r| r.status.is_finished()))
+        irec_server::status::read_file(&server_dir).is_some_and(|s| s.rounds.iter().all(|r| r.status.is_finished()))
     });
     out.check(drained.is_ok(), || format!("rounds did not finish: {drained:?}"));
     let stopped = server.interrupt(Duration::from_secs(60));
@@ -321,8 +321,8 @@ fn verify(out: &mut Outcome, config: &ServerKilledConfig, agents: &[Agent], prod
         let left = fleet::agent_left(&a.config.data_dir)?;
         out.check(left.pending_batches == 0 && left.unbatched == 0 && left.quarantined == 0, || format!("agent {i} ended with {left:?}"));
     }
-    let found = fleet::server_sessions(server_dir)?;
-    let t = fleet::tally(&expected, &found);
+    let found = irec_testkit::stored_sessions(server_dir)?;
+    let t = irec_testkit::tally::tally(&expected, &found);
     out.figure("sessions", t);
     out.check(t.exact(), || format!("D does not hold every session exactly once: {t:?}"));
 

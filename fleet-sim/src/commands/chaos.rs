@@ -2,7 +2,7 @@
 //! its figures, and with `--json` one JSON object as the last stdout line; the exit status is
 //! non-zero when the campaign saw a promise broken.
 
-use crate::chaos::bins::Binaries;
+use irec_testkit::procs::Binaries;
 use crate::chaos::{self, Outcome};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;

@@ -1,6 +1,7 @@
-//! Test helpers: a server on loopback port 0 in a temp dir, and a hand-driven QUIC client that
-//! can send anything, well-formed or not.
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+//! Test helpers: a server on loopback port 0 in a temp dir, test sessions and trainers; the
+//! hand-driven QUIC client and process launching come from `irec-testkit`, shared with the
+//! system tests and the chaos campaigns.
+#![allow(dead_code, unused_imports, clippy::unwrap_used, clippy::expect_used)]
 
 use irec_learn::round::{RoundMetrics, RoundTrainer, TrainError, TrainJob, TrainOutcome};
 use irec_server::{Server, ServerConfig, ServerHandle};
@@ -31,38 +32,10 @@ pub fn config(dir: &Path) -> ServerConfig {
     c
 }
 
-pub struct Running {
-    pub handle: ServerHandle,
-    stop: Option<oneshot::Sender<()>>,
-    task: JoinHandle<Result<(), irec_server::ServerError>>,
-}
-
-impl Running {
-    pub fn addr(&self) -> SocketAddr {
-        self.handle.local_addr
-    }
-
-    pub fn cert(&self) -> PathBuf {
-        self.handle.cert_path.clone()
-    }
-
-    /// Stops the server and waits until it released its data dir.
-    pub async fn stop(mut self) {
-        if let Some(s) = self.stop.take() {
-            let _ = s.send(());
-        }
-        self.task.await.expect("server task").expect("server result");
-    }
-}
+pub use irec_testkit::server::Running;
 
 pub async fn start(config: ServerConfig, trainer: Arc<dyn RoundTrainer>) -> Running {
-    let server = Server::bind(config, trainer).await.expect("bind");
-    let handle = server.handle().expect("handle");
-    let (tx, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve(async {
-        let _ = rx.await;
-    }));
-    Running { handle, stop: Some(tx), task }
+    irec_testkit::server::start(config, trainer).await.expect("bind")
 }
 
 /// A trainer for tests: the candidate is derived from the data (session count + round), the
@@ -99,153 +72,49 @@ pub fn batch(id: u128, sessions: Vec<ExperienceSession>) -> Message {
     Message::UploadBatch(UploadBatch { batch_id: BatchId(id), sessions })
 }
 
-pub fn client_config(cert: &Path) -> quinn::ClientConfig {
-    let der = std::fs::read(cert).expect("cert");
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(rustls::pki_types::CertificateDer::from(der)).expect("root");
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![ALPN.to_vec()];
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    quinn::ClientConfig::new(Arc::new(crypto))
+pub use irec_testkit::quic::{frame, hello_frame as hello, Answer, Session as Client};
+use irec_testkit::procs::{wait_until, Launcher, Proc};
+use irec_testkit::quic;
+
+/// A new connection to `addr`, trusting only `cert` (how it failed is in the error).
+pub async fn connect(addr: SocketAddr, cert: &Path) -> Result<quinn::Connection, irec_testkit::KitError> {
+    quic::connect(&quic::endpoint()?, addr, cert).await
 }
 
-pub async fn connect(addr: SocketAddr, cert: &Path) -> Result<quinn::Connection, quinn::ConnectionError> {
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    endpoint.connect_with(client_config(cert), addr, "irec-server").unwrap().await
+/// Sends raw bytes on a new stream, finishes it, and reads the reply.
+pub async fn send_raw(conn: &quinn::Connection, bytes: &[u8]) -> Answer {
+    quic::exchange(conn, bytes, quic::REPLY_WITHIN).await
 }
 
-/// What came back on a stream: a message, or how the connection ended.
-#[derive(Debug, PartialEq)]
-pub enum Reply {
-    Message(Message),
-    /// The connection was closed with this application code.
-    Closed(u64),
-    /// The stream ended without a reply.
-    Nothing(String),
+pub async fn read_reply(recv: &mut quinn::RecvStream) -> Answer {
+    quic::read_answer(recv, quic::REPLY_WITHIN).await
 }
 
-impl Reply {
-    pub fn error_code(&self) -> Option<ErrorCode> {
-        match self {
-            Reply::Message(Message::Error(e)) => Some(e.code),
-            Reply::Closed(c) => ErrorCode::from_code(*c),
-            _ => None,
-        }
-    }
-}
-
-pub async fn read_reply(recv: &mut quinn::RecvStream) -> Reply {
-    let mut d = FrameDecoder::new(Side::Agent, FrameLimits::default());
-    loop {
-        match d.next_message() {
-            Ok(Some(m)) => return Reply::Message(m),
-            Ok(None) => {}
-            Err(e) => return Reply::Nothing(e.to_string()),
-        }
-        match recv.read_chunk(64 * 1024, true).await {
-            Ok(Some(c)) => {
-                if let Err(e) = d.push(&c.bytes) {
-                    return Reply::Nothing(e.to_string());
-                }
-            }
-            Ok(None) => return Reply::Nothing("finished".into()),
-            Err(quinn::ReadError::ConnectionLost(quinn::ConnectionError::ApplicationClosed(c))) => {
-                return Reply::Closed(c.error_code.into_inner())
-            }
-            Err(e) => return Reply::Nothing(e.to_string()),
-        }
-    }
-}
-
-/// Sends raw bytes on a new stream, finishes, and reads the reply.
-pub async fn send_raw(conn: &quinn::Connection, bytes: &[u8]) -> (Reply, Option<(quinn::SendStream, quinn::RecvStream)>) {
-    let (mut send, mut recv) = match conn.open_bi().await {
-        Ok(s) => s,
-        Err(quinn::ConnectionError::ApplicationClosed(c)) => return (Reply::Closed(c.error_code.into_inner()), None),
-        Err(e) => return (Reply::Nothing(e.to_string()), None),
-    };
-    let _ = send.write_all(bytes).await;
-    let _ = send.finish();
-    let reply = read_reply(&mut recv).await;
-    (reply, Some((send, recv)))
-}
-
-pub fn frame(m: &Message) -> Vec<u8> {
-    encode(m, &FrameLimits::default()).unwrap()
-}
-
-pub fn hello(token: &str) -> Vec<u8> {
-    frame(&Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: token.into() }))
-}
-
-/// A connected, welcomed client with its control stream.
-pub struct Client {
-    pub conn: quinn::Connection,
-    pub control: quinn::RecvStream,
-    pub welcome: Welcome,
-    _send: quinn::SendStream,
-}
-
-impl Client {
-    pub async fn request(&self, m: &Message) -> Reply {
-        send_raw(&self.conn, &frame(m)).await.0
-    }
-
-    /// The next announcement on the control stream.
-    pub async fn announcement(&mut self, within: Duration) -> Option<PolicyAnnouncement> {
-        match tokio::time::timeout(within, read_reply(&mut self.control)).await {
-            Ok(Reply::Message(Message::PolicyAnnouncement(a))) => Some(a),
-            _ => None,
-        }
-    }
-}
-
+/// A connected, welcomed client with the test token.
 pub async fn client(addr: SocketAddr, cert: &Path) -> Client {
-    let conn = connect(addr, cert).await.expect("connect");
-    let (mut send, mut control) = conn.open_bi().await.unwrap();
-    send.write_all(&hello(TOKEN)).await.unwrap();
-    match read_reply(&mut control).await {
-        Reply::Message(Message::Welcome(welcome)) => Client { conn, control, welcome, _send: send },
-        other => panic!("expected welcome, got {other:?}"),
-    }
+    Client::hello(&quic::endpoint().unwrap(), addr, cert, TOKEN).await.expect("a welcome")
 }
 
-pub fn expect_ack(r: &Reply) -> Ack {
-    match r {
-        Reply::Message(Message::Ack(a)) => *a,
-        other => panic!("expected ack, got {other:?}"),
-    }
+pub fn expect_ack(r: &Answer) -> Ack {
+    r.ack().unwrap_or_else(|| panic!("expected ack, got {r:?}"))
 }
 
 /// Starts the `irec-server` executable on a TOML config and waits until it is bound (it writes
-/// `status.json` right after binding).
-pub fn start_process(config_path: &Path, data_dir: &Path) -> std::process::Child {
-    let status = data_dir.join("status.json");
+/// `status.json` right after binding). Logs go next to the data dir.
+pub fn start_process(config_path: &Path, data_dir: &Path) -> Proc {
+    let status = data_dir.join(irec_server::status::STATUS_FILE);
     let _ = std::fs::remove_file(&status);
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_irec-server"))
-        .arg("--config")
-        .arg(config_path)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while !status.exists() {
-        assert!(std::time::Instant::now() < deadline, "the server did not start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    child
+    let server = Launcher { program: PathBuf::from(env!("CARGO_BIN_EXE_irec-server")), prefix: Vec::new() };
+    let args = vec!["--config".to_string(), config_path.display().to_string()];
+    let mut p = Proc::spawn("irec-server", &server, &args, &[], &data_dir.with_extension("server")).unwrap();
+    wait_until(&mut p, Duration::from_secs(60), "bound", || status.exists()).unwrap();
+    p
 }
 
 /// A config for a server process on a fixed loopback port in `dir/server`, written to
 /// `dir/server.toml`; returns (config, its path).
 pub fn process_config(dir: &Path) -> (ServerConfig, PathBuf) {
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = irec_testkit::procs::free_udp_port().unwrap();
     let mut cfg = config(&dir.join("server"));
     cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
     let path = dir.join("server.toml");
@@ -255,6 +124,10 @@ pub fn process_config(dir: &Path) -> (ServerConfig, PathBuf) {
 
 /// Peak resident memory of a process, in KiB (Linux).
 pub fn peak_rss_kib(pid: u32) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    text.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap()
+    irec_edge_agent::procfs::memory(Some(pid)).expect("/proc readable").peak_kib
+}
+
+/// Every session in the D of the stopped server whose data dir is `dir`.
+pub fn stored(dir: &Path) -> Vec<ExperienceSession> {
+    irec_testkit::stored_sessions(dir).unwrap()
 }

@@ -8,10 +8,10 @@ use super::heads::MultiHead;
 use super::perception::{Featurizer, Perception};
 use super::tracker::StateTracker;
 use super::{attrnet::AttrNet, text_encoder::TextEncoder, tokenizer::Vocabulary};
-use irec_world::catalog::{Action, ItemId, NUM_ATTRS};
+use irec_world::catalog::{Action, NUM_ATTRS};
 use irec_world::policy::{Policy, SessionHint};
 use irec_world::rng::{self, Rng};
-use irec_world::sim::{Environment, Observation, Transcript};
+use irec_world::sim::{Environment, Observation, SessionSpec, Transcript};
 use candle_core::{Device, Tensor};
 use candle_nn::VarBuilder;
 use rand_distr::{Distribution, StandardNormal};
@@ -168,21 +168,6 @@ impl Policy for NeuralPolicy {
     }
 }
 
-/// A session to run: its target and its seed.
-#[derive(Clone, Copy, Debug)]
-pub struct SessionSpec {
-    pub target: ItemId,
-    pub seed: u64,
-}
-
-impl SessionSpec {
-    /// Evaluation session `i` of `seed`, as [`irec_world::policy::run_session`] draws it.
-    pub fn numbered(env: &Environment, seed: u64, i: u64) -> SessionSpec {
-        let s = rng::derive(seed, i);
-        SessionSpec { target: env.sample_target(&mut rng::rng(rng::derive(s, 0))), seed: s }
-    }
-}
-
 /// Runs many sessions in lock step, one batched tracker/policy forward per turn.
 pub fn rollout(
     env: &Environment,
@@ -209,8 +194,8 @@ pub fn rollout_limited(
     turn_limit: usize,
 ) -> candle_core::Result<Vec<Transcript>> {
     let dev = featurizer.perception().device.clone();
-    let mut episodes: Vec<_> = sessions.iter().map(|s| env.start(s.target, s.seed)).collect();
-    let mut rngs: Vec<Rng> = sessions.iter().map(|s| rng::rng(rng::derive(s.seed, 3))).collect();
+    let mut episodes: Vec<_> = sessions.iter().map(|s| env.start(s)).collect();
+    let mut rngs: Vec<Rng> = sessions.iter().map(SessionSpec::acting_rng).collect();
     let width: usize = heads.iter().sum();
     let mut h = tracker.initial(sessions.len(), &dev)?;
     let mut active: Vec<usize> = (0..sessions.len()).collect();

@@ -29,7 +29,7 @@ pub mod text_encoder;
 pub mod tokenizer;
 pub mod tracker;
 
-pub use acting::{rollout, Acting, NeuralPolicy, PolicyModel, SessionSpec};
+pub use acting::{rollout, Acting, NeuralPolicy, PolicyModel};
 pub use checkpoint::{Checkpoint, CheckpointMeta, ModelError};
 pub use perception::{Featurizer, Perception};
 

@@ -2,10 +2,9 @@
 //!
 //! A batch is cut as soon as `max_sessions` sessions wait; a partial batch only once the device
 //! has been quiet for `linger` (no new session) or its generator is done, so a busy device sends
-//! full batches and an idle one does not sit on its last sessions. Batches are only cut while
-//! connected, within the caps the server's welcome advertises: a batch cut under a larger cap
-//! than the server's would be refused as invalid, a permanent failure that quarantines its
-//! sessions for good.
+//! full batches and an idle one does not sit on its last sessions. While connected, batches are
+//! cut within the caps the server's welcome advertises as well as the agent's own; offline, with
+//! the agent's own (so a device that cannot reach the server still persists its batches).
 
 use super::message::Welcome;
 use std::time::{Duration, Instant};
@@ -18,7 +17,7 @@ pub struct Batching {
     linger: Duration,
     /// When the last session was recorded.
     last_session: Instant,
-    /// The caps in force on the current connection; `None` while disconnected.
+    /// The caps of the current connection's welcome; `None` while disconnected.
     caps: Option<(usize, usize)>,
 }
 
@@ -54,7 +53,7 @@ impl Batching {
 
     /// Whether to cut batches now, with `waiting` sessions not yet in one.
     pub fn poll(&self, waiting: usize, generator_done: bool, now: Instant) -> Option<Cut> {
-        let (max_sessions, max_bytes) = self.caps?;
+        let (max_sessions, max_bytes) = self.caps.unwrap_or((self.max_sessions, self.max_bytes));
         if waiting == 0 {
             return None;
         }
@@ -62,9 +61,9 @@ impl Batching {
         (waiting >= max_sessions || all).then_some(Cut { max_sessions, max_bytes, all })
     }
 
-    /// When a partial batch becomes due, if sessions wait and a connection is up.
+    /// When a partial batch becomes due, if sessions wait.
     pub fn next_wakeup(&self, waiting: usize) -> Option<Instant> {
-        (waiting > 0 && self.caps.is_some()).then_some(self.last_session + self.linger)
+        (waiting > 0).then_some(self.last_session + self.linger)
     }
 }
 
@@ -81,7 +80,7 @@ mod tests {
         let t0 = Instant::now();
         let s = Duration::from_secs;
         let mut b = Batching::new(4, 1 << 20, s(2), t0);
-        assert_eq!(b.poll(9, true, t0), None, "nothing is cut before a welcome");
+        assert_eq!(b.poll(9, false, t0), Some(Cut { max_sessions: 4, max_bytes: 1 << 20, all: false }), "offline: the agent's own caps");
         b.connected(&welcome(1 << 30, 100));
         assert_eq!(b.poll(0, false, t0), None);
         assert_eq!(b.poll(3, false, t0 + s(1)), None, "partial, still lingering");
@@ -94,6 +93,6 @@ mod tests {
         b.connected(&welcome(1000, 2));
         assert_eq!(b.poll(2, false, t0), Some(Cut { max_sessions: 2, max_bytes: 1000, all: false }), "the server's caps rule");
         b.disconnected();
-        assert_eq!((b.poll(9, true, t0), b.next_wakeup(9)), (None, None));
+        assert_eq!(b.poll(9, false, t0).map(|c| c.max_sessions), Some(4), "back to its own caps");
     }
 }

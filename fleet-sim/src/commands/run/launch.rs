@@ -8,25 +8,19 @@ use irec_edge_agent::cli::Summary;
 use irec_edge_agent::{AgentConfig, Stats};
 use irec_model::loader::{NeuralLoader, PolicyLoader};
 use irec_learn::round::{LearnedTrainer, RoundTrainer};
-use irec_server::status::STATUS_FILE;
-use irec_server::{ServerConfig, ServerStatus};
+use irec_server::status::read_file as read_status;
+use irec_server::ServerConfig;
+use irec_testkit::procs::{Binaries, Proc};
 use irec_world::sim::{Environment, Pool, World};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 /// How long a stopped process may take to exit before it is killed.
 const GRACE: Duration = Duration::from_secs(30);
-
-/// The latest `status.json` a server wrote, if any (it is replaced atomically).
-pub fn read_status(server_dir: &Path) -> Option<ServerStatus> {
-    let text = std::fs::read(server_dir.join(STATUS_FILE)).ok()?;
-    serde_json::from_slice(&text).ok()
-}
 
 /// What an agent reported when it stopped.
 #[derive(Clone, Debug)]
@@ -59,7 +53,7 @@ impl Fleet {
         loop {
             self.check()?;
             let running = match self {
-                Fleet::Processes(p) => p.agents.iter_mut().map(|(_, c, _)| matches!(c.try_wait(), Ok(None))).filter(|running| *running).count(),
+                Fleet::Processes(p) => p.running_agents(),
                 Fleet::InProcess(p) => p.agents.iter().filter(|a| !a.is_finished()).count(),
             };
             if running == 0 || Instant::now() > deadline {
@@ -103,92 +97,52 @@ pub fn agent_address(listening: SocketAddr) -> String {
 // ---------------------------------------------------------------------------------------------
 
 pub struct Processes {
-    server: Child,
-    agents: Vec<(usize, Child, PathBuf)>,
-    bin_dir: Option<PathBuf>,
+    server: Proc,
+    agents: Vec<(usize, Proc)>,
+    bins: Binaries,
     /// How the executables were found, for the report.
     pub launcher: String,
 }
 
-/// A command that runs `name` (`irec-server` or `edge-agent`): the executable of that name in
-/// `bin_dir`, or else this very executable's hidden subcommand of the same name, which runs the
-/// same library code and can never be a stale build of it.
-fn command_for(name: &str, bin_dir: Option<&Path>) -> anyhow::Result<(Command, String)> {
-    if let Some(dir) = bin_dir {
-        let exe = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-        anyhow::ensure!(exe.is_file(), "{} does not exist", exe.display());
-        return Ok((Command::new(&exe), exe.display().to_string()));
-    }
-    let me = std::env::current_exe().context("locating fleet-sim's executable")?;
-    let mut c = Command::new(&me);
-    c.arg(name);
-    Ok((c, format!("{} {name}", me.display())))
-}
-
-fn log_file(path: &Path) -> anyhow::Result<std::fs::File> {
-    std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))
-}
-
-/// Asks a process to stop as Ctrl-C would (SIGINT), so it shuts down in order.
-fn interrupt(child: &Child) {
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).status();
-}
-
-fn wait_or_kill(child: &mut Child) -> std::io::Result<std::process::ExitStatus> {
-    let deadline = Instant::now() + GRACE;
-    loop {
-        if let Some(s) = child.try_wait()? {
-            return Ok(s);
-        }
-        if Instant::now() > deadline {
-            child.kill()?;
-            return child.wait();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn log_level() -> String {
+    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into())
 }
 
 impl Processes {
-    /// Starts the server from `config_path` and waits until it listens.
+    /// Starts the server from `server_config` and waits until it listens. The binaries are the
+    /// executables in `bin_dir`, or else this very executable's hidden subcommands, which run
+    /// the same library code and can never be a stale build of it.
     pub fn start(server_config: &Path, server_dir: &Path, logs: &Path, bin_dir: Option<&Path>) -> anyhow::Result<(Processes, SocketAddr)> {
-        let (mut cmd, launcher) = command_for("irec-server", bin_dir)?;
-        let server = cmd
-            .arg("--config")
-            .arg(server_config)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(log_file(&logs.join("server.out"))?)
-            .stderr(log_file(&logs.join("server.log"))?)
-            .spawn()
-            .with_context(|| format!("starting the server ({launcher})"))?;
-        let mut p = Processes { server, agents: Vec::new(), bin_dir: bin_dir.map(Path::to_path_buf), launcher };
+        let bins = match bin_dir {
+            Some(dir) => Binaries::in_dir(dir)?,
+            None => Binaries::this_executable()?,
+        };
+        let launcher = bins.server.describe();
+        let args = vec!["--config".to_string(), server_config.display().to_string()];
+        let server = Proc::spawn("irec-server", &bins.server, &args, &[("RUST_LOG", &log_level())], &logs.join("server"))?;
+        let mut p = Processes { server, agents: Vec::new(), bins, launcher };
         let addr = wait_listening(server_dir, &mut || p.check())?;
         Ok((p, addr))
     }
 
     pub fn spawn_agent(&mut self, i: usize, config: &Path, logs: &Path) -> anyhow::Result<()> {
-        let (mut cmd, launcher) = command_for("edge-agent", self.bin_dir.as_deref())?;
-        let out = logs.join(format!("agent-{i}.out"));
-        let child = cmd
-            .arg("--config")
-            .arg(config)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(log_file(&out)?)
-            .stderr(log_file(&logs.join(format!("agent-{i}.log")))?)
-            .spawn()
-            .with_context(|| format!("starting agent {i} ({launcher})"))?;
-        self.agents.push((i, child, out));
+        let args = vec!["--config".to_string(), config.display().to_string()];
+        let agent = Proc::spawn(&format!("agent {i}"), &self.bins.agent, &args, &[("RUST_LOG", &log_level())], &logs.join(format!("agent-{i}")))?;
+        self.agents.push((i, agent));
         Ok(())
     }
 
+    fn running_agents(&mut self) -> usize {
+        self.agents.iter_mut().map(|(_, a)| a.exited().is_none()).filter(|running| *running).count()
+    }
+
     fn check(&mut self) -> anyhow::Result<()> {
-        if let Some(s) = self.server.try_wait()? {
+        if let Some(s) = self.server.exited() {
             bail!("the server exited early ({s}); see its log in the run's logs/");
         }
-        for (i, c, _) in &mut self.agents {
+        for (i, a) in &mut self.agents {
             // Finishing its sessions is an agent's normal way out; failing is not.
-            if let Some(s) = c.try_wait()?.filter(|s| !s.success()) {
+            if let Some(s) = a.exited().filter(|s| !s.success()) {
                 bail!("agent {i} failed ({s}); see logs/agent-{i}.log");
             }
         }
@@ -196,30 +150,29 @@ impl Processes {
     }
 
     fn stop(mut self) -> anyhow::Result<Vec<AgentReport>> {
-        for (_, c, _) in &mut self.agents {
-            if matches!(c.try_wait(), Ok(None)) {
-                interrupt(c);
-            }
+        for (_, a) in &mut self.agents {
+            a.ask_to_stop();
         }
         let mut reports = Vec::new();
-        for (i, c, out) in &mut self.agents {
-            let status = wait_or_kill(c)?;
-            let text = std::fs::read_to_string(&*out).unwrap_or_default();
-            let summary = Summary::from_stdout(&text);
+        for (i, a) in &mut self.agents {
+            let status = a.interrupt(GRACE);
+            let summary = Summary::from_stdout(&a.stdout_text());
             let peak_rss_kib = summary.as_ref().and_then(|s| s.peak_rss_kib);
             let stats = summary.map(|s| s.stats);
-            let problem = match (&stats, status.success()) {
+            let problem = match (&stats, status.is_some_and(|s| s.success())) {
                 (Some(_), true) => None,
-                _ => Some(format!("agent {i} ended with {status}; its summary {}", if stats.is_some() { "was read" } else { "is missing" })),
+                _ => Some(format!(
+                    "agent {i} ended with {}; its summary {}",
+                    status.map_or("no status".to_string(), |s| s.to_string()),
+                    if stats.is_some() { "was read" } else { "is missing" }
+                )),
             };
             reports.push(AgentReport { stats, peak_rss_kib, problem });
         }
-        interrupt(&self.server);
-        let status = wait_or_kill(&mut self.server)?;
-        if !status.success() {
-            bail!("the server ended with {status}; see logs/server.log");
+        match self.server.interrupt(GRACE) {
+            Some(s) if s.success() => Ok(reports),
+            other => bail!("the server ended with {other:?}; see logs/server.log"),
         }
-        Ok(reports)
     }
 }
 

@@ -22,7 +22,8 @@ use irec_learn::round::{TrainerConfig, TrainerKind};
 use irec_server::ServerConfig;
 use irec_learn::experiment::{Preset, Progress};
 use irec_world::rng;
-use launch::{agent_address, read_status, Fleet, InProcess, Processes};
+use irec_server::status::read_file as read_status;
+use launch::{agent_address, Fleet, InProcess, Processes};
 use std::path::Path;
 use std::time::{Duration, Instant};
 

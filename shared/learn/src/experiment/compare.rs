@@ -378,7 +378,8 @@ fn iterative(
 
 /// Each behaviour device's policy, with its noise and bias, on an equal share of the test sessions.
 pub fn behaviour_on_test(lab: &Lab, devices: &[BehaviourDevice], sessions: usize, seed: u64) -> Result<Metrics> {
-    use irec_model::{rollout, Acting, SessionSpec};
+    use irec_model::{rollout, Acting};
+    use irec_world::sim::SessionSpec;
     let m = devices.len().max(1);
     let mut ts = Vec::with_capacity(sessions);
     for (k, dev) in devices.iter().enumerate() {

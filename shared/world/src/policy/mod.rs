@@ -12,8 +12,8 @@ pub use personalization::{DeviceProfile, LogitBias, TargetPopulation, TargetSamp
 
 use crate::catalog::Action;
 use crate::metrics::Metrics;
-use crate::rng::{self, Rng};
-use crate::sim::{Desires, Environment, Observation, Transcript};
+use crate::rng::Rng;
+use crate::sim::{Desires, Environment, Observation, SessionSpec, Transcript};
 
 /// What a policy is told when a session starts (only the oracle may read `desires`).
 #[derive(Clone, Copy, Debug)]
@@ -33,8 +33,14 @@ pub trait Policy {
 
 /// Runs evaluation session `i` of `seed` (target drawn from the pool) to its end.
 pub fn run_session(env: &Environment, policy: &mut dyn Policy, seed: u64, i: u64) -> Transcript {
-    let mut episode = env.start_numbered(seed, i);
-    let mut rng = rng::rng(rng::derive(rng::derive(seed, i), 3));
+    run_spec(env, &SessionSpec::numbered(env, seed, i), policy)
+}
+
+/// The session loop: runs the session `spec` names with `policy` to its end. Evaluation, the
+/// devices and the replays that check a fleet all run their sessions through here.
+pub fn run_spec(env: &Environment, spec: &SessionSpec, policy: &mut dyn Policy) -> Transcript {
+    let mut episode = env.start(spec);
+    let mut rng = spec.acting_rng();
     policy.begin(&SessionHint { desires: episode.user.desires });
     while !episode.is_done() {
         let action = policy.act(&mut rng);

@@ -118,26 +118,60 @@ impl Environment {
         pool[rng.random_range(0..pool.len())]
     }
 
-    /// Starts a session for a user with `target`; `seed` fixes the user and the tie-breaking.
-    pub fn start(&self, target: ItemId, seed: u64) -> Episode<'_> {
-        let user = SimulatedUser::new(target, &self.world.truth[target as usize], rng::derive(seed, 1));
+    /// Starts the session `spec` names: its user (sub-stream [`SessionSpec::USER`]) and the
+    /// episode's tie-breaking ([`SessionSpec::EPISODE`]).
+    pub fn start(&self, spec: &SessionSpec) -> Episode<'_> {
+        let user = SimulatedUser::new(spec.target, &self.world.truth[spec.target as usize], rng::derive(spec.seed, SessionSpec::USER));
         Episode {
             env: self,
             user,
             shown: self.index.empty_shown(),
             turns: Vec::new(),
             mentioned: [false; catalog::NUM_ATTRS],
-            rng: rng::rng(rng::derive(seed, 2)),
+            rng: rng::rng(rng::derive(spec.seed, SessionSpec::EPISODE)),
             success: false,
             exhausted: false,
         }
     }
+}
 
-    /// Draws a target uniformly and starts a session: the standard evaluation session `i` of `seed`.
-    pub fn start_numbered(&self, seed: u64, i: u64) -> Episode<'_> {
+/// One session to run: the user's target and the seed every other draw in it derives from.
+/// Every session loop (evaluation, a device's, the batched rollouts, the replays that check a
+/// fleet) names its sessions with this type, so the sub-stream numbers live here only.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionSpec {
+    pub target: ItemId,
+    pub seed: u64,
+}
+
+impl SessionSpec {
+    /// Sub-stream of the target draw (when the target is drawn from the seed).
+    pub const TARGET: u64 = 0;
+    /// Sub-stream of the simulated user.
+    pub const USER: u64 = 1;
+    /// Sub-stream of the episode's tie-breaking among equally good items.
+    pub const EPISODE: u64 = 2;
+    /// Sub-stream of the acting policy's randomness (noise, sampling).
+    pub const ACTING: u64 = 3;
+
+    /// Evaluation session `i` of `seed`: a target drawn uniformly from the environment's pool.
+    pub fn numbered(env: &Environment, seed: u64, i: u64) -> SessionSpec {
         let s = rng::derive(seed, i);
-        let target = self.sample_target(&mut rng::rng(rng::derive(s, 0)));
-        self.start(target, s)
+        SessionSpec { target: env.sample_target(&mut rng::rng(rng::derive(s, Self::TARGET))), seed: s }
+    }
+
+    /// Session `index` of the device with `device_seed`: a target from its household (`draw`,
+    /// e.g. a `TargetSampler`), uniform from the pool when the household has none.
+    pub fn of_device(env: &Environment, device_seed: u64, index: u64, draw: impl FnOnce(&mut Rng) -> Option<ItemId>) -> SessionSpec {
+        let s = rng::derive(rng::derive(device_seed, rng::stream::SESSIONS), index);
+        let mut r = rng::rng(rng::derive(s, Self::TARGET));
+        let target = draw(&mut r).unwrap_or_else(|| env.sample_target(&mut r));
+        SessionSpec { target, seed: s }
+    }
+
+    /// The acting policy's random stream for this session.
+    pub fn acting_rng(&self) -> Rng {
+        rng::rng(rng::derive(self.seed, Self::ACTING))
     }
 }
 

@@ -1,7 +1,7 @@
 //! The real binaries as child processes: where to find them, how to start one with its output in
 //! files, and how to kill it the hard way (SIGKILL: no destructor, no flush, no goodbye).
 
-use super::ChaosError;
+use crate::KitError;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -29,11 +29,11 @@ pub struct Binaries {
 
 impl Binaries {
     /// The executables `irec-server` and `edge-agent` in `dir` (e.g. `target/release`).
-    pub fn in_dir(dir: &Path) -> Result<Binaries, ChaosError> {
-        let exe = |name: &str| -> Result<Launcher, ChaosError> {
+    pub fn in_dir(dir: &Path) -> Result<Binaries, KitError> {
+        let exe = |name: &str| -> Result<Launcher, KitError> {
             let p = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
             if !p.is_file() {
-                return Err(ChaosError::Binary(format!(
+                return Err(KitError::Binary(format!(
                     "{} (build it: cargo build --release -p irec-server -p irec-edge-agent)",
                     p.display()
                 )));
@@ -51,8 +51,8 @@ impl Binaries {
     }
 
     /// This fleet-sim executable's subcommands.
-    pub fn this_executable() -> Result<Binaries, ChaosError> {
-        let exe = std::env::current_exe().map_err(|e| ChaosError::Io(PathBuf::from("current_exe"), e))?;
+    pub fn this_executable() -> Result<Binaries, KitError> {
+        let exe = std::env::current_exe().map_err(|e| KitError::Io(PathBuf::from("current_exe"), e))?;
         Ok(Binaries::via_fleet_sim(&exe))
     }
 }
@@ -70,17 +70,17 @@ pub struct Proc {
 
 impl Proc {
     /// Starts `launcher args` with `env` added, writing `<logs>.out` and `<logs>.log`.
-    pub fn spawn(name: &str, launcher: &Launcher, args: &[String], env: &[(&str, &str)], logs: &Path) -> Result<Proc, ChaosError> {
+    pub fn spawn(name: &str, launcher: &Launcher, args: &[String], env: &[(&str, &str)], logs: &Path) -> Result<Proc, KitError> {
         let stdout = logs.with_extension("out");
         let stderr = logs.with_extension("log");
-        let out = File::create(&stdout).map_err(|e| ChaosError::Io(stdout.clone(), e))?;
-        let err = File::create(&stderr).map_err(|e| ChaosError::Io(stderr.clone(), e))?;
+        let out = File::create(&stdout).map_err(|e| KitError::Io(stdout.clone(), e))?;
+        let err = File::create(&stderr).map_err(|e| KitError::Io(stderr.clone(), e))?;
         let mut cmd = Command::new(&launcher.program);
         cmd.args(&launcher.prefix).args(args).stdin(Stdio::null()).stdout(out).stderr(err);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().map_err(|e| ChaosError::Spawn(format!("{name} ({})", launcher.describe()), e))?;
+        let child = cmd.spawn().map_err(|e| KitError::Spawn(format!("{name} ({})", launcher.describe()), e))?;
         Ok(Proc { name: name.to_string(), child, stdout, stderr, started: Instant::now(), exit: None })
     }
 
@@ -106,10 +106,18 @@ impl Proc {
         true
     }
 
-    /// SIGINT (the binaries' orderly stop), then waits up to `within`; SIGKILL after that.
+    /// Sends SIGINT (the binaries' orderly stop, as Ctrl-C would) without waiting, so a fleet
+    /// can be asked to stop all at once.
+    pub fn ask_to_stop(&mut self) {
+        if self.exited().is_none() {
+            let _ = Command::new("kill").arg("-INT").arg(self.pid().to_string()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+        }
+    }
+
+    /// SIGINT, then waits up to `within`; SIGKILL after that.
     pub fn interrupt(&mut self, within: Duration) -> Option<ExitStatus> {
         if self.exited().is_none() {
-            let _ = Command::new("kill").arg("-INT").arg(self.pid().to_string()).status();
+            self.ask_to_stop();
             let deadline = Instant::now() + within;
             while self.exited().is_none() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(20));
@@ -126,6 +134,11 @@ impl Proc {
             std::thread::sleep(Duration::from_millis(20));
         }
         self.exit
+    }
+
+    /// Everything written to stdout so far.
+    pub fn stdout_text(&self) -> String {
+        std::fs::read_to_string(&self.stdout).unwrap_or_default()
     }
 
     /// The last non-empty line of stdout (the binaries' JSON summary).
@@ -151,28 +164,28 @@ impl Drop for Proc {
 
 /// A UDP port on loopback that was free a moment ago (the server keeps one port across
 /// restarts, so agents can reconnect to the address they were given).
-pub fn free_udp_port() -> Result<u16, ChaosError> {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| ChaosError::Io(PathBuf::from("udp bind"), e))?;
-    let port = s.local_addr().map_err(|e| ChaosError::Io(PathBuf::from("udp bind"), e))?.port();
+pub fn free_udp_port() -> Result<u16, KitError> {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").map_err(|e| KitError::Io(PathBuf::from("udp bind"), e))?;
+    let port = s.local_addr().map_err(|e| KitError::Io(PathBuf::from("udp bind"), e))?.port();
     Ok(port)
 }
 
 /// Polls `ready` every 20 ms until it holds, the process exits, or `within` passes.
-pub fn wait_until(proc: &mut Proc, within: Duration, what: &str, mut ready: impl FnMut() -> bool) -> Result<(), ChaosError> {
+pub fn wait_until(proc: &mut Proc, within: Duration, what: &str, mut ready: impl FnMut() -> bool) -> Result<(), KitError> {
     let deadline = Instant::now() + within;
     loop {
         if ready() {
             return Ok(());
         }
         if let Some(status) = proc.exited() {
-            return Err(ChaosError::Timeout(format!(
+            return Err(KitError::Timeout(format!(
                 "{} exited ({status}) before {what}:\n{}",
                 proc.name,
                 proc.stderr_tail(20)
             )));
         }
         if Instant::now() > deadline {
-            return Err(ChaosError::Timeout(format!("{} not {what} within {within:?}:\n{}", proc.name, proc.stderr_tail(20))));
+            return Err(KitError::Timeout(format!("{} not {what} within {within:?}:\n{}", proc.name, proc.stderr_tail(20))));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -1,15 +1,16 @@
-//! Agents and a server on loopback, in process: exactly-once upload, policy push with hash
-//! checks, restart with pending sessions, refusal of a wrong token.
+//! System test: edge agents and a server on loopback, in process: exactly-once upload, policy
+//! push with hash checks, restart with pending sessions, refusal of a wrong token.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use irec_edge_agent::sessions::{first_profile, run_session};
-use irec_edge_agent::store::AgentStore;
+use irec_edge_agent::sessions::{self, first_profile};
+use irec_edge_agent::store::{db_dir, AgentStore};
 use irec_edge_agent::{AgentConfig, AgentError};
-use irec_model::loader::{BaselineLoader, LoadedPolicy};
+use irec_model::loader::BaselineLoader;
 use irec_learn::round::{RoundMetrics, RoundTrainer, TrainError, TrainJob, TrainOutcome};
-use irec_server::store::Store;
-use irec_server::{Server, ServerConfig, ServerHandle};
+use irec_server::{ServerConfig, ServerHandle};
+use irec_testkit::server::Running;
+use irec_testkit::tally::tally;
 use irec_world::catalog::GeneratorConfig;
 use irec_protocol::experience::ExperienceSession;
 use irec_protocol::*;
@@ -41,19 +42,6 @@ impl RoundTrainer for Trainer {
     }
 }
 
-struct Running {
-    handle: ServerHandle,
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), irec_server::ServerError>>,
-}
-
-impl Running {
-    async fn stop(self) {
-        let _ = self.stop.send(());
-        self.task.await.unwrap().unwrap();
-    }
-}
-
 async fn start_server(dir: &Path, quota: u64) -> Running {
     let blob = dir.join("initial.bin");
     std::fs::write(&blob, b"behaviour").unwrap();
@@ -66,13 +54,7 @@ async fn start_server(dir: &Path, quota: u64) -> Running {
         ..ServerConfig::default()
     };
     c.world = world_config();
-    let server = Server::bind(c, Arc::new(Trainer)).await.unwrap();
-    let handle = server.handle().unwrap();
-    let (stop, rx) = oneshot::channel::<()>();
-    let task = tokio::spawn(server.serve(async {
-        let _ = rx.await;
-    }));
-    Running { handle, stop, task }
+    irec_testkit::server::start(c, Arc::new(Trainer)).await.unwrap()
 }
 
 fn agent_config(dir: &Path, server: &ServerHandle, seed: u64, sessions: u64) -> AgentConfig {
@@ -102,35 +84,23 @@ fn tracker(fallback: bool) -> Arc<irec_model::loader::FallbackLoader> {
     Arc::new(BaselineLoader::Tracker { lexicon: Arc::new(world.lexicon.clone()), index: Arc::new(env.index.clone()) }.with_fallback(fallback))
 }
 
-/// What device `seed` produces for sessions `0..n` with the tracker (the round tag aside).
+/// What the device of `config` produces for sessions `0..n` with the tracker (the round tag
+/// aside), run by the agent's own session loop.
 fn expected_sessions(config: &AgentConfig, n: u64) -> Vec<ExperienceSession> {
     let world = Arc::new(World::build(&config.world).unwrap());
     let env = Environment::with_truth(world.clone(), Pool::Train);
-    let profile = first_profile(&config.device, &env);
-    let targets = profile.population.sampler(env.index.pool(), &world.truth);
     let loaded = BaselineLoader::Tracker { lexicon: Arc::new(world.lexicon.clone()), index: Arc::new(env.index.clone()) };
-    (0..n)
-        .map(|i| {
-            let mut p = loaded.instantiate(&profile);
-            ExperienceSession::from_transcript(&run_session(&env, &targets, p.as_mut(), config.device.seed, i), 0)
-        })
-        .collect()
+    sessions::replay(&env, &config.device, &loaded, n).0.into_iter().map(|s| s.session).collect()
 }
 
 fn stored_sessions(dir: &Path) -> Vec<ExperienceSession> {
-    Store::open(&dir.join("server/db")).unwrap().all_sessions().unwrap().into_iter().map(|(_, s)| s).collect()
+    irec_testkit::stored_sessions(&dir.join("server")).unwrap()
 }
 
-fn untagged(mut s: Vec<ExperienceSession>) -> Vec<String> {
-    let mut out: Vec<String> = s
-        .iter_mut()
-        .map(|x| {
-            x.round = 0;
-            format!("{x:?}")
-        })
-        .collect();
-    out.sort();
-    out
+/// D holds exactly `want`, each once (the round tag aside).
+fn assert_exactly(d: &[ExperienceSession], want: &[ExperienceSession]) {
+    let t = tally(want, d);
+    assert!(t.exact(), "D must hold exactly what the devices produced: {t:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -149,7 +119,7 @@ async fn agents_upload_exactly_once_and_install_published_policies() {
     for r in runs {
         stats.push(r.await.unwrap().unwrap());
     }
-    server.stop().await;
+    server.stop().await.unwrap();
 
     for s in &stats {
         assert_eq!((s.sessions_run, s.pending_batches, s.unbatched_sessions, s.quarantined_batches), (12, 0, 0, 0));
@@ -160,14 +130,14 @@ async fn agents_upload_exactly_once_and_install_published_policies() {
     let d = stored_sessions(dir.path());
     assert_eq!(d.len(), 24);
     let want: Vec<ExperienceSession> = configs.iter().flat_map(|c| expected_sessions(c, 12)).collect();
-    assert_eq!(untagged(d.clone()), untagged(want), "D holds exactly what the devices produced");
+    assert_exactly(&d, &want);
     assert!(d.iter().any(|s| s.round >= 1), "sessions run after an install carry the new policy's round");
     // The installed policy on each device is byte-for-byte the server's.
-    let st = Store::open(&dir.path().join("server/db")).unwrap();
+    let st = irec_server::store::Store::open(&irec_server::store::db_dir(&dir.path().join("server"))).unwrap();
     // 24 sessions in batches of ≤ 2 at a quota of 4: rounds of 4 or 5 sessions.
     assert!(st.rounds().unwrap().len() >= 5);
     for c in &configs {
-        let local = AgentStore::open(&c.data_dir.join("db")).unwrap().policy().unwrap().unwrap();
+        let local = AgentStore::open(&db_dir(&c.data_dir)).unwrap().policy().unwrap().unwrap();
         let remote = st.policy(local.version).unwrap().unwrap();
         assert_eq!((local.sha256, &local.blob), (remote.sha256, &remote.blob));
         assert_eq!(sha256(&local.blob), local.sha256);
@@ -200,14 +170,14 @@ async fn an_agent_restarted_with_pending_sessions_uploads_them_exactly_once() {
         }
     }
     {
-        let st = AgentStore::open(&config.data_dir.join("db")).unwrap();
+        let st = AgentStore::open(&db_dir(&config.data_dir)).unwrap();
         assert_eq!(st.next_session().unwrap(), 5);
         assert_eq!((st.pending_batches().unwrap().len(), st.unbatched()), (3, 0), "batches formed and persisted offline");
     }
 
     // The first batch did reach the server, but its ack was lost (crash between ack and delete).
     let replayed = {
-        let st = AgentStore::open(&config.data_dir.join("db")).unwrap();
+        let st = AgentStore::open(&db_dir(&config.data_dir)).unwrap();
         let id = st.pending_batches().unwrap()[0];
         st.batch(id).unwrap().unwrap()
     };
@@ -227,9 +197,9 @@ async fn an_agent_restarted_with_pending_sessions_uploads_them_exactly_once() {
     let s = irec_edge_agent::run(config.clone(), tracker(true), std::future::pending()).await.unwrap();
     assert_eq!((s.sessions_run, s.batches_acked, s.duplicate_acks, s.sessions_acked), (0, 3, 1, 3));
     assert_eq!((s.pending_batches, s.unbatched_sessions), (0, 0));
-    server.stop().await;
+    server.stop().await.unwrap();
     let d = stored_sessions(dir.path());
-    assert_eq!(untagged(d), untagged(expected_sessions(&config, 5)), "each session stored exactly once");
+    assert_exactly(&d, &expected_sessions(&config, 5));
 }
 
 #[tokio::test]
@@ -243,7 +213,7 @@ async fn a_wrong_token_stops_the_agent_with_a_clear_error() {
         AgentError::Refused(e) => assert_eq!(e.code, ErrorCode::Unauthorized),
         other => panic!("expected a refusal, got {other}"),
     }
-    server.stop().await;
+    server.stop().await.unwrap();
     assert!(stored_sessions(dir.path()).is_empty());
 }
 
@@ -286,8 +256,8 @@ async fn nothing_personal_reaches_the_server_storage() {
     config.device.noise_sigma = 0.123_456_7;
     let stats = irec_edge_agent::run(config.clone(), tracker(true), std::future::pending()).await.unwrap();
     assert_eq!(stats.sessions_acked, 8);
-    server.stop().await;
-    let profile = AgentStore::open(&config.data_dir.join("db")).unwrap().profile(first_profile(&config.device, &env())).unwrap();
+    server.stop().await.unwrap();
+    let profile = AgentStore::open(&db_dir(&config.data_dir)).unwrap().profile(first_profile(&config.device, &env())).unwrap();
     let bias = profile.bias.values();
     assert!(bias.iter().filter(|b| (*b * 1024.0).fract() != 0.0).count() > 0, "the device learned a distinctive private bias: {bias:?}");
     let prints = fingerprints(config.device.seed, config.device.noise_sigma, &bias);
