@@ -180,8 +180,7 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
 /// What the binary prints as its last stdout line when it stops: the counters, with the whole-run
 /// latency list folded into p50/p99 (per-round lists stay), and the process's peak RSS. Launchers
 /// read it back as this type.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Summary {
     #[serde(flatten)]
     pub stats: crate::Stats,
@@ -200,6 +199,38 @@ impl Summary {
 
     /// The summary in a process's stdout: its last line that parses as one.
     pub fn from_stdout(text: &str) -> Option<Summary> {
-        text.lines().rev().filter(|l| l.starts_with('{')).find_map(|l| serde_json::from_str(l).ok())
+        text.lines().rev().filter(|l| l.starts_with('{')).find_map(Summary::parse)
+    }
+
+    fn parse(line: &str) -> Option<Summary> {
+        // Parsed as two views of one object rather than through `#[serde(flatten)]`, which
+        // cannot read the per-round map's integer keys back.
+        #[derive(Deserialize)]
+        struct Folded {
+            ack_p50_ms: Option<f64>,
+            ack_p99_ms: Option<f64>,
+            peak_rss_kib: Option<u64>,
+        }
+        let stats: crate::Stats = serde_json::from_str(line).ok()?;
+        let f: Folded = serde_json::from_str(line).ok()?;
+        Some(Summary { stats, ack_p50_ms: f.ack_p50_ms, ack_p99_ms: f.ack_p99_ms, peak_rss_kib: f.peak_rss_kib })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{RoundUploads, Stats};
+
+    #[test]
+    fn the_summary_line_reads_back_with_its_per_round_uploads() {
+        let mut stats = Stats { sessions_run: 7, duplicate_acks: 1, policy_version: Some(3), ack_latencies_ms: vec![1.0, 3.0], ..Stats::default() };
+        stats.per_round.insert(2, RoundUploads { batches: 4, sessions: 8, ..RoundUploads::default() });
+        let line = serde_json::to_string(&Summary::new(stats.clone())).unwrap();
+        let back = Summary::from_stdout(&format!("log noise\n{line}\n")).expect("the summary line parses");
+        stats.ack_latencies_ms.clear();
+        assert_eq!(back.stats, stats);
+        assert_eq!((back.ack_p50_ms, back.ack_p99_ms), (Some(3.0), Some(3.0)));
+        assert!(back.peak_rss_kib.is_some_and(|k| k > 0));
     }
 }

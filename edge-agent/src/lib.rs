@@ -4,12 +4,13 @@
 //!
 //! Layers:
 //! - [`config`], [`cli`]: settings from TOML and flags.
-//! - [`sessions`]: the device's profile (household, noise, learned bias: `DeviceProfile`), sessions
-//!   on a dedicated thread, the atomically swapped active policy.
+//! - [`sessions`]: the device's profile (household, noise, learned bias: `DeviceProfile`), its
+//!   session loop (`Device`, which replays use too), sessions on a dedicated thread, the
+//!   atomically swapped active policy.
 //! - [`store`]: the local sled store (sessions → batches → acked).
 //! - [`procfs`]: this process's memory and CPU, for the summary it prints (Linux).
 //! - [`tls`], [`io`], [`net`]: QUIC with a pinned certificate; the shell that drives the
-//!   IO-free `Uploader` and `PolicySync` machines of `irec_protocol`.
+//!   IO-free machines of `irec_protocol` (`Reconnect`, `Batching`, `Uploader`, `PolicySync`).
 //!
 //! The policy it runs comes through an `irec_model::loader::PolicyLoader` (learned checkpoints or a
 //! baseline); the agent links inference only, never training code.

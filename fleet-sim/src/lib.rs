@@ -4,9 +4,15 @@
 //! - `catalog`: print the catalog's marginals.
 //! - `compare`: the paper's Table 2 in-process.
 //! - `bench-train`: one CQL + SAC gradient step, timed.
+//! - `ablate`: offline-learner variants trained side by side on one D.
+//! - `chaos`: the reliability campaigns ([`chaos`]).
 //! - `run`: the federated loop — an irec-server and edge agents on loopback, round by round.
 //!
 //! Every command takes `--json`, which makes the last line of stdout one JSON object.
+//!
+//! Modules: [`cli`] (flags), [`commands`] (one per subcommand), [`chaos`] (campaigns),
+//! [`report`] and [`chart`] (tables and figures), [`progress`] (bars on a terminal, lines
+//! otherwise).
 
 pub mod chaos;
 pub mod chart;

@@ -3,12 +3,13 @@
 //!
 //! Layers, bottom up:
 //! - [`tls`]: the self-signed certificate kept in the data dir, QUIC/TLS settings (ALPN `irec/1`).
-//! - [`io`]: frames over quinn streams (the decoding itself is `irec_world::protocol`).
-//! - [`store`]: sled — D, dedupe set, policy registry, rounds, counters.
+//! - [`io`]: frames over quinn streams (the decoding itself is `irec_protocol`).
+//! - [`store`]: D, dedupe set, policy registry, rounds, counters (through `irec_store`);
+//!   [`commit`]: group commit, so concurrent acks share flushes.
 //! - [`conn`]: one connection: hello, then one request per stream, announcements on the control
 //!   stream; the logic is the IO-free `ServerConnection` state machine.
-//! - [`rounds`]: quota → train on D ∪ D′ ([`RoundTrainer`], implemented by the learning core) →
-//!   deployment gate → publish → announce.
+//! - [`rounds`]: quota → train on D ∪ D′ (an `irec_learn::round::RoundTrainer`) → deployment
+//!   gate → publish → announce.
 //! - [`serve`]: the endpoint, the connection cap, orderly shutdown; [`run`] is the entry point.
 //! - [`config`], [`cli`]: settings from TOML and flags; [`status`]: what the server reports.
 

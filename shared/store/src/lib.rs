@@ -100,6 +100,8 @@ impl Db {
             }
             match config.open() {
                 Ok(db) => return Ok(Db { db, path: dir.to_path_buf() }),
+                // sled 0.34 reports a held file lock only as an `io::Error` of kind `Other` with
+                // this text; matching it here is the one place that depends on the wording.
                 Err(e) if e.to_string().contains("could not acquire lock") => {
                     if Instant::now() >= deadline {
                         return Err(StoreError::Locked(dir.to_path_buf()));

@@ -2,7 +2,7 @@
 //! actions asking for 1, 3 and 6 values, with 0 and 40 items already shown in the session, and
 //! building the index.
 //!
-//! Run: `cargo bench -p irec-shared --bench retrieval` (figures in docs/benchmarks.md).
+//! Run: `cargo bench -p irec-world --bench retrieval` (figures in docs/benchmarks.md).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
