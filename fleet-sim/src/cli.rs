@@ -36,6 +36,37 @@ pub enum Command {
     /// Reliability campaigns: kill -9 agents or the server, fuzz the protocol, load with a
     /// thousand agents, audit privacy (docs/reliability.md).
     Chaos(crate::commands::chaos::ChaosArgs),
+    /// Exactly-once, checked over every interleaving of sends, losses, duplications,
+    /// reorderings and crashes up to a bound (the CI test runs a smaller one).
+    ModelCheck(ModelCheckArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ModelCheckArgs {
+    /// Sessions the agent records.
+    #[arg(long, default_value_t = 4)]
+    pub sessions: u32,
+    /// Most sessions per batch.
+    #[arg(long, default_value_t = 2)]
+    pub batch_size: usize,
+    /// Batches in flight at once.
+    #[arg(long, default_value_t = 2)]
+    pub max_in_flight: usize,
+    /// Messages the network may lose.
+    #[arg(long, default_value_t = 2)]
+    pub losses: u8,
+    /// Messages the network may deliver twice.
+    #[arg(long, default_value_t = 1)]
+    pub duplications: u8,
+    /// Ack timeouts that may fire.
+    #[arg(long, default_value_t = 2)]
+    pub timeouts: u8,
+    #[arg(long, default_value_t = 1)]
+    pub agent_crashes: u8,
+    #[arg(long, default_value_t = 1)]
+    pub server_crashes: u8,
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Arguments handed to another binary's parser unchanged.

@@ -41,7 +41,7 @@ pub use message::*;
 pub use policy_sync::{PolicyId, PolicyStep, PolicySync, SyncError, Verified};
 pub use reply::{Disposition, Reply};
 pub use server_conn::{ConnState, Rejection, Request, ServerConnection, ServerRules};
-pub use upload::{AfterFailure, Failure, UploadConfig, UploadStep, Uploader};
+pub use upload::{AfterFailure, Failure, UploadConfig, UploadStep, Uploader, UploaderView};
 pub use validate::{experience_limits, UploadRules};
 
 /// The protocol version a hello carries. Bumped on any incompatible change (with the ALPN).

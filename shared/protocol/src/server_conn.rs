@@ -75,7 +75,7 @@ pub enum Request {
 }
 
 /// One connection's state.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ServerConnection {
     rules: Arc<ServerRules>,
     state: ConnState,

@@ -72,8 +72,18 @@ pub enum UploadStep {
     Ignored,
 }
 
+/// What an uploader holds, without its clock: for tests and model checkers that compare states.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct UploaderView {
+    pub queue: Vec<BatchId>,
+    /// In id order.
+    pub in_flight: Vec<BatchId>,
+    pub connected: bool,
+    pub failures: u32,
+}
+
 /// The upload queue of one agent.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Uploader {
     config: UploadConfig,
     /// Persisted batches waiting to be sent, oldest first.
@@ -96,6 +106,12 @@ impl Uploader {
             failures: 0,
             not_before: None,
         }
+    }
+
+    pub fn view(&self) -> UploaderView {
+        let mut in_flight: Vec<BatchId> = self.in_flight.keys().copied().collect();
+        in_flight.sort_unstable();
+        UploaderView { queue: self.queue.iter().copied().collect(), in_flight, connected: self.connected, failures: self.failures }
     }
 
     /// A batch is persisted and ready to send. Adding a known id again is a no-op.

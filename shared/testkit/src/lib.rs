@@ -4,6 +4,8 @@
 //!
 //! - [`quic`]: a hand-driven QUIC client that sends anything, well-formed or not, and reports
 //!   exactly what came back ([`quic::Answer`], [`quic::Session`]).
+//! - [`model_check`]: exactly-once checked over every interleaving of sends, losses,
+//!   duplications, reorderings and crashes up to a bound.
 //! - [`procs`]: the real binaries as child processes: where to find them, output in files,
 //!   orderly and hard stops, waiting for readiness.
 //! - [`server`]: a server in this process on the test's runtime, started and stopped in order.
@@ -14,6 +16,7 @@
 //! (`irec_edge_agent::sessions::replay`), and process memory is read with
 //! `irec_edge_agent::procfs`: both are product code, so they are not copied here.
 
+pub mod model_check;
 pub mod procs;
 pub mod quic;
 pub mod server;
