@@ -170,11 +170,24 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
         ),
     };
     let runtime = tokio::runtime::Runtime::new()?;
-    let stats = runtime.block_on(crate::run_in(config, env, loader, async {
-        let _ = tokio::signal::ctrl_c().await;
-    }))?;
+    let stats = runtime.block_on(crate::run_in(config, env, loader, stop_requested()))?;
     println!("{}", serde_json::to_string(&Summary::new(stats))?);
     Ok(())
+}
+
+/// Resolves when the process is asked to stop: Ctrl-C / SIGINT, or SIGTERM (what Kubernetes and
+/// systemd send).
+pub async fn stop_requested() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }
 
 /// What the binary prints as its last stdout line when it stops: the counters, with the whole-run

@@ -53,6 +53,13 @@ pub struct Cli {
     /// Checkpoint carrying the pretrained perception the trainer featurizes with.
     #[arg(long)]
     pub perception: Option<PathBuf>,
+    /// Directory with the certificate and key (`cert.der`, `key.der`); default: the data dir.
+    #[arg(long)]
+    pub tls_dir: Option<PathBuf>,
+    /// Write a new certificate and key for the config's `cert_names` into this directory (for a
+    /// Secret that agents pin), and exit. An existing pair there is kept.
+    #[arg(long, value_name = "DIR")]
+    pub write_cert: Option<PathBuf>,
     /// Print the effective config as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
@@ -101,6 +108,9 @@ impl Cli {
         if let Some(v) = self.perception {
             c.trainer.perception = Some(v);
         }
+        if let Some(v) = self.tls_dir {
+            c.tls_dir = Some(v);
+        }
         if let Some(v) = self.world_seed {
             c.world.catalog.seed = v;
             c.world.features.seed = v;
@@ -120,13 +130,38 @@ pub enum CliError {
     Print(#[from] toml::ser::Error),
     #[error("starting the async runtime: {0}")]
     Runtime(#[from] std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
-/// What `irec-server` does with its flags: serve until Ctrl-C / SIGINT, then stop in order.
+/// Resolves when the process is asked to stop: Ctrl-C / SIGINT, or SIGTERM (what Kubernetes and
+/// systemd send).
+pub async fn stop_requested() {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        },
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}
+
+/// What `irec-server` does with its flags: serve until SIGINT or SIGTERM, then stop in order
+/// (in-flight acks finish, the training round is cancelled and retrained after a restart).
 /// A library function so that `fleet-sim` can run the same server as a process of its own.
 pub fn execute(cli: Cli) -> Result<(), CliError> {
     let print = cli.print_config;
+    let write_cert = cli.write_cert.clone();
     let config = cli.into_config()?;
+    if let Some(dir) = write_cert {
+        std::fs::create_dir_all(&dir).map_err(|e| CliError::Runtime(std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()))))?;
+        crate::tls::load_or_create(&dir, &config.cert_names)?;
+        println!("{}", dir.join(crate::tls::CERT_FILE).display());
+        return Ok(());
+    }
     if print {
         println!("{}", toml::to_string_pretty(&config)?);
         return Ok(());
@@ -136,8 +171,6 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
         TrainerKind::None => Arc::new(NoTrainer),
     };
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(crate::run(config, trainer, async {
-        let _ = tokio::signal::ctrl_c().await;
-    }))?;
+    runtime.block_on(crate::run(config, trainer, stop_requested()))?;
     Ok(())
 }

@@ -59,12 +59,23 @@ pub struct ServerConfig {
     pub world: WorldConfig,
     /// Names in the self-signed certificate; agents connect using one of them.
     pub cert_names: Vec<String>,
+    /// Directory holding the certificate (`cert.der`) and its key (`key.der`), e.g. a mounted
+    /// Kubernetes Secret made with `irec-server --write-cert`. Unset: the data dir, where both
+    /// are made on first start.
+    pub tls_dir: Option<PathBuf>,
     /// Compute device handed to the trainer: `cpu` or `cuda:N`.
     pub device: String,
     /// Base seed of training jobs (round r trains with a seed derived from it and r).
     pub seed: u64,
     /// The round trainer (`[trainer]`).
     pub trainer: TrainerConfig,
+}
+
+impl ServerConfig {
+    /// Where the certificate and key live.
+    pub fn tls_dir(&self) -> &std::path::Path {
+        self.tls_dir.as_deref().unwrap_or(&self.data_dir)
+    }
 }
 
 impl Default for ServerConfig {
@@ -89,6 +100,7 @@ impl Default for ServerConfig {
             initial_policy: None,
             world: WorldConfig::default(),
             cert_names: vec![crate::tls::DEFAULT_SERVER_NAME.to_string(), "localhost".to_string()],
+            tls_dir: None,
             device: "cpu".to_string(),
             seed: 2022,
             trainer: TrainerConfig::default(),

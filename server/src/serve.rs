@@ -188,7 +188,7 @@ impl Server {
     pub async fn bind(config: ServerConfig, trainer: Arc<dyn RoundTrainer>) -> Result<Server, ServerError> {
         config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::Io(config.data_dir.clone(), e))?;
-        let (cert, key) = tls::load_or_create(&config.data_dir, &config.cert_names)?;
+        let (cert, key) = tls::load_or_create(config.tls_dir(), &config.cert_names)?;
         let initial_blob = match &config.initial_policy {
             Some(path) => Some(std::fs::read(path).map_err(|e| ServerError::Io(path.clone(), e))?),
             None => None,
@@ -248,7 +248,7 @@ impl Server {
     }
 
     pub fn cert_path(&self) -> PathBuf {
-        self.config.data_dir.join(tls::CERT_FILE)
+        self.config.tls_dir().join(tls::CERT_FILE)
     }
 
     pub fn handle(&self) -> Result<ServerHandle, ServerError> {

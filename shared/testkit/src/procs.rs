@@ -109,8 +109,13 @@ impl Proc {
     /// Sends SIGINT (the binaries' orderly stop, as Ctrl-C would) without waiting, so a fleet
     /// can be asked to stop all at once.
     pub fn ask_to_stop(&mut self) {
+        self.signal("INT");
+    }
+
+    /// Sends signal `name` (`INT`, `TERM`, …) if the process still runs.
+    pub fn signal(&mut self, name: &str) {
         if self.exited().is_none() {
-            let _ = Command::new("kill").arg("-INT").arg(self.pid().to_string()).stdout(Stdio::null()).stderr(Stdio::null()).status();
+            let _ = Command::new("kill").arg(format!("-{name}")).arg(self.pid().to_string()).stdout(Stdio::null()).stderr(Stdio::null()).status();
         }
     }
 
