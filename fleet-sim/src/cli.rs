@@ -88,6 +88,20 @@ pub struct RunArgs {
     /// New sessions that close a round (default: the preset's).
     #[arg(long)]
     pub sessions_per_round: Option<u64>,
+    /// Also close a round this many seconds after it opened, with what arrived (stragglers'
+    /// sessions go into the next round). Default: no deadline, rounds wait for their quota.
+    #[arg(long, value_name = "SECONDS")]
+    pub round_deadline_s: Option<f64>,
+    /// Pause between an agent's sessions, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    pub session_interval_ms: u64,
+    /// Share of the agents (the last ones) that are stragglers, `--slow-factor` times slower.
+    #[arg(long, default_value_t = 0.0)]
+    pub slow_agents: f64,
+    /// How much slower a straggler runs its sessions (its pause is this many times the
+    /// interval, at least 1 ms).
+    #[arg(long, default_value_t = 10)]
+    pub slow_factor: u64,
     /// Scale of pretraining, behaviour policies, training steps and evaluation.
     #[arg(long, value_enum, default_value_t = PresetArg::Quick)]
     pub preset: PresetArg,

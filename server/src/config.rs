@@ -28,8 +28,15 @@ pub struct ServerConfig {
     pub hello_timeout_ms: u64,
     /// A request stream must deliver its whole frame within this, in milliseconds.
     pub request_timeout_ms: u64,
-    /// New sessions that close a round and start training on D ∪ D′ (0: never train).
+    /// New sessions that close a round and start training on D ∪ D′ (0: no quota; rounds then
+    /// close at their deadline, or never without one).
     pub round_quota: u64,
+    /// A round also closes this long after it opened, in milliseconds, with whatever arrived
+    /// (at least `round_min_sessions`), so stragglers and vanished devices never hold it up.
+    /// 0: no deadline (rounds close on the quota only).
+    pub round_deadline_ms: u64,
+    /// New sessions a round needs before its deadline may close it.
+    pub round_min_sessions: u64,
     /// The deployment gate publishes a candidate unless its off-policy value estimate is below the
     /// deployed policy's by more than this (in the estimate's units: expected return per session).
     pub gate_tolerance: f64,
@@ -89,6 +96,8 @@ impl Default for ServerConfig {
             hello_timeout_ms: 5_000,
             request_timeout_ms: 30_000,
             round_quota: 1000,
+            round_deadline_ms: 0,
+            round_min_sessions: 1,
             gate_tolerance: 0.0,
             gate_confidence_z: 2.0,
             frames: FrameLimits::default(),

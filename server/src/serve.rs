@@ -57,7 +57,7 @@ impl Shared {
         let batch_id = batch.batch_id;
         let store = self.store.clone();
         let quota = self.quota;
-        let outcome = tokio::task::spawn_blocking(move || store.ingest(&batch, quota))
+        let outcome = tokio::task::spawn_blocking(move || store.ingest(&batch, quota, crate::rounds::deadline::now_ms()))
             .await
             .map_err(|e| internal(format!("ingest task failed: {e}")))?
             .map_err(|e| internal(format!("storing the batch: {e}")))?;
@@ -273,6 +273,15 @@ impl Server {
             }
             r
         });
+        let deadline = (config.round_deadline_ms > 0).then(|| {
+            let (s, stop) = (shared.clone(), stop_rx.clone());
+            let (after, min) = (Duration::from_millis(config.round_deadline_ms), config.round_min_sessions);
+            tokio::spawn(async move {
+                if let Err(e) = crate::rounds::deadline::run(s, after, min, stop).await {
+                    tracing::error!("round deadlines stopped: {e}");
+                }
+            })
+        });
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -305,6 +314,9 @@ impl Server {
             conns.shutdown().await;
         }
         let driver_result = driver.await;
+        if let Some(d) = deadline {
+            let _ = d.await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         shared.store.flush().await?;
         info!(flushes = shared.store.flushes(), "stopped");

@@ -6,14 +6,15 @@
 //! - `batches`: batch id (16 bytes BE) → bincode [`BatchRecord`]; the dedupe set.
 //! - `policies`: version (u64 BE) → bincode [`PolicyRecord`]; the registry.
 //! - `rounds`: round (u32 BE) → JSON [`RoundRecord`].
-//! - `meta`: counters — `current_round`, `round_sessions`, `next_seq` (= sessions in D),
-//!   `deployed` (the latest version).
+//! - `meta`: counters — `current_round`, `round_sessions`, `round_late` (of those, collected by an
+//!   older round's policy), `round_opened_ms` (wall clock, ms since the epoch), `next_seq`
+//!   (= sessions in D), `deployed` (the latest version).
 //!
 //! Every multi-key change is one sled transaction over the trees it touches, so a crash leaves
 //! either all of it or none. Nothing here is durable until [`Store::flush`] returns: the server
 //! flushes before it acks an upload or announces a policy.
 
-use crate::rounds::record::{RoundRecord, RoundStatus};
+use crate::rounds::record::{CloseReason, RoundRecord, RoundStatus};
 use irec_protocol::experience::ExperienceSession;
 use irec_protocol::{sha256, BatchId, PolicyAnnouncement, PolicyVersion, Sha256Digest, UploadBatch};
 use irec_store::codec::{be_u64, bin, json, unbin, unjson};
@@ -25,6 +26,8 @@ const CURRENT_ROUND: &[u8] = b"current_round";
 const ROUND_SESSIONS: &[u8] = b"round_sessions";
 const NEXT_SEQ: &[u8] = b"next_seq";
 const DEPLOYED: &[u8] = b"deployed";
+const ROUND_LATE: &[u8] = b"round_late";
+const ROUND_OPENED: &[u8] = b"round_opened_ms";
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +102,27 @@ fn be_u32(bytes: Option<IVec>) -> u32 {
     bytes.and_then(|b| <[u8; 4]>::try_from(b.as_ref()).ok()).map_or(0, u32::from_be_bytes)
 }
 
+/// Queues round `round` for training and opens the next one, inside a transaction.
+fn close(
+    r: &irec_store::TransactionalTree,
+    m: &irec_store::TransactionalTree,
+    round: u32,
+    count: u64,
+    late: u64,
+    reason: CloseReason,
+    now_ms: u64,
+) -> Result<(), Conflict<irec_store::StoreError>> {
+    let mut queued = RoundRecord::queued(round, count);
+    queued.late_sessions = late;
+    queued.closed_by = Some(reason);
+    r.insert(&round.to_be_bytes()[..], json(&queued).map_err(Conflict::Abort)?)?;
+    m.insert(CURRENT_ROUND, &(round + 1).to_be_bytes()[..])?;
+    m.insert(ROUND_SESSIONS, &0u64.to_be_bytes()[..])?;
+    m.insert(ROUND_LATE, &0u64.to_be_bytes()[..])?;
+    m.insert(ROUND_OPENED, &now_ms.to_be_bytes()[..])?;
+    Ok(())
+}
+
 /// Where the database lives inside a server's data dir.
 pub fn db_dir(data_dir: &Path) -> std::path::PathBuf {
     data_dir.join("db")
@@ -168,9 +192,12 @@ impl Store {
         })
     }
 
-    /// Stores a validated batch exactly once. `quota`: sessions that close a round (0: never).
-    /// The caller flushes before acking.
-    pub fn ingest(&self, batch: &UploadBatch, quota: u64) -> Result<IngestOutcome, StoreError> {
+    /// Stores a validated batch exactly once. `quota`: sessions that close a round (0: never);
+    /// `now_ms`: the wall clock, recorded as the next round's opening when this closes one.
+    /// Sessions collected for an older round than the current one (a straggler's, or a device
+    /// back after rounds away) are kept like any other and counted as late. The caller flushes
+    /// before acking.
+    pub fn ingest(&self, batch: &UploadBatch, quota: u64, now_ms: u64) -> Result<IngestOutcome, StoreError> {
         let encoded = batch.sessions.iter().map(bin).collect::<Result<Vec<_>, _>>()?;
         let id = batch.batch_id.to_bytes();
         let n = encoded.len() as u64;
@@ -182,6 +209,7 @@ impl Store {
             let round = be_u32(m.get(CURRENT_ROUND)?);
             let seq = be_u64(m.get(NEXT_SEQ)?);
             let count = be_u64(m.get(ROUND_SESSIONS)?) + n;
+            let late = be_u64(m.get(ROUND_LATE)?) + batch.sessions.iter().filter(|s| s.round < round).count() as u64;
             for (i, e) in encoded.iter().enumerate() {
                 s.insert(&session_key(round, seq + i as u64)[..], e.as_slice())?;
             }
@@ -190,16 +218,41 @@ impl Store {
             m.insert(NEXT_SEQ, &(seq + n).to_be_bytes()[..])?;
             let closed = quota > 0 && count >= quota;
             if closed {
-                let queued = json(&RoundRecord::queued(round, count)).map_err(Conflict::Abort)?;
-                r.insert(&round.to_be_bytes()[..], queued)?;
-                m.insert(CURRENT_ROUND, &(round + 1).to_be_bytes()[..])?;
-                m.insert(ROUND_SESSIONS, &0u64.to_be_bytes()[..])?;
+                close(r, m, round, count, late, CloseReason::Quorum, now_ms)?;
             } else {
                 m.insert(ROUND_SESSIONS, &count.to_be_bytes()[..])?;
+                m.insert(ROUND_LATE, &late.to_be_bytes()[..])?;
             }
             Ok(IngestOutcome { stored: n as u32, duplicate: false, round, closed_round: closed.then_some(round) })
         })?;
         Ok(outcome)
+    }
+
+    /// Closes the collecting round at its deadline if it holds at least `min_sessions` new
+    /// sessions (a round with nothing new has nothing to train on; it stays open). Returns the
+    /// round closed.
+    /// `round`: the round whose deadline passed; if a quorum closed it meanwhile, nothing happens.
+    pub fn close_at_deadline(&self, round: u32, min_sessions: u64, now_ms: u64) -> Result<Option<u32>, StoreError> {
+        Ok(self.db.transaction((&self.meta, &self.rounds), |(m, r)| {
+            let count = be_u64(m.get(ROUND_SESSIONS)?);
+            if be_u32(m.get(CURRENT_ROUND)?) != round || count < min_sessions.max(1) {
+                return Ok(None);
+            }
+            close(r, m, round, count, be_u64(m.get(ROUND_LATE)?), CloseReason::Deadline, now_ms)?;
+            Ok(Some(round))
+        })?)
+    }
+
+    /// When the collecting round opened (wall clock, ms since the epoch). A store that never
+    /// recorded it (new, or written by an older server) counts from `now_ms`, recorded now.
+    pub fn round_opened_ms(&self, now_ms: u64) -> Result<u64, StoreError> {
+        match self.meta.get(ROUND_OPENED)? {
+            Some(v) => Ok(be_u64(Some(v))),
+            None => {
+                self.meta.insert(ROUND_OPENED, &now_ms.to_be_bytes()[..])?;
+                Ok(now_ms)
+            }
+        }
     }
 
     /// Whether a batch id was stored.
@@ -353,13 +406,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let st = Store::open(dir.path()).unwrap();
-            let a = st.ingest(&batch(1, 3), 5).unwrap();
+            let a = st.ingest(&batch(1, 3), 5, 0).unwrap();
             assert_eq!(a, IngestOutcome { stored: 3, duplicate: false, round: 0, closed_round: None });
-            let again = st.ingest(&batch(1, 3), 5).unwrap();
+            let again = st.ingest(&batch(1, 3), 5, 0).unwrap();
             assert_eq!(again, IngestOutcome { stored: 0, duplicate: true, round: 0, closed_round: None });
-            let b = st.ingest(&batch(2, 3), 5).unwrap();
+            let b = st.ingest(&batch(2, 3), 5, 0).unwrap();
             assert_eq!(b.closed_round, Some(0), "6 ≥ quota 5 closes round 0, the batch is not split");
-            let c = st.ingest(&batch(3, 1), 5).unwrap();
+            let c = st.ingest(&batch(3, 1), 5, 0).unwrap();
             assert_eq!(c.round, 1);
             st.flush_blocking().unwrap();
         }
@@ -394,7 +447,7 @@ mod tests {
                         tasks.push(tokio::spawn(async move {
                             let b = batch(round * 1000 + i % 16, 2);
                             let s = st.clone();
-                            tokio::task::spawn_blocking(move || s.ingest(&b, 0)).await.unwrap().unwrap();
+                            tokio::task::spawn_blocking(move || s.ingest(&b, 0, 0)).await.unwrap().unwrap();
                             st.flush().await.unwrap();
                         }));
                     }
@@ -418,7 +471,7 @@ mod tests {
         let v1 = st.publish_initial(b"behaviour").unwrap();
         assert_eq!((v1.version, v1.round, v1.sha256), (1, 0, sha256(b"behaviour")));
         assert_eq!(st.publish_initial(b"other").unwrap().version, 1);
-        st.ingest(&batch(1, 2), 2).unwrap();
+        st.ingest(&batch(1, 2), 2, 0).unwrap();
         let mut rec = st.start_training(0, 2).unwrap();
         assert_eq!((rec.attempts, rec.deployed_version), (1, Some(1)));
         rec.status = RoundStatus::Published;
@@ -428,5 +481,28 @@ mod tests {
         assert_eq!(st.round(0).unwrap().unwrap().published_version, Some(2));
         assert_eq!(st.policy_versions().unwrap(), vec![1, 2]);
         assert!(st.unfinished_rounds().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_deadline_closes_a_round_with_what_arrived_and_late_sessions_are_kept_and_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Store::open(dir.path()).unwrap();
+        assert_eq!(st.round_opened_ms(1_000).unwrap(), 1_000, "a new store opens its first round now");
+        assert_eq!(st.close_at_deadline(0, 1, 5_000).unwrap(), None, "nothing new: the round stays open");
+        st.ingest(&batch(1, 2), 100, 2_000).unwrap();
+        assert_eq!(st.close_at_deadline(1, 1, 5_000).unwrap(), None, "not the collecting round");
+        assert_eq!(st.close_at_deadline(0, 3, 5_000).unwrap(), None, "fewer than the minimum");
+        assert_eq!(st.close_at_deadline(0, 2, 5_000).unwrap(), Some(0));
+        let r0 = st.round(0).unwrap().unwrap();
+        assert_eq!((r0.new_sessions, r0.late_sessions, r0.closed_by), (2, 0, Some(CloseReason::Deadline)));
+        assert_eq!(st.round_opened_ms(9_999).unwrap(), 5_000, "round 1 opened when round 0 closed");
+        // A straggler's sessions, collected for round 0, arrive in round 1: kept, counted late.
+        let mut late = batch(2, 3);
+        late.sessions[0].round = 1;
+        let out = st.ingest(&late, 3, 6_000).unwrap();
+        assert_eq!((out.stored, out.closed_round), (3, Some(1)));
+        let r1 = st.round(1).unwrap().unwrap();
+        assert_eq!((r1.new_sessions, r1.late_sessions, r1.closed_by), (3, 2, Some(CloseReason::Quorum)));
+        assert_eq!(st.sessions_through(1).unwrap().0.len(), 5, "late sessions are in D ∪ D′");
     }
 }

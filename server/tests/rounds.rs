@@ -178,3 +178,31 @@ async fn status_json_lists_a_closed_round_by_the_time_its_upload_is_acked() {
     release.store(true, Ordering::SeqCst);
     server.stop().await.unwrap();
 }
+
+/// Rounds that do not wait for stragglers: no quota, a deadline. The round closes with what
+/// arrived; a device that collected for round 0 and uploads in round 1 is kept and counted late.
+#[tokio::test]
+async fn a_deadline_closes_rounds_with_what_arrived_and_keeps_late_sessions() {
+    let dir = tempfile::tempdir().unwrap();
+    let trainer = Arc::new(FixedTrainer { candidate_estimate: 2.0, deployed_estimate: 1.0 });
+    let mut cfg = with_initial(dir.path(), 0);
+    cfg.round_deadline_ms = 300;
+    let server = start(cfg, trainer).await;
+    let c = client(server.addr(), &server.cert()).await;
+    assert_eq!(expect_ack(&c.request(&batch(1, vec![session(1, 1.0), session(2, 1.0)])).await).stored, 2);
+    let mut h = server.handle.clone();
+    let status = tokio::time::timeout(WAIT, h.wait_for(|s| s.rounds.first().is_some_and(|r| r.status == RoundStatus::Published))).await.unwrap().unwrap();
+    let r0 = &status.rounds[0];
+    assert_eq!((r0.new_sessions, r0.late_sessions, r0.closed_by), (2, 0, Some(irec_server::rounds::CloseReason::Deadline)));
+    // Nothing new: round 1 stays open however long it waits (no empty training rounds).
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(h.wait_for(|_| true).await.unwrap().rounds.len(), 1);
+    // A straggler's session, collected under round 0's policy, arrives now.
+    let mut late = session(3, 1.0);
+    late.round = 0;
+    assert_eq!(expect_ack(&c.request(&batch(2, vec![late])).await).stored, 1);
+    let status = tokio::time::timeout(WAIT, h.wait_for(|s| s.rounds.len() == 2 && s.rounds[1].status.is_finished())).await.unwrap().unwrap();
+    let r1 = &status.rounds[1];
+    assert_eq!((r1.new_sessions, r1.late_sessions, r1.sessions_in_d), (1, 1, 3), "late sessions are kept and trained on");
+    server.stop().await.unwrap();
+}

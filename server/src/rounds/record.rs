@@ -28,6 +28,16 @@ impl RoundStatus {
     }
 }
 
+/// What closed a round.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CloseReason {
+    /// Its quota of new sessions arrived.
+    Quorum,
+    /// Its deadline passed (with at least the minimum of new sessions).
+    Deadline,
+}
+
 /// One closed round.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RoundRecord {
@@ -35,6 +45,13 @@ pub struct RoundRecord {
     pub status: RoundStatus,
     /// Sessions ingested during this round (≥ the quota; a batch is never split).
     pub new_sessions: u64,
+    /// Of those, sessions collected by an older round's policy (stragglers, devices back after
+    /// rounds away): kept, and trained on with the rest.
+    #[serde(default)]
+    pub late_sessions: u64,
+    /// Quorum or deadline (absent in records of older servers).
+    #[serde(default)]
+    pub closed_by: Option<CloseReason>,
     /// Sessions trained on (D ∪ D′ up to this round); set when training starts.
     pub sessions_in_d: u64,
     /// Times training was started (more than 1 after a restart mid-training).
@@ -62,6 +79,8 @@ impl RoundRecord {
             round,
             status: RoundStatus::Queued,
             new_sessions,
+            late_sessions: 0,
+            closed_by: None,
             sessions_in_d: 0,
             attempts: 0,
             deployed_version: None,

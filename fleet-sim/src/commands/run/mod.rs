@@ -47,6 +47,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.agents >= 1, "--agents must be at least 1");
     anyhow::ensure!(a.rounds >= 1, "--rounds must be at least 1");
     anyhow::ensure!(a.sessions_per_round != Some(0), "--sessions-per-round must be at least 1");
+    anyhow::ensure!((0.0..=1.0).contains(&a.slow_agents), "--slow-agents is a share of the agents, from 0 to 1");
+    anyhow::ensure!(a.round_deadline_s.is_none_or(|s| s > 0.0), "--round-deadline-s must be positive");
     let started = Instant::now();
     let (preset, name) = match a.preset {
         PresetArg::Quick => (Preset::Quick, "quick"),
@@ -89,6 +91,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         data_dir: server_dir.clone(),
         fleet_token: token.clone(),
         round_quota: quota,
+        round_deadline_ms: a.round_deadline_s.map_or(0, |s| (s * 1000.0) as u64),
         world: exp.world.clone(),
         device: a.device.clone(),
         seed: a.seed,
@@ -120,7 +123,9 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         (Fleet::Processes(p), addr, l)
     };
     let per_agent = quota.div_ceil(a.agents as u64);
+    let slow_from = a.agents - (a.agents as f64 * a.slow_agents).round() as usize;
     for (i, device_cfg) in boot.devices.iter().enumerate() {
+        let session_interval_ms = if i >= slow_from { a.session_interval_ms.max(1) * a.slow_factor } else { a.session_interval_ms };
         let cfg = AgentConfig {
             server: agent_address(addr),
             server_cert: server_dir.join(irec_server::tls::CERT_FILE),
@@ -134,6 +139,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             exit_when_done: true,
             initial_policy: Some(boot.behaviour[i % boot.behaviour.len()].clone()),
             batch_linger_ms: 300,
+            session_interval_ms,
             world: exp.world.clone(),
             ..AgentConfig::default()
         };
@@ -147,7 +153,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         }
     }
 
-    let mut watched = watch_rounds(&mut fleet, &server_dir, a.rounds, quota, Duration::from_secs(a.timeout_min * 60), &bars);
+    let mut finished_at = Vec::new();
+    let mut watched = watch_rounds(&mut fleet, &server_dir, a.rounds, quota, Duration::from_secs(a.timeout_min * 60), &bars, &mut finished_at);
     if watched.is_ok() {
         // Their last sessions run with the newest policy; those still running after this (a
         // failed last round announces nothing new) are stopped.
@@ -158,7 +165,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let agents = agents?;
     let status = read_status(&server_dir).context("reading the server's final status")?;
     let elapsed = started.elapsed().as_secs_f64();
-    let report = outcome::Report::new(name, &a, quota, &boot, &status, &agents, &launcher, elapsed);
+    let mut report = outcome::Report::new(name, &a, quota, &boot, &status, &agents, &launcher, elapsed);
+    report.rounds_finished_s = finished_at;
     report.write(&a.out)?;
     println!("{}", report.table());
     println!("{}", report.verdict());
@@ -168,8 +176,10 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
 }
 
 /// Waits until `rounds` rounds are finished (published, refused or failed).
-fn watch_rounds(fleet: &mut Fleet, server_dir: &Path, rounds: u32, quota: u64, timeout: Duration, bars: &Bars) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
+/// `finished_at`: when each round was seen finished, in seconds since the fleet started.
+fn watch_rounds(fleet: &mut Fleet, server_dir: &Path, rounds: u32, quota: u64, timeout: Duration, bars: &Bars, finished_at: &mut Vec<f64>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let deadline = started + timeout;
     bars.start(&format!("{rounds} rounds of {quota} sessions"), rounds as u64);
     let mut shown = 0u64;
     loop {
@@ -177,6 +187,7 @@ fn watch_rounds(fleet: &mut Fleet, server_dir: &Path, rounds: u32, quota: u64, t
         if let Some(st) = read_status(server_dir) {
             let done = st.rounds.iter().filter(|r| r.status.is_finished()).count() as u64;
             if done > shown {
+                finished_at.extend(std::iter::repeat_n(started.elapsed().as_secs_f64(), (done - shown) as usize));
                 bars.advance(done - shown);
                 shown = done;
                 if let Some(r) = st.rounds.iter().rev().find(|r| r.status.is_finished()) {

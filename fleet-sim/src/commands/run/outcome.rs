@@ -28,6 +28,10 @@ pub struct RoundRow {
     pub policy_version: Option<u64>,
     pub sessions_in_d: u64,
     pub new_sessions: u64,
+    /// Of those, sessions collected by an older round's policy (stragglers).
+    pub late_sessions: u64,
+    /// "quorum" or "deadline".
+    pub closed_by: Option<String>,
     /// The deployed policy's figures after the round.
     pub metrics: Option<Metrics>,
     pub candidate: Option<Metrics>,
@@ -82,6 +86,8 @@ pub struct Report {
     pub agents_sessions_run: Vec<u64>,
     /// Each agent process's peak RSS in KiB (process mode).
     pub agents_peak_rss_kib: Vec<Option<u64>>,
+    /// When each round was seen finished, in seconds since the fleet started.
+    pub rounds_finished_s: Vec<f64>,
 }
 
 impl Report {
@@ -117,6 +123,8 @@ impl Report {
                     policy_version,
                     sessions_in_d: r.sessions_in_d,
                     new_sessions: r.new_sessions,
+                    late_sessions: r.late_sessions,
+                    closed_by: r.closed_by.map(|c| format!("{c:?}").to_lowercase()),
                     metrics,
                     candidate,
                     candidate_estimate: r.candidate_estimate,
@@ -166,6 +174,7 @@ impl Report {
             agents_final_versions: agents.iter().map(|x| x.stats.as_ref().and_then(|s| s.policy_version)).collect(),
             agents_sessions_run: agents.iter().map(|x| x.stats.as_ref().map_or(0, |s| s.sessions_run)).collect(),
             agents_peak_rss_kib: agents.iter().map(|x| x.peak_rss_kib).collect(),
+            rounds_finished_s: Vec::new(),
         }
     }
 
@@ -216,7 +225,7 @@ impl Report {
             .rounds
             .iter()
             .map(|r| {
-                let mut v = json!({"round": r.round, "policy_version": r.policy_version, "sessions_in_d": r.sessions_in_d, "gate": r.gate, "gate_correct": r.gate_correct});
+                let mut v = json!({"round": r.round, "policy_version": r.policy_version, "sessions_in_d": r.sessions_in_d, "new_sessions": r.new_sessions, "late_sessions": r.late_sessions, "closed_by": r.closed_by, "gate": r.gate, "gate_correct": r.gate_correct});
                 if let (Some(o), Some(serde_json::Value::Object(m))) = (v.as_object_mut(), r.metrics.as_ref().map(metrics_json)) {
                     o.extend(m);
                 }
@@ -229,6 +238,7 @@ impl Report {
             "tracker": metrics_json(&self.tracker),
             "agents": self.agents,
             "sessions_per_round": self.sessions_per_round,
+            "rounds_finished_s": self.rounds_finished_s,
             "elapsed_s": self.elapsed_s,
         })
     }
