@@ -91,3 +91,39 @@ fn r6_nothing_private_reaches_server_storage_or_the_wire() {
     assert_eq!(figure(&o, "private_values_found"), 0);
     assert!(figure(&o, "device_seed_hits_in_own_store").as_u64().unwrap() > 0, "the scan can see a leak");
 }
+
+/// R7 at CI size: two agent hosts, two rounds, a 100 ms round trip with 5% loss, a 2 s partition
+/// every round. Needs root and iproute2, as .ci/run provides.
+#[test]
+fn r7_a_fleet_across_hosts_and_a_bad_network_stores_everything_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chaos::network::NetworkConfig {
+        hosts: 2,
+        agents_per_host: 1,
+        round_quota: 40,
+        rounds: 2,
+        partition_s: 2.0,
+        prefix: "irecci".into(),
+        timeout_s: 600,
+        dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let o = chaos::network::run(&bins(), &c, &mut |_| {}).unwrap();
+    assert_passed(&o);
+    assert!(figure(&o, "datagrams_lost").as_u64().unwrap() > 0, "the link did lose datagrams");
+    assert!(figure(&o, "partitions").as_u64().unwrap() >= 2);
+    assert!(chaos::hosts::existing().unwrap().iter().all(|n| !n.starts_with("irecci-")), "no namespace left behind");
+}
+
+#[test]
+fn r7_refuses_a_namespace_in_use_and_leaves_it_alone() {
+    let taken = "irecbusy-0";
+    let made = std::process::Command::new("ip").args(["netns", "add", taken]).status().unwrap();
+    assert!(made.success(), "ip netns add (root needed)");
+    let err = chaos::hosts::Hosts::create("irecbusy", 2).unwrap_err().to_string();
+    let still_there = chaos::hosts::existing().unwrap().iter().any(|n| n == taken);
+    let _ = std::process::Command::new("ip").args(["netns", "del", taken]).status();
+    assert!(err.contains("irecbusy-0") && err.contains("already exists"), "{err}");
+    assert!(still_there, "a namespace the campaign did not make is never deleted");
+    assert!(chaos::hosts::existing().unwrap().iter().all(|n| !n.starts_with("irecbusy-1")), "nothing half-made is left");
+}

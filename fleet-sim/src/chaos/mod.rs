@@ -11,11 +11,14 @@
 //! - [`fuzz`] (R3): seeded random and mutated input to the frame decoder and every handler.
 //! - [`load`] (R4): a thousand in-process agents against one server process.
 //! - [`privacy`] (R6): every byte the server stores or receives, searched for private values.
+//! - [`network`] (R7): agents on three hosts (network namespaces) behind bad links with
+//!   partitions; exactly once, rounds finish, every agent on the newest policy.
 //!
 //! R5 (attacks on a live server) lives with the server's own tests (`server/tests/ingest.rs`,
 //! `server/tests/attack.rs`).
 //!
-//! Building blocks: [`fleet`] (configs of a small world, starting server and agents, what is left
+//! Building blocks: [`hosts`] (network namespaces joined by veth pairs), [`link`] (an impairing
+//! UDP relay), [`fleet`] (configs of a small world, starting server and agents, what is left
 //! in their stores), [`relay`] (a recording QUIC relay for the traffic audit), [`probe`]; and from
 //! `irec-testkit`, shared with the server's and the system tests: the binaries as child processes
 //! (`procs`), the hand-driven QUIC client (`quic`), exactly-once counts (`tally`).
@@ -24,7 +27,10 @@ pub mod agents_killed;
 pub mod fleet;
 pub mod fuzz;
 pub mod fuzz_live;
+pub mod hosts;
+pub mod link;
 pub mod load;
+pub mod network;
 pub mod privacy;
 pub mod probe;
 pub mod relay;

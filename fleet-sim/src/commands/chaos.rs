@@ -80,6 +80,37 @@ pub enum Campaign {
         #[arg(long, default_value_t = 5_000)]
         ramp_ms: u64,
     },
+    /// R7: agents on several hosts (network namespaces; needs root and iproute2) reaching the
+    /// server through impaired links, one host cut off every round.
+    Network {
+        /// Hosts with agents (the server gets one more).
+        #[arg(long, default_value_t = 3)]
+        hosts: usize,
+        #[arg(long, default_value_t = 2)]
+        agents_per_host: usize,
+        #[arg(long, default_value_t = 120)]
+        round_quota: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// One-way delay of each link, in milliseconds (the round trip is twice this).
+        #[arg(long, default_value_t = 50)]
+        delay_ms: u64,
+        #[arg(long, default_value_t = 10)]
+        jitter_ms: u64,
+        /// Share of datagrams lost, each way.
+        #[arg(long, default_value_t = 0.05)]
+        loss: f64,
+        #[arg(long, default_value_t = 0.01)]
+        duplicate: f64,
+        #[arg(long, default_value_t = 0.01)]
+        reorder: f64,
+        /// Seconds one host is cut off every round.
+        #[arg(long, default_value_t = 10.0)]
+        partition_s: f64,
+        /// Prefix of the namespaces made (and removed).
+        #[arg(long, default_value = "irecnet")]
+        prefix: String,
+    },
     /// R6: search all server storage and traffic for what must stay on devices.
     Privacy {
         #[arg(long, default_value_t = 4)]
@@ -136,6 +167,11 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
         Campaign::Load { agents, sessions, session_interval_ms, ramp_ms } => {
             let c = chaos::load::LoadConfig { agents, sessions, session_interval_ms, ramp_ms, dir: args.dir.clone(), ..Default::default() };
             chaos::load::run(&bins()?, &c, &|m: &str| eprintln!("{m}"))?
+        }
+        Campaign::Network { hosts, agents_per_host, round_quota, rounds, delay_ms, jitter_ms, loss, duplicate, reorder, partition_s, prefix } => {
+            let impairment = chaos::link::Impairment { delay_ms, jitter_ms, loss, duplicate, reorder };
+            let c = chaos::network::NetworkConfig { hosts, agents_per_host, round_quota, rounds, impairment, partition_s, prefix, seed: args.seed, dir: args.dir.clone(), ..Default::default() };
+            chaos::network::run(&bins()?, &c, &mut progress)?
         }
         Campaign::Privacy { agents, sessions, round_quota, server_config } => {
             let server_extra = server_config.as_deref().map(chaos::fleet::read_extra).transpose()?;

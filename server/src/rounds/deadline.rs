@@ -1,6 +1,11 @@
-//! Closes the collecting round at its deadline (`round_deadline_ms` after it opened), with the
-//! sessions that arrived, so a slow device, a partitioned one or one that left never holds the
-//! fleet up. What it sends later is kept: it goes into the round collecting then.
+//! Closes the collecting round at its deadline, with the sessions that arrived, so a slow
+//! device, a partitioned one or one that left never holds the fleet up. What it sends later is
+//! kept: it goes into the round collecting then.
+//!
+//! The deadline counts `round_deadline_ms` from when devices could first collect for the round:
+//! the later of its opening and the decision on the round before (publishing the policy it
+//! collects with). While an earlier round is still training, only the quota closes a round, so
+//! rounds never close faster than the server can train them.
 
 use crate::serve::Shared;
 use crate::store::StoreError;
@@ -23,12 +28,23 @@ pub async fn run(shared: Arc<Shared>, after: Duration, min_sessions: u64, mut st
     let after_ms = after.as_millis() as u64;
     loop {
         let store = shared.store.clone();
-        let (round, opened) = irec_store::blocking(move || -> Result<_, StoreError> {
+        let (round, start) = irec_store::blocking(move || -> Result<_, StoreError> {
             let round = store.counters()?.current_round;
-            Ok((round, store.round_opened_ms(now_ms())?))
+            let opened = store.round_opened_ms(now_ms())?;
+            let rounds = store.rounds()?;
+            if rounds.iter().any(|r| !r.status.is_finished()) {
+                return Ok((round, None));
+            }
+            Ok((round, Some(rounds.last().and_then(|r| r.decided_ms).map_or(opened, |d| d.max(opened)))))
         })
         .await?;
-        let wait = Duration::from_millis((opened + after_ms).saturating_sub(now_ms()));
+        let Some(start) = start else {
+            tokio::select! {
+                _ = tokio::time::sleep(RECHECK) => continue,
+                _ = stop.changed() => return Ok(()),
+            }
+        };
+        let wait = Duration::from_millis((start + after_ms).saturating_sub(now_ms()));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = stop.changed() => return Ok(()),

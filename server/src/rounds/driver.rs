@@ -90,6 +90,7 @@ async fn train_round(
         }
     };
     rec.train_ms = Some(started.elapsed().as_millis() as u64);
+    rec.decided_ms = Some(super::deadline::now_ms());
     let result = result.and_then(|out| shippable(&out, shared.limits.policy_bytes as usize).map(|()| out));
     match result {
         Ok(out) => finish(shared, config, rec, out).await?,

@@ -69,6 +69,11 @@ pub struct RoundRecord {
     /// The trainer's evaluation results; `None` until a training attempt finished.
     pub metrics: Option<RoundMetrics>,
     pub error: Option<String>,
+    /// When the round was decided (published, refused or failed), wall clock in ms since the
+    /// epoch: the next round's deadline counts from here, since devices only collect with the
+    /// new policy from then on.
+    #[serde(default)]
+    pub decided_ms: Option<u64>,
     /// Wall time of the last training attempt, in milliseconds.
     pub train_ms: Option<u64>,
 }
@@ -91,6 +96,7 @@ impl RoundRecord {
             published_version: None,
             metrics: None,
             error: None,
+            decided_ms: None,
             train_ms: None,
         }
     }
