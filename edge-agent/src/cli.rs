@@ -175,18 +175,13 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Resolves when the process is asked to stop: Ctrl-C / SIGINT, or SIGTERM (what Kubernetes and
-/// systemd send).
+/// Resolves on SIGINT or SIGTERM, after which the agent stops its sessions and prints its summary.
 pub async fn stop_requested() {
-    use tokio::signal::unix::{signal, SignalKind};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        },
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
-        }
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+    // Without a SIGTERM handler the second branch is disabled and Ctrl-C alone stops it.
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        Some(_) = async { term.as_mut()?.recv().await } => {}
     }
 }
 
