@@ -81,6 +81,10 @@ pub struct Stats {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub ack_latencies_ms: Vec<f64>,
     pub connects: u64,
+    /// When each connection was welcomed, wall clock in ms since the epoch (how a fleet comes
+    /// back after the server was away).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub connected_at_ms: Vec<u64>,
     pub connect_failures: u64,
     pub quarantined_batches: u64,
     pub policies_installed: u64,

@@ -111,7 +111,11 @@ impl Net {
             let retry_at = match attempt {
                 Ok(c) => {
                     reconnect.on_connected();
-                    self.stat(|s| s.connects += 1);
+                    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                    self.stat(|s| {
+                        s.connects += 1;
+                        s.connected_at_ms.push(at);
+                    });
                     match self.serve(c, &mut uploader, &mut sync, &mut batching, &mut stop).await? {
                         Ended::Stop | Ended::Done => return Ok(()),
                         Ended::Lost(why) => info!("connection lost: {why}"),

@@ -127,3 +127,22 @@ fn r7_refuses_a_namespace_in_use_and_leaves_it_alone() {
     assert!(still_there, "a namespace the campaign did not make is never deleted");
     assert!(chaos::hosts::existing().unwrap().iter().all(|n| !n.starts_with("irecbusy-1")), "nothing half-made is left");
 }
+
+#[test]
+fn r9_a_fleet_comes_back_after_the_server_was_away_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = chaos::reconnect::ReconnectConfig {
+        agents: 40,
+        sessions: 3,
+        session_interval_ms: 2_000,
+        ramp_ms: 1_000,
+        kill_after_s: 3.0,
+        away_s: 2.0,
+        dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let o = chaos::reconnect::run(&bins(), &c, &|_| {}).unwrap();
+    assert_passed(&o);
+    // Every agent came back (the spread itself is a figure of the long run, not a timed test).
+    assert_eq!(figure(&o, "agents_connected_before_the_kill"), 40);
+}

@@ -11,6 +11,8 @@
 //! - [`fuzz`] (R3): seeded random and mutated input to the frame decoder and every handler.
 //! - [`load`] (R4): a thousand in-process agents against one server process.
 //! - [`privacy`] (R6): every byte the server stores or receives, searched for private values.
+//! - [`reconnect`] (R9): the server killed under a thousand agents and restarted; how they come
+//!   back.
 //! - [`network`] (R7): agents on three hosts (network namespaces) behind bad links with
 //!   partitions; exactly once, rounds finish, every agent on the newest policy.
 //!
@@ -33,6 +35,7 @@ pub mod load;
 pub mod network;
 pub mod privacy;
 pub mod probe;
+pub mod reconnect;
 pub mod relay;
 pub mod server_killed;
 

@@ -111,6 +111,15 @@ pub enum Campaign {
         #[arg(long, default_value = "irecnet")]
         prefix: String,
     },
+    /// R9: SIGKILL the server under a thousand connected agents, restart it after a while, and
+    /// measure how the fleet comes back (reconnect spread, largest burst).
+    Reconnect {
+        #[arg(long, default_value_t = 1_000)]
+        agents: usize,
+        /// Seconds the server stays away.
+        #[arg(long, default_value_t = 5.0)]
+        away_s: f64,
+    },
     /// R6: search all server storage and traffic for what must stay on devices.
     Privacy {
         #[arg(long, default_value_t = 4)]
@@ -172,6 +181,10 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
             let impairment = chaos::link::Impairment { delay_ms, jitter_ms, loss, duplicate, reorder };
             let c = chaos::network::NetworkConfig { hosts, agents_per_host, round_quota, rounds, impairment, partition_s, prefix, seed: args.seed, dir: args.dir.clone(), ..Default::default() };
             chaos::network::run(&bins()?, &c, &mut progress)?
+        }
+        Campaign::Reconnect { agents, away_s } => {
+            let c = chaos::reconnect::ReconnectConfig { agents, away_s, dir: args.dir.clone(), ..Default::default() };
+            chaos::reconnect::run(&bins()?, &c, &|m: &str| eprintln!("{m}"))?
         }
         Campaign::Privacy { agents, sessions, round_quota, server_config } => {
             let server_extra = server_config.as_deref().map(chaos::fleet::read_extra).transpose()?;
