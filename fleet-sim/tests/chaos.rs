@@ -138,6 +138,8 @@ fn r9_a_fleet_comes_back_after_the_server_was_away_and_loses_nothing() {
         ramp_ms: 1_000,
         kill_after_s: 3.0,
         away_s: 2.0,
+        // A rolling restart: the long run measures crashes too.
+        graceful: true,
         dir: Some(dir.path().to_path_buf()),
         ..Default::default()
     };

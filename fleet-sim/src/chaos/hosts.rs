@@ -20,13 +20,17 @@ pub struct Hosts {
 }
 
 fn ip(args: &[&str]) -> Result<(), ChaosError> {
-    let out = Command::new("ip").args(args).output().map_err(|e| {
-        ChaosError::Config(format!("running `ip` ({e}): the network campaign needs iproute2 (apt-get install iproute2) and root"))
+    run("ip", args)
+}
+
+fn run(program: &str, args: &[&str]) -> Result<(), ChaosError> {
+    let out = Command::new(program).args(args).output().map_err(|e| {
+        ChaosError::Config(format!("running `{program}` ({e}): the network campaign needs iproute2 (apt-get install iproute2) and root"))
     })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(ChaosError::Config(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
+        Err(ChaosError::Config(format!("{program} {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim())))
     }
 }
 
@@ -98,6 +102,24 @@ impl Drop for Hosts {
             // Deleting the namespace deletes the veth end in it, and with it its peer.
             let _ = ip(&["netns", "del", name]);
             let _ = ip(&["link", "del", &format!("{name}r")]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_ip_command_says_what_to_install() {
+        let e = run("ip-not-installed-here", &["netns", "list"]).unwrap_err().to_string();
+        assert!(e.contains("iproute2") && e.contains("root"), "{e}");
+    }
+
+    #[test]
+    fn bad_prefixes_are_refused_before_anything_is_made() {
+        for p in ["", "much-too-long", "has space"] {
+            assert!(Hosts::create(p, 2).unwrap_err().to_string().contains("prefix"));
         }
     }
 }

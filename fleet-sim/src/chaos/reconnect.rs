@@ -1,6 +1,7 @@
 //! R9: the server goes away under a fleet and comes back. A thousand agents (tasks of this
-//! process) are connected to a server process; it is SIGKILLed, stays away for a while, and is
-//! restarted on the same data dir and port. Agents retry with exponential backoff and a
+//! process) are connected to a server process; it is SIGKILLed (a crash) or sent SIGTERM (a
+//! rolling restart, as Kubernetes does it), stays away for a while, and is restarted on the same
+//! data dir and port. Agents retry with exponential backoff and a
 //! per-device jitter (`protocol::backoff::Reconnect`); the campaign measures how they come back:
 //! the spread of their reconnect times after the restart and the largest burst of reconnects in
 //! any 100 ms (a stampede would put most of the fleet in one burst). Every session must still be
@@ -27,6 +28,9 @@ pub struct ReconnectConfig {
     pub kill_after_s: f64,
     /// How long the server stays away, in seconds.
     pub away_s: f64,
+    /// Stop the server with SIGTERM (orderly: connections closed with `ShuttingDown`) instead of
+    /// SIGKILL.
+    pub graceful: bool,
     pub world: WorldSize,
     pub dir: Option<PathBuf>,
     pub timeout_s: u64,
@@ -34,7 +38,7 @@ pub struct ReconnectConfig {
 
 impl Default for ReconnectConfig {
     fn default() -> Self {
-        ReconnectConfig { agents: 1_000, sessions: 4, session_interval_ms: 8_000, ramp_ms: 5_000, kill_after_s: 12.0, away_s: 5.0, world: WorldSize::default(), dir: None, timeout_s: 600 }
+        ReconnectConfig { agents: 1_000, sessions: 4, session_interval_ms: 8_000, ramp_ms: 5_000, kill_after_s: 12.0, away_s: 5.0, graceful: false, world: WorldSize::default(), dir: None, timeout_s: 600 }
     }
 }
 
@@ -81,10 +85,16 @@ pub fn run(bins: &Binaries, config: &ReconnectConfig, progress: &(dyn Fn(&str) +
             tokio::time::sleep_until(ramp_start + gap * (i as u32 + 1)).await;
         }
     });
-    progress(&format!("R9: {} agents started; killing the server in {:.0} s", config.agents, config.kill_after_s - started.elapsed().as_secs_f64()));
+    progress(&format!("R9: {} agents started; stopping the server in {:.0} s", config.agents, config.kill_after_s - started.elapsed().as_secs_f64()));
     std::thread::sleep(Duration::from_secs_f64(config.kill_after_s).saturating_sub(started.elapsed()));
     let killed_ms = now_ms();
-    server.kill();
+    if config.graceful {
+        server.signal("TERM");
+        let stopped = server.wait(Duration::from_secs(60));
+        out.check(stopped.is_some_and(|s| s.success()), || format!("SIGTERM: the server ended with {stopped:?}"));
+    } else {
+        server.kill();
+    }
     std::thread::sleep(Duration::from_secs_f64(config.away_s));
     let restarted_ms = now_ms();
     let mut server = fleet::start_server(bins, &server_config, None, &dir.join("server-1"), &env_vars)?;
@@ -137,6 +147,7 @@ pub fn run(bins: &Binaries, config: &ReconnectConfig, progress: &(dyn Fn(&str) +
     out.figure("reconnect_s_max", back.last().copied());
     out.figure("largest_burst_per_100ms", burst);
     out.figure("away_s", config.away_s);
+    out.figure("stopped_by", if config.graceful { "SIGTERM" } else { "SIGKILL" });
     let found = irec_testkit::stored_sessions(&server_dir)?;
     let expected: Vec<_> = configs.iter().flat_map(|c| fleet::replay(&env, &c.device, config.sessions)).collect();
     let t = irec_testkit::tally::tally(&expected, &found);

@@ -119,6 +119,9 @@ pub enum Campaign {
         /// Seconds the server stays away.
         #[arg(long, default_value_t = 5.0)]
         away_s: f64,
+        /// A rolling restart (SIGTERM, orderly) instead of a crash (SIGKILL).
+        #[arg(long)]
+        graceful: bool,
     },
     /// R6: search all server storage and traffic for what must stay on devices.
     Privacy {
@@ -182,8 +185,8 @@ pub fn run(args: ChaosArgs) -> anyhow::Result<()> {
             let c = chaos::network::NetworkConfig { hosts, agents_per_host, round_quota, rounds, impairment, partition_s, prefix, seed: args.seed, dir: args.dir.clone(), ..Default::default() };
             chaos::network::run(&bins()?, &c, &mut progress)?
         }
-        Campaign::Reconnect { agents, away_s } => {
-            let c = chaos::reconnect::ReconnectConfig { agents, away_s, dir: args.dir.clone(), ..Default::default() };
+        Campaign::Reconnect { agents, away_s, graceful } => {
+            let c = chaos::reconnect::ReconnectConfig { agents, away_s, graceful, dir: args.dir.clone(), ..Default::default() };
             chaos::reconnect::run(&bins()?, &c, &|m: &str| eprintln!("{m}"))?
         }
         Campaign::Privacy { agents, sessions, round_quota, server_config } => {
