@@ -223,7 +223,8 @@ pub async fn run_in(
     let mut out = stats.lock().map(|s| s.clone()).unwrap_or_default();
     out.sessions_run = ran.load(Ordering::Relaxed);
     out.policy_version = slot.current().and_then(|a| a.id).map(|i| i.version);
-    out.pending_batches = store.pending_batches()?.len();
+    let st = store.clone();
+    out.pending_batches = irec_store::blocking(move || st.pending_batches()).await?.len();
     out.unbatched_sessions = store.unbatched();
     store.flush_async().await?;
     Ok(out)

@@ -89,7 +89,8 @@ impl Net {
     /// Connects, serves, reconnects with backoff, until stopped or done.
     pub async fn run(&self, mut stop: watch::Receiver<bool>) -> Result<(), AgentError> {
         let mut uploader = Uploader::new(self.config.upload);
-        for id in self.store.pending_batches()? {
+        let store = self.store.clone();
+        for id in irec_store::blocking(move || store.pending_batches()).await? {
             uploader.add(id);
         }
         let installed = self.slot.current().and_then(|a| a.id);
