@@ -57,6 +57,11 @@ fn rounds_repeat_after_a_restart_continue_the_learner_and_can_be_cancelled() {
     let sr30 = m.candidate.unwrap().metrics.sr30;
     assert!((0.0..=1.0).contains(&sr30), "{m:?}");
     assert!(dir.path().join("perception.ckpt").is_file() && dir.path().join("learner-r000000.ckpt").is_file());
+    // The round's curves, as d3rlpy writes its own: params.json and one headerless CSV per loss.
+    let curves = first.curves_dir(0);
+    assert!(curves.join("params.json").is_file());
+    let critic = std::fs::read_to_string(curves.join("critic.csv")).unwrap_or_else(|e| panic!("{}: {e}", curves.display()));
+    assert!(critic.lines().all(|l| l.split(',').count() == 3), "{critic}");
 
     // A restarted server trains the same round again: the same candidate, byte for byte.
     let restarted = LearnedTrainer::new(config(dir.path()), world(), dir.path());

@@ -6,9 +6,11 @@
 //! - [`experiment`]: the lab (world + pretrained perception), behaviour policies, the paper's
 //!   Table 2 and offline-learner ablations.
 //! - [`round`]: the round trainer the server is handed, and the typed metrics of a round.
+//! - [`curves`]: training curves in d3rlpy's file layout (`d3rlpy plot` reads them).
 //! - [`bench`]: the training-step benchmark against the PyTorch reference workload.
 
 pub mod algo;
 pub mod bench;
+pub mod curves;
 pub mod experiment;
 pub mod round;

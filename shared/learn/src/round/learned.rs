@@ -6,6 +6,8 @@
 //! - `perception.ckpt`: the frozen text encoder + AttrNet every round featurizes with. Chosen
 //!   once — from `trainer.perception`, else the deployed policy, else pretrained on the world —
 //!   and kept, so a restarted server featurizes D exactly as before.
+//! - `curves/round-NNNNNN/`: the round's training curves in d3rlpy's layout (`params.json`,
+//!   one `<loss>.csv` each), for `d3rlpy plot`.
 //! - `learner-rNNNNNN.ckpt`: the learner (tracker, policy, twin critics) after round N. Round N+1
 //!   continues from it, so D ∪ D′ refines one learner as the paper's iterative offline loop does;
 //!   a round trained again after a crash starts from the same file and repeats exactly (CPU).
@@ -116,6 +118,11 @@ impl LearnedTrainer {
     pub fn new(cfg: TrainerConfig, world: WorldConfig, data_dir: &Path) -> LearnedTrainer {
         let state_dir = cfg.state_dir.clone().unwrap_or_else(|| data_dir.join("trainer"));
         LearnedTrainer { cfg, world, state_dir, ready: Mutex::new(None) }
+    }
+
+    /// Where round `round`'s training curves go (d3rlpy's layout).
+    pub fn curves_dir(&self, round: u32) -> PathBuf {
+        self.state_dir.join("curves").join(format!("round-{round:06}"))
     }
 
     fn learner_path(&self, round: u32) -> PathBuf {
@@ -232,6 +239,14 @@ impl RoundTrainer for LearnedTrainer {
         let candidate = candidate_ck.to_bytes().map_err(failed("encoding the candidate"))?;
         let state = learner.training_state(&label).map_err(failed("the learner state"))?.to_bytes().map_err(failed("encoding the learner"))?;
         write_atomic(&self.learner_path(job.round), &state).map_err(failed("saving the learner"))?;
+        // The round's curves for d3rlpy's tools; a failure to write them costs no round.
+        let params = serde_json::json!({
+            "algo": "cql_sac", "round": job.round, "steps": steps, "sessions": job.sessions.len(),
+            "objective": self.cfg.objective, "sac": self.cfg.sac, "cql": self.cfg.cql,
+        });
+        if let Err(e) = crate::curves::write_d3rlpy(&self.curves_dir(job.round), &params, &logs) {
+            tracing::warn!(round = job.round, "training curves not written: {e}");
+        }
 
         // The gate's evidence and the simulator's verdict, for the candidate and the deployed.
         let eval_started = Instant::now();
