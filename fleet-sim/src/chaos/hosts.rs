@@ -70,14 +70,6 @@ impl Hosts {
         Ok(hosts)
     }
 
-    pub fn len(&self) -> usize {
-        self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
-    }
-
     /// Host `i`'s address.
     pub fn addr(&self, i: usize) -> Ipv4Addr {
         Ipv4Addr::new(10, 213, i as u8, 2)

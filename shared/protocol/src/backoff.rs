@@ -55,11 +55,6 @@ impl Reconnect {
         Reconnect { backoff, key, failures: 0 }
     }
 
-    /// Consecutive failed attempts since the last welcome.
-    pub fn failures(&self) -> u32 {
-        self.failures
-    }
-
     /// A welcome arrived.
     pub fn on_connected(&mut self) {
         self.failures = 0;

@@ -14,7 +14,7 @@
 
 use super::message::*;
 use super::reply::Reply;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a policy pull may take before it is abandoned (and asked again on the next
 /// connect or announcement). A checkpoint is megabytes over a possibly slow link.
@@ -188,11 +188,6 @@ impl PolicySync {
                 PolicyStep::Wait
             }
         }
-    }
-
-    /// The deadline of a request sent at `sent`.
-    pub fn deadline(sent: Instant) -> Instant {
-        sent + POLICY_TIMEOUT
     }
 
     pub fn on_no_policy(&mut self) {

@@ -76,14 +76,12 @@ pub struct Options {
 #[derive(Clone, Debug)]
 pub struct Db {
     db: sled::Db,
-    path: PathBuf,
 }
 
 /// One named tree of a [`Db`].
 #[derive(Clone, Debug)]
 pub struct Tree {
     tree: sled::Tree,
-    name: &'static str,
 }
 
 impl Db {
@@ -99,7 +97,7 @@ impl Db {
                 config = config.cache_capacity(bytes);
             }
             match config.open() {
-                Ok(db) => return Ok(Db { db, path: dir.to_path_buf() }),
+                Ok(db) => return Ok(Db { db }),
                 // sled 0.34 reports a held file lock only as an `io::Error` of kind `Other` with
                 // this text; matching it here is the one place that depends on the wording.
                 Err(e) if e.to_string().contains("could not acquire lock") => {
@@ -113,12 +111,8 @@ impl Db {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     pub fn tree(&self, name: &'static str) -> Result<Tree, StoreError> {
-        Ok(Tree { tree: self.db.open_tree(name)?, name })
+        Ok(Tree { tree: self.db.open_tree(name)? })
     }
 
     /// Makes every completed write durable.
@@ -178,10 +172,6 @@ where
 }
 
 impl Tree {
-    pub fn name(&self) -> &'static str {
-        self.name
-    }
-
     pub fn get(&self, key: impl AsRef<[u8]>) -> Result<Option<IVec>, StoreError> {
         Ok(self.tree.get(key)?)
     }
@@ -217,10 +207,6 @@ impl Tree {
     pub fn len(&self) -> usize {
         let _sled = guard();
         self.tree.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.tree.is_empty()
     }
 }
 
