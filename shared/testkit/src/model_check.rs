@@ -92,7 +92,20 @@ struct State {
     conn: Option<ServerConnection>,
     net: Vec<Msg>,
     budgets: Budgets,
+    /// The kind of the step that led here (the healing run picks steps by kind).
+    last: Option<Step>,
     trace: Vec<String>,
+}
+
+/// What a step was.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    Record,
+    Cut,
+    Connect,
+    Send,
+    Deliver,
+    Fault,
 }
 
 #[derive(PartialEq, Eq, Hash)]
@@ -140,7 +153,8 @@ impl State {
         }
     }
 
-    fn step(&mut self, what: String) {
+    fn step(&mut self, kind: Step, what: String) {
+        self.last = Some(kind);
         self.trace.push(what);
     }
 }
@@ -160,6 +174,7 @@ impl Checker {
             conn: None,
             net: Vec::new(),
             budgets: Budgets { losses: b.losses, duplications: b.duplications, timeouts: b.timeouts, agent_crashes: b.agent_crashes, server_crashes: b.server_crashes },
+            last: None,
             trace: Vec::new(),
         }
     }
@@ -171,7 +186,7 @@ impl Checker {
             let mut n = s.clone();
             n.unbatched.insert(n.recorded);
             n.recorded += 1;
-            n.step(format!("record session {}", s.recorded));
+            n.step(Step::Record, format!("record session {}", s.recorded));
             out.push(n);
         }
         if !s.unbatched.is_empty() {
@@ -185,7 +200,7 @@ impl Checker {
             n.next_batch += 1;
             n.batches.insert(id, take.clone());
             n.uploader.add(id);
-            n.step(format!("cut batch {} of {take:?}", id.0));
+            n.step(Step::Cut, format!("cut batch {} of {take:?}", id.0));
             out.push(n);
         }
         if s.conn.is_none() {
@@ -195,7 +210,7 @@ impl Checker {
             if conn.on_hello(Ok(hello), None).is_ok() {
                 n.conn = Some(conn);
                 n.uploader.connected();
-                n.step("connect".into());
+                n.step(Step::Connect, "connect".into());
                 out.push(n);
             }
         }
@@ -214,14 +229,14 @@ impl Checker {
                 let mut n = s.clone();
                 n.net.remove(i);
                 n.budgets.losses -= 1;
-                n.step(format!("lose {m:?}"));
+                n.step(Step::Fault, format!("lose {m:?}"));
                 out.push(n);
             }
             if faults && s.budgets.duplications > 0 {
                 let mut n = s.clone();
                 n.net.push(m.clone());
                 n.budgets.duplications -= 1;
-                n.step(format!("duplicate {m:?}"));
+                n.step(Step::Fault, format!("duplicate {m:?}"));
                 out.push(n);
             }
         }
@@ -230,7 +245,7 @@ impl Checker {
             n.now += Duration::from_millis(self.config.ack_timeout_ms);
             let expired = n.uploader.poll_timeouts(n.now);
             n.budgets.timeouts -= 1;
-            n.step(format!("timeout {expired:?}"));
+            n.step(Step::Fault, format!("timeout {expired:?}"));
             out.push(n);
         }
         if faults && s.budgets.agent_crashes > 0 {
@@ -245,7 +260,7 @@ impl Checker {
             n.conn = None;
             n.net.clear();
             n.budgets.agent_crashes -= 1;
-            n.step("agent crashes".into());
+            n.step(Step::Fault, "agent crashes".into());
             out.push(n);
         }
         if faults && s.budgets.server_crashes > 0 {
@@ -254,7 +269,7 @@ impl Checker {
             n.net.clear();
             n.uploader.disconnected();
             n.budgets.server_crashes -= 1;
-            n.step("server crashes".into());
+            n.step(Step::Fault, "server crashes".into());
             out.push(n);
         }
         out
@@ -272,11 +287,11 @@ impl Checker {
         let id = id?;
         if let Some(sessions) = n.batches.get(&id) {
             n.net.push(Msg::Upload(id, sessions.clone()));
-            n.step(format!("send batch {}", id.0));
+            n.step(Step::Send, format!("send batch {}", id.0));
         } else {
             // Acked and deleted in an earlier life: the shell tells the uploader so.
             n.uploader.on_ack(id);
-            n.step(format!("batch {} already gone", id.0));
+            n.step(Step::Send, format!("batch {} already gone", id.0));
         }
         Some(n)
     }
@@ -297,9 +312,9 @@ impl Checker {
                         }
                         let stored = if duplicate { 0 } else { batch.sessions.len() as u32 };
                         n.net.push(Msg::Ack(id, stored, duplicate));
-                        n.step(format!("server stores batch {} (duplicate {duplicate})", id.0));
+                        n.step(Step::Deliver, format!("server stores batch {} (duplicate {duplicate})", id.0));
                     }
-                    other => n.step(format!("server refuses batch {}: {other:?}", id.0)),
+                    other => n.step(Step::Deliver, format!("server refuses batch {}: {other:?}", id.0)),
                 }
             }
             Msg::Ack(id, stored, duplicate) => {
@@ -309,7 +324,7 @@ impl Checker {
                     n.batches.remove(&id);
                     n.uploader.on_ack(id);
                 }
-                n.step(format!("agent gets ack of batch {}", id.0));
+                n.step(Step::Deliver, format!("agent gets ack of batch {}", id.0));
             }
         }
     }
@@ -341,12 +356,8 @@ impl Checker {
             }
             // A fixed fair order: connect, record, cut, deliver, send, and time out what waits.
             let next = self.successors(&s, false);
-            let pick = next
-                .iter()
-                .position(|n| n.trace.last().is_some_and(|t| t == "connect"))
-                .or_else(|| next.iter().position(|n| n.trace.last().is_some_and(|t| t.starts_with("server stores") || t.starts_with("agent gets"))))
-                .or_else(|| next.iter().position(|n| n.trace.last().is_some_and(|t| t.starts_with("record") || t.starts_with("cut"))))
-                .or_else(|| next.iter().position(|n| n.trace.last().is_some_and(|t| t.starts_with("send") || t.ends_with("already gone"))));
+            let by = |kinds: &[Step]| next.iter().position(|n| n.last.is_some_and(|k| kinds.contains(&k)));
+            let pick = by(&[Step::Connect]).or_else(|| by(&[Step::Deliver])).or_else(|| by(&[Step::Record, Step::Cut])).or_else(|| by(&[Step::Send]));
             match pick {
                 Some(i) => s = next[i].clone(),
                 None if s.uploader.in_flight() > 0 => {
