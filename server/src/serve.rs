@@ -51,6 +51,16 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// When the newest round was decided (wall clock ms), from the published status; `None`
+    /// while some round is still queued or training. `Some(None)`: no round closed yet.
+    pub fn last_decision(&self) -> Option<Option<u64>> {
+        let status = self.status.borrow();
+        if status.rounds.iter().any(|r| !r.status.is_finished()) {
+            return None;
+        }
+        Some(status.rounds.last().and_then(|r| r.decided_ms))
+    }
+
     /// Stores a validated batch exactly once and returns the ack frame, after the flush.
     pub async fn ingest(&self, batch: UploadBatch) -> Result<Arc<Vec<u8>>, ErrorMessage> {
         let internal = |e: String| ErrorMessage::new(ErrorCode::Internal, e);

@@ -28,17 +28,10 @@ pub async fn run(shared: Arc<Shared>, after: Duration, min_sessions: u64, mut st
     let after_ms = after.as_millis() as u64;
     loop {
         let store = shared.store.clone();
-        let (round, start) = irec_store::blocking(move || -> Result<_, StoreError> {
-            let round = store.counters()?.current_round;
-            let opened = store.round_opened_ms(now_ms())?;
-            let rounds = store.rounds()?;
-            if rounds.iter().any(|r| !r.status.is_finished()) {
-                return Ok((round, None));
-            }
-            Ok((round, Some(rounds.last().and_then(|r| r.decided_ms).map_or(opened, |d| d.max(opened)))))
-        })
-        .await?;
-        let Some(start) = start else {
+        let (round, opened) = irec_store::blocking(move || -> Result<_, StoreError> { Ok((store.counters()?.current_round, store.round_opened_ms(now_ms())?)) }).await?;
+        // The rounds come from the status the server keeps in memory: reading and parsing every
+        // round record from the store four times a second while a round trains is waste.
+        let Some(start) = shared.last_decision().map(|d| d.map_or(opened, |d| d.max(opened))) else {
             tokio::select! {
                 _ = tokio::time::sleep(RECHECK) => continue,
                 _ = stop.changed() => return Ok(()),
