@@ -39,6 +39,29 @@ pub enum Command {
     /// Exactly-once, checked over every interleaving of sends, losses, duplications,
     /// reorderings and crashes up to a bound (the CI test runs a smaller one).
     ModelCheck(ModelCheckArgs),
+    /// Export a server's D ∪ D′ for Python: a d3rlpy-loadable NPZ and round-partitioned Parquet
+    /// (read-only; a running server's data dir is read through its HTTP endpoint).
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// The server's data dir (for `fleet-sim run`: `<dir>/server`).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Folder to write into (created; must be new or empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The server's TOML config (for its world, trainer state dir and objective), when it did
+    /// not run with the defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Reward the exported `rewards` carry (default: the server's trainer objective).
+    #[arg(long, value_parser = ["paper", "turn_cost"])]
+    pub objective: Option<String>,
+    /// Print the export's metadata as JSON on the last line.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -1,12 +1,23 @@
-//! Progress bars for long steps (on stderr; indicatif hides them when stderr is not a terminal).
+//! Progress of long steps on stderr: a bar on a terminal, periodic log lines otherwise (indicatif
+//! draws nothing when stderr is not a terminal, and a fleet-sim run in CI or under `nohup` then
+//! said nothing for the first minute).
 
 use indicatif::{ProgressBar, ProgressStyle};
-use irec_learn::experiment::Progress;
+use irec_learn::experiment::{LogLines, Progress};
+use std::io::IsTerminal;
 use std::sync::Mutex;
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Bars {
     current: Mutex<Option<ProgressBar>>,
+    /// Set when stderr is not a terminal.
+    lines: Option<LogLines>,
+}
+
+impl Default for Bars {
+    fn default() -> Self {
+        Bars { current: Mutex::new(None), lines: (!std::io::stderr().is_terminal()).then(LogLines::default) }
+    }
 }
 
 impl Bars {
@@ -18,6 +29,9 @@ impl Bars {
 
 impl Progress for Bars {
     fn start(&self, stage: &str, total: u64) {
+        if let Some(l) = &self.lines {
+            return l.start(stage, total);
+        }
         self.with(|cur| {
             if let Some(bar) = cur.take() {
                 bar.finish_and_clear();
@@ -33,6 +47,9 @@ impl Progress for Bars {
     }
 
     fn advance(&self, n: u64) {
+        if let Some(l) = &self.lines {
+            return l.advance(n);
+        }
         self.with(|cur| {
             if let Some(bar) = cur {
                 bar.inc(n);
@@ -41,6 +58,9 @@ impl Progress for Bars {
     }
 
     fn finish(&self) {
+        if let Some(l) = &self.lines {
+            return l.finish();
+        }
         self.with(|cur| {
             if let Some(bar) = cur.take() {
                 bar.finish_and_clear();

@@ -12,13 +12,13 @@ use std::path::PathBuf;
 #[command(name = "irec-server", version)]
 pub struct Cli {
     /// TOML config file (flags override its fields).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub config: Option<PathBuf>,
     /// UDP address to listen on.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
     /// Data directory (database, certificate, status.json).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub data_dir: Option<PathBuf>,
     /// Fleet token agents must present (or set IREC_FLEET_TOKEN).
     #[arg(long)]
@@ -42,16 +42,16 @@ pub struct Cli {
     #[arg(long)]
     pub device: Option<String>,
     /// Catalog size of the simulated world (must match the agents').
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub items: Option<usize>,
     /// Seed of the simulated world (must match the agents').
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub world_seed: Option<u64>,
     /// Round trainer: learned (CQL(H) + SAC with an FQE gate) or none.
     #[arg(long, value_parser = ["learned", "none"])]
     pub trainer: Option<String>,
     /// Checkpoint carrying the pretrained perception the trainer featurizes with.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub perception: Option<PathBuf>,
     /// Directory with the certificate and key (`cert.der`, `key.der`); default: the data dir.
     #[arg(long)]
@@ -63,6 +63,41 @@ pub struct Cli {
     /// Print the effective config as TOML and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// Serve the HTTP endpoint: live dashboard, Prometheus /metrics, exports while running.
+    #[arg(long)]
+    pub http: bool,
+    /// Address of the HTTP endpoint (implies --http; default 127.0.0.1:9464).
+    #[arg(long)]
+    pub http_listen: Option<SocketAddr>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// What to do instead of serving.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Export D ∪ D′ of the data dir as a d3rlpy-loadable NPZ and round-partitioned Parquet
+    /// (read-only; a running server's data dir is read through its HTTP endpoint).
+    Export(ExportArgs),
+}
+
+/// `irec-server export`.
+#[derive(Debug, clap::Args)]
+pub struct ExportArgs {
+    /// Folder to write into (created; must be new or empty).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Reward the exported `rewards` carry: the trainer's objective unless given (`paper`, or
+    /// `turn_cost` with its default cost); the logged reward is exported beside it either way.
+    #[arg(long, value_parser = ["paper", "turn_cost"])]
+    pub objective: Option<String>,
+}
+
+impl ExportArgs {
+    /// The objective override, if any.
+    pub fn objective(&self) -> Option<irec_learn::algo::Objective> {
+        self.objective.as_deref().and_then(crate::export::objective_named)
+    }
 }
 
 impl Cli {
@@ -111,6 +146,12 @@ impl Cli {
         if let Some(v) = self.tls_dir {
             c.tls_dir = Some(v);
         }
+        if self.http || self.http_listen.is_some() {
+            c.http.enabled = true;
+        }
+        if let Some(v) = self.http_listen {
+            c.http.listen = v;
+        }
         if let Some(v) = self.world_seed {
             c.world.catalog.seed = v;
             c.world.features.seed = v;
@@ -132,6 +173,8 @@ pub enum CliError {
     Runtime(#[from] std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error(transparent)]
+    Export(#[from] crate::export::ExportError),
 }
 
 /// Resolves on SIGINT (Ctrl-C) or SIGTERM (Kubernetes, systemd): the server then stops in order.
@@ -147,10 +190,17 @@ pub async fn stop_requested() {
 /// What `irec-server` does with its flags: serve until SIGINT or SIGTERM, then stop in order
 /// (in-flight acks finish, the training round is cancelled and retrained after a restart).
 /// A library function so that `fleet-sim` can run the same server as a process of its own.
-pub fn execute(cli: Cli) -> Result<(), CliError> {
+pub fn execute(mut cli: Cli) -> Result<(), CliError> {
     let print = cli.print_config;
     let write_cert = cli.write_cert.clone();
+    let command = cli.command.take();
     let config = cli.into_config()?;
+    if let Some(Command::Export(args)) = command {
+        let progress = irec_learn::experiment::LogLines::default();
+        let report = crate::export::run(&config, &args.out, args.objective(), &progress)?;
+        println!("{}", crate::export::summary(&report, &args.out));
+        return Ok(());
+    }
     if let Some(dir) = write_cert {
         std::fs::create_dir_all(&dir).map_err(|e| CliError::Runtime(std::io::Error::new(e.kind(), format!("{}: {e}", dir.display()))))?;
         crate::tls::load_or_create(&dir, &config.cert_names)?;

@@ -76,6 +76,8 @@ pub struct ServerConfig {
     pub seed: u64,
     /// The round trainer (`[trainer]`).
     pub trainer: TrainerConfig,
+    /// The HTTP endpoint: dashboard, Prometheus `/metrics`, exports while running (`[http]`).
+    pub http: crate::http::HttpConfig,
 }
 
 impl ServerConfig {
@@ -113,6 +115,7 @@ impl Default for ServerConfig {
             device: "cpu".to_string(),
             seed: 2022,
             trainer: TrainerConfig::default(),
+            http: crate::http::HttpConfig::default(),
         }
     }
 }

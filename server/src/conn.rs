@@ -7,6 +7,7 @@
 //! ends this connection's tasks only.
 
 use crate::io::{self, ReadError};
+use crate::metrics::Metrics;
 use crate::serve::Shared;
 use irec_protocol::*;
 use std::sync::Arc;
@@ -168,21 +169,24 @@ async fn serve_request(shared: Arc<Shared>, machine: Arc<ServerConnection>, budg
     let request = match machine.on_request(input) {
         Ok(r) => r,
         Err(rejection) => {
+            Metrics::add(&shared.metrics.requests_refused, 1);
             warn!("request refused: {}", rejection.error);
             return refuse_stream(&shared, &mut send, &mut recv, &rejection.error).await;
         }
     };
-    let reply = match request {
-        Request::Upload(batch) => shared.ingest(batch).await,
-        Request::Policy { have } => shared.policy_reply(have).await,
+    let read_at = std::time::Instant::now();
+    let (reply, upload) = match request {
+        Request::Upload(batch) => (shared.ingest(batch).await, true),
+        Request::Policy { have } => (shared.policy_reply(have).await, false),
     };
     match reply {
-        Ok(frame) => {
-            if let Err(e) = io::send_and_finish(&mut send, &frame).await {
-                debug!("reply not delivered: {e}");
-            }
-        }
+        Ok(frame) => match io::send_and_finish(&mut send, &frame).await {
+            Ok(()) if upload => shared.metrics.ack(read_at.elapsed()),
+            Ok(()) => {}
+            Err(e) => debug!("reply not delivered: {e}"),
+        },
         Err(error) => {
+            Metrics::add(&shared.metrics.requests_refused, 1);
             warn!("request failed: {error}");
             refuse_stream(&shared, &mut send, &mut recv, &error).await;
         }

@@ -11,13 +11,18 @@
 //! - [`rounds`]: quota → train on D ∪ D′ (an `irec_learn::round::RoundTrainer`) → deployment
 //!   gate → publish → announce.
 //! - [`serve`]: the endpoint, the connection cap, orderly shutdown; [`run`] is the entry point.
-//! - [`config`], [`cli`]: settings from TOML and flags; [`status`]: what the server reports.
+//! - [`config`], [`cli`]: settings from TOML and flags; [`status`]: what the server reports;
+//!   [`metrics`]: what it counts; [`http`]: the dashboard, `/metrics` and a running server's
+//!   exports; [`export`]: D out for Python (`irec-server export`).
 
 pub mod cli;
 pub mod commit;
 pub mod config;
 pub mod conn;
+pub mod export;
+pub mod http;
 pub mod io;
+pub mod metrics;
 pub mod rounds;
 pub mod serve;
 pub mod status;
@@ -44,6 +49,8 @@ pub enum ServerError {
     Store(#[from] store::StoreError),
     #[error("binding {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    #[error("http.listen {0}: {1} (set another address in [http] listen, or --http-listen)")]
+    HttpBind(SocketAddr, std::io::Error),
     #[error("loading the catalog: {0}")]
     Catalog(String),
     #[error("internal task failed: {0}")]

@@ -6,7 +6,8 @@ use crate::rounds::driver::{self, DriverConfig};
 use irec_learn::round::RoundTrainer;
 use crate::status::{self, ServerStatus};
 use crate::store::{Store, StoreError};
-use crate::{conn, tls, ServerError};
+use crate::metrics::Metrics;
+use crate::{conn, http, tls, ServerError};
 use irec_world::catalog::{self, Catalog};
 use irec_protocol::*;
 use std::future::Future;
@@ -45,12 +46,20 @@ pub struct Shared {
     pub connections: AtomicUsize,
     /// Where the endpoint listens (reported in the status).
     pub local_addr: Option<SocketAddr>,
+    /// Where the HTTP endpoint listens, when it is on (reported in the status).
+    pub http_addr: Option<SocketAddr>,
+    pub metrics: crate::metrics::Metrics,
     /// The deployed policy's encoded `PolicyBlob` frame, built once per version and shared by
     /// every request for it (a thousand agents pulling a 5 MB policy share one copy).
     blob_frame: Mutex<Option<(PolicyVersion, Arc<Vec<u8>>)>>,
 }
 
 impl Shared {
+    /// The live status, as last published.
+    pub fn status(&self) -> ServerStatus {
+        self.status.borrow().clone()
+    }
+
     /// When the newest round was decided (wall clock ms), from the published status; `None`
     /// while some round is still queued or training. `Some(None)`: no round closed yet.
     pub fn last_decision(&self) -> Option<Option<u64>> {
@@ -65,6 +74,7 @@ impl Shared {
     pub async fn ingest(&self, batch: UploadBatch) -> Result<Arc<Vec<u8>>, ErrorMessage> {
         let internal = |e: String| ErrorMessage::new(ErrorCode::Internal, e);
         let batch_id = batch.batch_id;
+        let turns: u64 = batch.sessions.iter().map(|s| s.len() as u64).sum();
         let store = self.store.clone();
         let quota = self.quota;
         let outcome = tokio::task::spawn_blocking(move || store.ingest(&batch, quota, crate::rounds::deadline::now_ms()))
@@ -84,6 +94,14 @@ impl Shared {
             self.status.send_modify(|s| s.counters = c);
         }
         tracing::debug!(batch = %batch_id, stored = outcome.stored, duplicate = outcome.duplicate, "ingested");
+        let m = &self.metrics;
+        if outcome.duplicate {
+            Metrics::add(&m.uploads_duplicate, 1);
+        } else {
+            Metrics::add(&m.uploads_stored, 1);
+            Metrics::add(&m.sessions_ingested, u64::from(outcome.stored));
+            Metrics::add(&m.turns_ingested, turns);
+        }
         let ack = Ack { batch_id, stored: outcome.stored, duplicate: outcome.duplicate };
         encode(&Message::Ack(ack), &self.limits).map(Arc::new).map_err(|e| internal(e.to_string()))
     }
@@ -91,11 +109,13 @@ impl Shared {
     /// The answer to a policy request: the deployed blob, or `NoPolicy` when `have` is current.
     pub async fn policy_reply(&self, have: Option<PolicyVersion>) -> Result<Arc<Vec<u8>>, ErrorMessage> {
         let internal = |e: String| ErrorMessage::new(ErrorCode::Internal, e);
+        Metrics::add(&self.metrics.policy_requests, 1);
         let deployed = *self.announce.borrow();
         let Some(ann) = deployed.filter(|a| have.is_none_or(|h| h < a.version)) else {
             let m = Message::NoPolicy(NoPolicy { deployed: deployed.map(|a| a.version) });
             return encode(&m, &self.limits).map(Arc::new).map_err(|e| internal(e.to_string()));
         };
+        Metrics::add(&self.metrics.policy_blobs_sent, 1);
         if let Ok(cache) = self.blob_frame.lock() {
             if let Some((v, frame)) = cache.as_ref() {
                 if *v == ann.version {
@@ -133,6 +153,7 @@ impl Shared {
         match irec_store::blocking(move || ServerStatus::read(&store, connections)).await {
             Ok(mut s) => {
                 s.listening = self.local_addr;
+                s.http = self.http_addr;
                 self.status.send_replace(s);
             }
             Err(e) => warn!("reading status: {e}"),
@@ -170,6 +191,7 @@ pub struct Server {
     shared: Arc<Shared>,
     trainer: Arc<dyn RoundTrainer>,
     status: watch::Receiver<ServerStatus>,
+    http: Option<std::net::TcpListener>,
 }
 
 /// A cheap view of a running server, for tests and in-process fleets.
@@ -205,8 +227,14 @@ impl Server {
         };
         // Opening may wait for a just-released lock and publishing flushes: off the runtime.
         let db_dir = crate::store::db_dir(&config.data_dir);
+        let world = config.world.clone();
         let (store, initial_policy, deployed, mut initial) = irec_store::blocking(move || -> Result<_, StoreError> {
             let store = Store::open(&db_dir)?;
+            if let Some(before) = store.record_world(&world)? {
+                if before != world {
+                    warn!("this data dir's sessions were checked against another world than the configured one; exports use the recorded one");
+                }
+            }
             let published = initial_blob.map(|b| store.publish_initial(&b)).transpose()?;
             let deployed = store.deployed()?.map(|p| p.announcement());
             let status = ServerStatus::read(&store, 0)?;
@@ -227,9 +255,22 @@ impl Server {
         let runtime = quinn::default_runtime().ok_or_else(|| ServerError::Task("no async runtime for the endpoint".to_string()))?;
         let endpoint = quinn::Endpoint::new(endpoint_config, Some(server_config), socket, runtime).map_err(|e| ServerError::Bind(config.listen, e))?;
 
+        let http = match config.http.enabled {
+            true => {
+                let l = std::net::TcpListener::bind(config.http.listen).map_err(|e| ServerError::HttpBind(config.http.listen, e))?;
+                l.set_nonblocking(true).map_err(|e| ServerError::HttpBind(config.http.listen, e))?;
+                Some(l)
+            }
+            false => None,
+        };
+        let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+        if let Some(a) = http_addr {
+            info!("dashboard and metrics on http://{a}/");
+        }
         let (announce_tx, announce) = watch::channel(deployed);
         let local_addr = endpoint.local_addr().ok();
         initial.listening = local_addr;
+        initial.http = http_addr;
         let (status_tx, status) = watch::channel(initial);
         let shared = Arc::new(Shared {
             store,
@@ -247,10 +288,12 @@ impl Server {
             round_wake: Notify::new(),
             connections: AtomicUsize::new(0),
             local_addr,
+            http_addr,
+            metrics: Default::default(),
             blob_frame: Mutex::new(None),
         });
         shared.write_status_file();
-        Ok(Server { config, endpoint, shared, trainer, status })
+        Ok(Server { config, endpoint, shared, trainer, status, http })
     }
 
     pub fn local_addr(&self) -> Result<SocketAddr, ServerError> {
@@ -269,7 +312,7 @@ impl Server {
     /// for in-flight requests, stops the round driver, flushes, and releases the database (so the
     /// same data dir can be opened again at once).
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Server { config, endpoint, shared, trainer, status: _ } = self;
+        let Server { config, endpoint, shared, trainer, status: _, http } = self;
         info!(addr = ?endpoint.local_addr().ok(), "serving");
         let (stop_tx, stop_rx) = watch::channel(false);
         let driver_config = DriverConfig { gate_tolerance: config.gate_tolerance, gate_confidence_z: config.gate_confidence_z, seed: config.seed, device: config.device.clone() };
@@ -292,6 +335,13 @@ impl Server {
                 }
             })
         });
+        let http = match http.map(tokio::net::TcpListener::from_std).transpose() {
+            Ok(l) => l.map(|l| {
+                let settings = crate::export::settings(&config, None);
+                tokio::spawn(http::run(l, Arc::new(http::HttpState::new(shared.clone(), settings)), stop_rx.clone()))
+            }),
+            Err(e) => return Err(ServerError::HttpBind(config.http.listen, e)),
+        };
         let mut conns = JoinSet::new();
         tokio::pin!(shutdown);
         loop {
@@ -326,6 +376,9 @@ impl Server {
         let driver_result = driver.await;
         if let Some(d) = deadline {
             let _ = d.await;
+        }
+        if let Some(h) = http {
+            let _ = h.await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
         shared.store.flush().await?;

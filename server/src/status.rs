@@ -24,6 +24,9 @@ pub struct ServerStatus {
     /// the real port here).
     #[serde(default)]
     pub listening: Option<std::net::SocketAddr>,
+    /// The HTTP endpoint (dashboard, metrics, exports of a running server), when it is on.
+    #[serde(default)]
+    pub http: Option<std::net::SocketAddr>,
 }
 
 impl ServerStatus {
@@ -34,6 +37,7 @@ impl ServerStatus {
             rounds: store.rounds()?,
             connections,
             listening: None,
+            http: None,
         })
     }
 }

@@ -8,7 +8,8 @@
 //! - `rounds`: round (u32 BE) → JSON [`RoundRecord`].
 //! - `meta`: counters — `current_round`, `round_sessions`, `round_late` (of those, collected by an
 //!   older round's policy), `round_opened_ms` (wall clock, ms since the epoch), `next_seq`
-//!   (= sessions in D), `deployed` (the latest version).
+//!   (= sessions in D), `deployed` (the latest version), `world` (JSON `WorldConfig` the server
+//!   first ran with, so tools reading D later build the same world).
 //!
 //! Every multi-key change is one sled transaction over the trees it touches, so a crash leaves
 //! either all of it or none. Nothing here is durable until [`Store::flush`] returns: the server
@@ -18,6 +19,7 @@ use crate::rounds::record::{CloseReason, RoundRecord, RoundStatus};
 use irec_protocol::experience::ExperienceSession;
 use irec_protocol::{sha256, BatchId, PolicyAnnouncement, PolicyVersion, Sha256Digest, UploadBatch};
 use irec_store::codec::{be_u64, bin, json, unbin, unjson};
+use irec_world::sim::WorldConfig;
 use irec_store::{ConflictableTransactionError as Conflict, Db, IVec, Options, Tree};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -28,6 +30,7 @@ const NEXT_SEQ: &[u8] = b"next_seq";
 const DEPLOYED: &[u8] = b"deployed";
 const ROUND_LATE: &[u8] = b"round_late";
 const ROUND_OPENED: &[u8] = b"round_opened_ms";
+const WORLD: &[u8] = b"world";
 
 /// Why a store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -284,6 +287,35 @@ impl Store {
                 Ok((round, unbin::<ExperienceSession>("sessions", &v)?))
             })
             .collect()
+    }
+
+    /// Every session in D with its round and sequence number (its id in exports), in key order.
+    pub fn episodes(&self) -> Result<Vec<(u32, u64, ExperienceSession)>, StoreError> {
+        self.sessions
+            .entries()?
+            .into_iter()
+            .map(|(k, v)| {
+                let round = k.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_be_bytes);
+                let seq = k.get(4..12).and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_be_bytes);
+                Ok((round, seq, unbin::<ExperienceSession>("sessions", &v)?))
+            })
+            .collect()
+    }
+
+    /// The world this store's sessions were checked against, if recorded.
+    pub fn world(&self) -> Result<Option<WorldConfig>, StoreError> {
+        Ok(self.meta.get(WORLD)?.map(|v| unjson("meta", &v)).transpose()?)
+    }
+
+    /// Records `world` unless one is recorded already; returns the one recorded before, if any.
+    pub fn record_world(&self, world: &WorldConfig) -> Result<Option<WorldConfig>, StoreError> {
+        match self.world()? {
+            Some(w) => Ok(Some(w)),
+            None => {
+                self.meta.insert(WORLD, json(world)?)?;
+                Ok(None)
+            }
+        }
     }
 
     pub fn policy(&self, version: PolicyVersion) -> Result<Option<PolicyRecord>, StoreError> {

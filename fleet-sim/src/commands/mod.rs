@@ -12,6 +12,7 @@ mod bench;
 mod catalog;
 pub mod chaos;
 mod compare;
+mod export;
 mod model_check;
 mod run;
 mod simulate;
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Chaos(a) => chaos::run(a),
         Command::Run(a) => run::run(a),
         Command::ModelCheck(a) => model_check::run(a),
+        Command::Export(a) => export::run(a),
         Command::Server(a) => Ok(irec_server::cli::execute(<irec_server::cli::Cli as clap::Parser>::parse_from(
             std::iter::once("irec-server".to_string()).chain(a.args),
         ))?),

@@ -6,10 +6,14 @@
 //! - [`behaviour`]: on-policy training, behaviour devices, experience collection.
 //! - [`compare`]: the paper's Table 2, in-process.
 //! - [`ablation`]: offline-learner variants trained on one D.
+//! - [`Progress`]: how long steps report; [`LogLines`] writes it as periodic log lines.
 
 pub mod ablation;
 pub mod behaviour;
 pub mod compare;
+mod log_lines;
+
+pub use log_lines::LogLines;
 
 use crate::algo::pretrain::{pretrain, PretrainConfig, PretrainReport};
 use crate::algo::{PerceptionWeights, Recommender};
