@@ -165,6 +165,10 @@ pub struct RunArgs {
     /// Give up (and stop the fleet) after this many minutes.
     #[arg(long, default_value_t = 60)]
     pub timeout_min: u64,
+    /// Serve the server's live dashboard and Prometheus /metrics at this address while the fleet
+    /// runs (without a value: 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
+    pub dashboard: Option<std::net::SocketAddr>,
     #[command(flatten)]
     pub world: WorldArgs,
     #[arg(long)]

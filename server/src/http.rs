@@ -185,17 +185,48 @@ async fn serve(mut stream: tokio::net::TcpStream, state: &Arc<HttpState>) -> std
 }
 
 /// A blocking GET of `path` on `addr` (for tools and tests): the body of a 200, else the status
-/// line and body as the error.
+/// line and body as the error. Reads `Content-Length` bytes when the server says how many (some,
+/// Chromium's DevTools among them, keep the connection open after answering).
 pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Vec<u8>, String> {
     let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| e.to_string())?;
     stream.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
     let mut all = Vec::new();
-    stream.read_to_end(&mut all).map_err(|e| e.to_string())?;
-    let split = all.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no end of headers in the answer")?;
-    let status = String::from_utf8_lossy(&all[..split]).lines().next().unwrap_or_default().to_string();
-    if !status.contains(" 200 ") {
-        return Err(format!("{status}: {}", String::from_utf8_lossy(&all[split + 4..])));
+    let mut buf = [0u8; 16 << 10];
+    let split = loop {
+        if let Some(i) = all.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i;
+        }
+        let n = stream.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("the connection closed before the end of the headers".into());
+        }
+        all.extend_from_slice(&buf[..n]);
+    };
+    let head = String::from_utf8_lossy(&all[..split]).to_string();
+    let length = head.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case("content-length").then(|| v.trim().parse::<usize>().ok()).flatten()
+    });
+    let mut body = all.split_off(split + 4);
+    match length {
+        Some(len) => {
+            while body.len() < len {
+                let n = stream.read(&mut buf).map_err(|e| e.to_string())?;
+                if n == 0 {
+                    return Err(format!("the body ended after {} of {len} bytes", body.len()));
+                }
+                body.extend_from_slice(&buf[..n]);
+            }
+            body.truncate(len);
+        }
+        None => {
+            stream.read_to_end(&mut body).map_err(|e| e.to_string())?;
+        }
     }
-    Ok(all[split + 4..].to_vec())
+    let status = head.lines().next().unwrap_or_default().to_string();
+    if !status.contains(" 200 ") {
+        return Err(format!("{status}: {}", String::from_utf8_lossy(&body)));
+    }
+    Ok(body)
 }

@@ -108,6 +108,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             fqe: irec_learn::algo::fqe::FqeConfig { steps: a.fqe_steps.unwrap_or(s.fqe_steps), ..Default::default() },
             ..TrainerConfig::default()
         },
+        http: irec_server::http::HttpConfig { enabled: a.dashboard.is_some(), listen: a.dashboard.unwrap_or(irec_server::http::HttpConfig::default().listen) },
         ..ServerConfig::default()
     };
     let server_toml = fleet_dir.join("server.toml");
@@ -122,6 +123,12 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
         let l = p.launcher.clone();
         (Fleet::Processes(p), addr, l)
     };
+    if a.dashboard.is_some() {
+        match read_status(&server_dir).and_then(|s| s.http) {
+            Some(h) => bars.message(&format!("dashboard: http://{h}/  (metrics: http://{h}/metrics)")),
+            None => bars.message("the server did not report its dashboard address"),
+        }
+    }
     let per_agent = quota.div_ceil(a.agents as u64);
     let slow_from = a.agents - (a.agents as f64 * a.slow_agents).round() as usize;
     for (i, device_cfg) in boot.devices.iter().enumerate() {

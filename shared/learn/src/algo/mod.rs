@@ -7,20 +7,28 @@
 //! - [`bc`]: behaviour cloning (the paper's imitation learning).
 //! - [`sac`]: discrete soft actor-critic over factorized Q (the paper's off-policy row).
 //! - [`cql`]: CQL(H) + discrete SAC (the paper's offline row, eq. 6–7).
+//! - [`bcq`]: discrete batch-constrained Q-learning; [`iql`]: implicit Q-learning; both on
+//!   [`critic`], the single factorized critic they share.
+//! - [`learner`]: which offline learner trains ([`Algo`], `--algo`), behind one type.
 //! - [`ppo`]: the on-policy learner against the simulator (upper bound; behaviour policies).
 //! - [`objective`]: the reward the learners optimise (the paper's as logged, or a per-turn cost).
 //! - [`fqe`]: fitted Q evaluation, the off-policy value estimate behind the deployment gate.
 
 pub mod bc;
+pub mod bcq;
+pub mod critic;
 pub mod cql;
 pub mod dataset;
 pub mod fqe;
+pub mod iql;
+pub mod learner;
 pub mod objective;
 pub mod ppo;
 pub mod pretrain;
 pub mod sac;
 
 pub use dataset::{Batch, SessionDataset};
+pub use learner::{Algo, Learner, LearnerSettings};
 pub use objective::Objective;
 
 use irec_model::checkpoint::{Checkpoint, CheckpointMeta, FORMAT_VERSION};

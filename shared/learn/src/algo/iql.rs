@@ -1,0 +1,240 @@
+//! Implicit Q-learning (Kostrikov, Nair & Levine, "Offline Reinforcement Learning with Implicit
+//! Q-Learning", 2021), per action head.
+//!
+//! IQL never evaluates an action the data does not show. A state value V(s) is fitted by
+//! expectile regression to the target critic at the logged actions, L_V = E[|κ − 1(u < 0)|·u²],
+//! u = Q′_d(s, a_d) − V(s), an upper expectile (κ > 0.5) approximating the best in-support
+//! action's value; the critic is regressed to y = r + γ(1 − done)·V(s′); and the policy is
+//! extracted by advantage-weighted regression: each head's logged slot is imitated with weight
+//! min(exp(β·(Q′_d(s, a_d) − V(s))), w_max). κ = 0.5 is SARSA (the data's own value), β = 0
+//! behaviour cloning.
+
+use super::critic::QCritic;
+use super::{scalar, Adam, Batch, LossRecord, OfflineAlgorithm, OptimConfig, PerceptionWeights, Recommender};
+use irec_model::heads::{HeadsConfig, MultiHead};
+use irec_model::kernels::seg_log_softmax;
+use irec_model::Checkpoint;
+use candle_core::{Result, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+/// Settings of IQL (`[trainer.iql]`, `[offline.iql]`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct IqlConfig {
+    pub optim: OptimConfig,
+    /// κ of the value's expectile regression, in [0.5, 1) (the paper's 0.7–0.9).
+    pub expectile: f64,
+    /// β: inverse temperature of the advantage weights (per reward unit; the paper's 3–10).
+    pub beta: f64,
+    /// Largest advantage weight (the paper's 100).
+    pub max_weight: f64,
+    /// Target-network soft-update rate per step.
+    pub tau: f64,
+    /// λ of the critic's TD(λ) target over whole sessions (0: one step), as in SAC.
+    pub td_lambda: f64,
+    /// Hidden widths of the critic (unset: the model config's).
+    pub q_hidden: Option<Vec<usize>>,
+}
+
+impl Default for IqlConfig {
+    fn default() -> Self {
+        IqlConfig {
+            optim: OptimConfig { lr: 1e-3, ..OptimConfig::default() },
+            expectile: 0.7,
+            beta: 3.0,
+            max_weight: 100.0,
+            tau: 0.005,
+            td_lambda: 0.9,
+            q_hidden: Some(vec![128, 128]),
+        }
+    }
+}
+
+impl IqlConfig {
+    /// Refuses settings that cannot train, naming the field under `at`.
+    pub fn validate(&self, at: &str) -> std::result::Result<(), String> {
+        if !(self.expectile.is_finite() && (0.5..1.0).contains(&self.expectile)) {
+            return Err(format!("{at}.expectile must be in [0.5, 1) (got {})", self.expectile));
+        }
+        if !(self.beta.is_finite() && self.beta >= 0.0) {
+            return Err(format!("{at}.beta must be a finite number ≥ 0 (got {})", self.beta));
+        }
+        if !(self.max_weight.is_finite() && self.max_weight >= 1.0) {
+            return Err(format!("{at}.max_weight must be a finite number ≥ 1 (got {})", self.max_weight));
+        }
+        if !(self.tau.is_finite() && self.tau > 0.0 && self.tau <= 1.0) {
+            return Err(format!("{at}.tau must be in (0, 1] (got {})", self.tau));
+        }
+        if !(self.td_lambda.is_finite() && (0.0..=1.0).contains(&self.td_lambda)) {
+            return Err(format!("{at}.td_lambda must be in [0, 1] (got {})", self.td_lambda));
+        }
+        if !(self.optim.lr.is_finite() && self.optim.lr > 0.0) || !(self.optim.gamma > 0.0 && self.optim.gamma <= 1.0) || self.optim.batch_sessions == 0 {
+            return Err(format!("{at}.optim: lr > 0, gamma in (0, 1] and batch_sessions ≥ 1 are needed"));
+        }
+        Ok(())
+    }
+}
+
+/// One step's losses (the logged metrics).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IqlLosses {
+    /// Mean ½ Σ_d (Q_d(s, a_d) − y)² per turn.
+    pub critic: f32,
+    /// Expectile loss of V, per turn (mean over heads).
+    pub value: f32,
+    /// Advantage-weighted NLL of the logged slots, per turn.
+    pub policy: f32,
+    pub q_data: f32,
+    /// Mean V(s).
+    pub v: f32,
+    /// Mean advantage Q′_d(s, a_d) − V(s) over heads.
+    pub advantage: f32,
+    /// Mean advantage weight.
+    pub weight: f32,
+    pub critic_grad_norm: f32,
+}
+
+impl LossRecord for IqlLosses {
+    fn fields(&self) -> Vec<(&'static str, f32)> {
+        vec![
+            ("critic", self.critic),
+            ("value", self.value),
+            ("policy", self.policy),
+            ("q_data", self.q_data),
+            ("v", self.v),
+            ("advantage", self.advantage),
+            ("weight", self.weight),
+            ("critic_grad_norm", self.critic_grad_norm),
+        ]
+    }
+}
+
+/// |κ − 1(u < 0)|·u², elementwise.
+pub fn expectile_loss(u: &Tensor, kappa: f64) -> Result<Tensor> {
+    let below = u.lt(0.0)?.to_dtype(u.dtype())?;
+    // κ where u ≥ 0, 1 − κ where u < 0.
+    let weight = below.affine(1.0 - 2.0 * kappa, kappa)?;
+    weight * u.sqr()?
+}
+
+/// IQL on the recurrent recommender.
+#[derive(Debug)]
+pub struct Iql {
+    pub cfg: IqlConfig,
+    rec: Recommender,
+    critic: QCritic,
+    value: MultiHead,
+    critic_opt: Adam,
+    value_opt: Adam,
+    policy_opt: Adam,
+    steps: u64,
+}
+
+impl Iql {
+    pub fn new(perception: &PerceptionWeights, seed: u64, cfg: &IqlConfig, init: Option<&Checkpoint>) -> Result<Iql> {
+        let mut rec = Recommender::new(perception, seed, init)?;
+        let critic = QCritic::new(&mut rec, cfg.q_hidden.as_deref(), init)?;
+        if let Some(ck) = init {
+            rec.store.load_from(&ck.only(&["iql."]).tensors)?;
+        }
+        let value = MultiHead::new(&HeadsConfig::value(rec.tracker.hidden()), rec.store.builder().pp("iql").pp("value"))?;
+        let mut critic_vars = rec.store.named_vars("tracker.");
+        critic_vars.extend(rec.store.named_vars("q1."));
+        let mut critic_opt = Adam::named(critic_vars, &cfg.optim)?;
+        let mut value_opt = Adam::named(rec.store.named_vars("iql."), &cfg.optim)?;
+        let mut policy_opt = Adam::named(rec.store.named_vars("policy."), &cfg.optim)?;
+        let mut steps = 0;
+        if let Some(ck) = init {
+            if critic_opt.load_state("opt.critic", &ck.tensors)? {
+                steps = ck.meta.steps;
+            }
+            value_opt.load_state("opt.value", &ck.tensors)?;
+            policy_opt.load_state("opt.policy", &ck.tensors)?;
+        }
+        Ok(Iql { cfg: cfg.clone(), rec, critic, value, critic_opt, value_opt, policy_opt, steps })
+    }
+
+    /// V(s), (N), on (detached) states.
+    pub fn state_value(&self, s: &Tensor) -> Result<Tensor> {
+        self.value.forward(s)?.squeeze(D::Minus1)
+    }
+
+    /// y = r + γ(1 − done)·V(s′) (TD(λ) over the session's logged continuation). No gradient.
+    pub fn compute_target(&self, s_next: &Tensor, batch: &Batch) -> Result<Tensor> {
+        let v_next = self.state_value(s_next)?.detach();
+        Ok(QCritic::lambda_target(&v_next, batch, self.cfg.optim.gamma, self.cfg.td_lambda)?.detach())
+    }
+
+    /// Critic, value and policy losses (scalars) with their diagnostics.
+    pub fn compute_loss(&self, batch: &Batch) -> Result<(Tensor, Tensor, Tensor, IqlLosses)> {
+        let heads = self.rec.heads();
+        let n_heads = heads.len().max(1) as f64;
+        let st = self.critic.states(&self.rec, batch)?;
+        let y = self.compute_target(&st.s_next, batch)?;
+        let (td, q_sa) = self.critic.td(&st.s, &y, batch, heads.len())?;
+        let critic = batch.masked_mean(&td)?;
+
+        // Expectile regression of V towards the target critic at every head's logged slot.
+        let s = st.s.detach();
+        let q_target_sa = (self.critic.target_q.forward(&st.s_target)?.detach() * &batch.onehot)?;
+        let v = self.state_value(&s)?;
+        let onehot_v = batch.onehot.broadcast_mul(&v.unsqueeze(1)?)?;
+        let u = (&q_target_sa - &onehot_v)?;
+        let value_rows = ((expectile_loss(&u, self.cfg.expectile)? * &batch.onehot)?.sum(D::Minus1)? / n_heads)?;
+        let value = batch.masked_mean(&value_rows)?;
+
+        // Advantage-weighted regression per head.
+        let adv = u.detach();
+        let weight = ((adv * self.cfg.beta)?.exp()?.clamp(0.0, self.cfg.max_weight)? * &batch.onehot)?;
+        let logp = seg_log_softmax(&self.rec.policy.forward(&s)?, heads)?;
+        let policy_rows = (&weight * logp)?.sum(D::Minus1)?.neg()?;
+        let policy = batch.masked_mean(&policy_rows)?;
+        let losses = IqlLosses {
+            critic: scalar(&critic)?,
+            value: scalar(&value)?,
+            policy: scalar(&policy)?,
+            q_data: scalar(&batch.masked_mean(&q_sa)?)?,
+            v: scalar(&batch.masked_mean(&v)?)?,
+            advantage: scalar(&batch.masked_mean(&(u.detach().sum(D::Minus1)? / n_heads)?)?)?,
+            weight: scalar(&batch.masked_mean(&(weight.sum(D::Minus1)? / n_heads)?)?)?,
+            critic_grad_norm: 0.0,
+        };
+        Ok((critic, value, policy, losses))
+    }
+
+    /// Everything needed to continue training later: networks, targets, V, optimiser moments.
+    pub fn training_state(&self, label: &str) -> Result<Checkpoint> {
+        let mut ck = self.rec.export(label, self.steps);
+        for p in ["q1.", "target.", "iql."] {
+            ck.tensors.extend(self.rec.store.tensors(p));
+        }
+        ck.tensors.extend(self.critic_opt.state("opt.critic")?);
+        ck.tensors.extend(self.value_opt.state("opt.value")?);
+        ck.tensors.extend(self.policy_opt.state("opt.policy")?);
+        Ok(ck)
+    }
+}
+
+impl OfflineAlgorithm for Iql {
+    type Losses = IqlLosses;
+
+    fn update(&mut self, batch: &Batch) -> Result<IqlLosses> {
+        let (critic, value, policy, mut losses) = self.compute_loss(batch)?;
+        // Parameter groups are disjoint (V and the actor see detached states): one backward.
+        let mut grads = ((critic + value)? + policy)?.backward()?;
+        losses.critic_grad_norm = self.critic_opt.step(&mut grads)?;
+        self.value_opt.step(&mut grads)?;
+        self.policy_opt.step(&mut grads)?;
+        QCritic::soft_update(&self.rec, self.cfg.tau)?;
+        self.steps += 1;
+        Ok(losses)
+    }
+
+    fn recommender(&self) -> &Recommender {
+        &self.rec
+    }
+
+    fn steps(&self) -> u64 {
+        self.steps
+    }
+}
