@@ -169,6 +169,9 @@ pub struct RunArgs {
     /// runs (without a value: 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
     pub dashboard: Option<std::net::SocketAddr>,
+    /// Offline learner of the server's rounds: cql_sac (the paper's), bcq or iql.
+    #[arg(long, value_parser = irec_learn::algo::Algo::parse)]
+    pub algo: Option<irec_learn::algo::Algo>,
     #[command(flatten)]
     pub world: WorldArgs,
     #[arg(long)]
@@ -273,6 +276,10 @@ pub struct CompareArgs {
     /// cpu, or cuda:N with a `--features cuda` build.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Offline learners, comma-separated: the first trains the Offline and Iterative Offline
+    /// rows, each further one adds an "Offline Learning (…)" row on the same D (cql_sac, bcq, iql).
+    #[arg(long, value_delimiter = ',', value_parser = irec_learn::algo::Algo::parse)]
+    pub algo: Vec<irec_learn::algo::Algo>,
     #[arg(long)]
     pub json: bool,
 }

@@ -50,6 +50,9 @@ pub struct Cli {
     /// Round trainer: learned (CQL(H) + SAC with an FQE gate) or none.
     #[arg(long, value_parser = ["learned", "none"])]
     pub trainer: Option<String>,
+    /// Offline learner of the rounds: cql_sac (the paper's), bcq or iql.
+    #[arg(long, value_parser = irec_learn::algo::Algo::parse)]
+    pub algo: Option<irec_learn::algo::Algo>,
     /// Checkpoint carrying the pretrained perception the trainer featurizes with.
     #[arg(long, global = true)]
     pub perception: Option<PathBuf>,
@@ -142,6 +145,9 @@ impl Cli {
         }
         if let Some(v) = self.perception {
             c.trainer.perception = Some(v);
+        }
+        if let Some(v) = self.algo {
+            c.trainer.algo = v;
         }
         if let Some(v) = self.tls_dir {
             c.tls_dir = Some(v);

@@ -173,6 +173,8 @@ impl ServerConfig {
         t.objective.validate_at("trainer.objective").map_err(ConfigError::Invalid)?;
         t.sac.validate("trainer.sac").map_err(ConfigError::Invalid)?;
         t.cql.validate("trainer.cql").map_err(ConfigError::Invalid)?;
+        t.bcq.validate("trainer.bcq").map_err(ConfigError::Invalid)?;
+        t.iql.validate("trainer.iql").map_err(ConfigError::Invalid)?;
         t.fqe.validate("trainer.fqe").map_err(ConfigError::Invalid)?;
         if t.eval_sessions == 0 {
             return bad("trainer.eval_sessions must be at least 1");
@@ -218,6 +220,11 @@ mod tests {
         assert!(refused("[trainer.objective]\nkind = \"turn_cost\"\ncost = 0.0\nfailure_penalty = 0.0").contains("trainer.objective.cost"));
         assert!(refused("[trainer.fqe]\nensemble = 0").contains("trainer.fqe.ensemble"));
         assert!(refused("gate_tolerance = nan").contains("gate_tolerance"));
+        assert!(refused("[trainer.bcq]\nthreshold = 1.5").contains("trainer.bcq.threshold"));
+        assert!(refused("[trainer.iql]\nexpectile = 0.2").contains("trainer.iql.expectile"));
+        assert_eq!(refused("[trainer]\nalgo = \"iql\""), "accepted");
+        let unknown_algo = refused("[trainer]\nalgo = \"mopo\"");
+        assert!(unknown_algo.contains("mopo") && unknown_algo.contains("bcq"), "{unknown_algo}");
         assert!(refused("gate_confidence_z = -1.0").contains("gate_confidence_z"));
         // An unknown objective is a parse error that names the variant and where it stood.
         let unknown = refused("[trainer.objective]\nkind = \"fastest\"");

@@ -15,6 +15,10 @@ pub fn run(a: CompareArgs) -> anyhow::Result<()> {
     };
     let mut cfg = super::experiment_config(preset, a.config.as_deref())?;
     cfg.seed = a.seed;
+    if let Some((first, rest)) = a.algo.split_first() {
+        cfg.offline.algo = *first;
+        cfg.offline.also = rest.to_vec();
+    }
     let dev = device(&a.device)?;
     let started = std::time::Instant::now();
     let cache = (!a.no_cache).then_some(a.cache.as_path());

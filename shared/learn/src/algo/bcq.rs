@@ -64,7 +64,9 @@ impl BcqConfig {
         if !(self.td_lambda.is_finite() && (0.0..=1.0).contains(&self.td_lambda)) {
             return Err(format!("{at}.td_lambda must be in [0, 1] (got {})", self.td_lambda));
         }
-        if !(self.optim.lr.is_finite() && self.optim.lr > 0.0) || !(self.optim.gamma > 0.0 && self.optim.gamma <= 1.0) || self.optim.batch_sessions == 0 {
+        let o = &self.optim;
+        let usable = o.lr.is_finite() && o.lr > 0.0 && o.gamma > 0.0 && o.gamma <= 1.0 && o.batch_sessions > 0;
+        if !usable {
             return Err(format!("{at}.optim: lr > 0, gamma in (0, 1] and batch_sessions ≥ 1 are needed"));
         }
         Ok(())

@@ -68,7 +68,9 @@ impl IqlConfig {
         if !(self.td_lambda.is_finite() && (0.0..=1.0).contains(&self.td_lambda)) {
             return Err(format!("{at}.td_lambda must be in [0, 1] (got {})", self.td_lambda));
         }
-        if !(self.optim.lr.is_finite() && self.optim.lr > 0.0) || !(self.optim.gamma > 0.0 && self.optim.gamma <= 1.0) || self.optim.batch_sessions == 0 {
+        let o = &self.optim;
+        let usable = o.lr.is_finite() && o.lr > 0.0 && o.gamma > 0.0 && o.gamma <= 1.0 && o.batch_sessions > 0;
+        if !usable {
             return Err(format!("{at}.optim: lr > 0, gamma in (0, 1] and batch_sessions ≥ 1 are needed"));
         }
         Ok(())
@@ -152,6 +154,11 @@ impl Iql {
             policy_opt.load_state("opt.policy", &ck.tensors)?;
         }
         Ok(Iql { cfg: cfg.clone(), rec, critic, value, critic_opt, value_opt, policy_opt, steps })
+    }
+
+    /// The critic (tests recompute the losses from its outputs).
+    pub fn critic(&self) -> &QCritic {
+        &self.critic
     }
 
     /// V(s), (N), on (detached) states.

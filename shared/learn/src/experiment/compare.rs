@@ -5,10 +5,13 @@
 use super::behaviour::{behaviour_devices, collect, train_on_policy, BehaviourDevice, Learner};
 use super::{ExperimentConfig, Lab, Progress, Result};
 use crate::algo::bc::{BcConfig, BehaviourCloning};
-use crate::algo::cql::{cql_sac, off_policy_sac, CqlConfig};
+use crate::algo::cql::{off_policy_sac, CqlConfig};
 use crate::algo::pretrain::PretrainReport;
-use crate::algo::sac::{DiscreteSac, SacConfig};
-use crate::algo::{fit, Objective, OfflineAlgorithm, SessionDataset, TrainLog};
+use crate::algo::bcq::BcqConfig;
+use crate::algo::iql::IqlConfig;
+use crate::algo::sac::SacConfig;
+use crate::algo::{fit, Algo, LearnerSettings, Objective, OfflineAlgorithm, SessionDataset, TrainLog};
+use crate::algo::Learner as OfflineLearner;
 use irec_protocol::experience::ExperienceSession;
 use irec_world::metrics::Metrics;
 use irec_model::PolicyModel;
@@ -25,9 +28,15 @@ use std::time::Instant;
 pub struct OfflineConfig {
     /// The reward the RL learners optimise (imitation ignores rewards).
     pub objective: Objective,
+    /// The learner of the Offline and Iterative Offline rows: `cql_sac` (the paper's), `bcq`, `iql`.
+    pub algo: Algo,
+    /// Further learners trained on the same D, a row each ("Offline Learning (IQL)").
+    pub also: Vec<Algo>,
     pub bc: BcConfig,
     pub sac: SacConfig,
     pub cql: CqlConfig,
+    pub bcq: BcqConfig,
+    pub iql: IqlConfig,
     /// Gradient steps of each offline learner on D.
     pub steps: usize,
     /// Steps between training-log lines.
@@ -52,6 +61,8 @@ impl OfflineConfig {
         self.objective.validate_at("offline.objective")?;
         self.sac.validate("offline.sac")?;
         self.cql.validate("offline.cql")?;
+        self.bcq.validate("offline.bcq")?;
+        self.iql.validate("offline.iql")?;
         if self.rounds > 0 && self.round_sessions == 0 {
             return Err("offline.round_sessions must be at least 1 when offline.rounds > 0".into());
         }
@@ -64,9 +75,13 @@ impl OfflineConfig {
     pub fn quick() -> OfflineConfig {
         OfflineConfig {
             objective: Objective::default(),
+            algo: Algo::default(),
+            also: Vec::new(),
             bc: BcConfig::default(),
             sac: SacConfig::default(),
             cql: CqlConfig::default(),
+            bcq: BcqConfig::default(),
+            iql: IqlConfig::default(),
             steps: 1_500,
             log_every: 50,
             curve_every: 300,
@@ -100,6 +115,8 @@ pub enum Method {
     OffPolicy,
     Imitation,
     Offline,
+    /// Another offline learner on the same D (`offline.also`, `compare --algo a,b`).
+    OfflineWith(Algo),
     IterativeOffline,
     Tracker,
 }
@@ -115,6 +132,9 @@ impl Method {
             Method::OffPolicy => "Off-policy",
             Method::Imitation => "Imitation Learning",
             Method::Offline => "Offline Learning",
+            Method::OfflineWith(Algo::CqlSac) => "Offline Learning (CQL(H) + SAC)",
+            Method::OfflineWith(Algo::Bcq) => "Offline Learning (discrete BCQ)",
+            Method::OfflineWith(Algo::Iql) => "Offline Learning (IQL)",
             Method::IterativeOffline => "Iterative Offline",
             Method::Tracker => "Rule-based tracker",
         }
@@ -129,6 +149,9 @@ impl Method {
             Method::OffPolicy => "off_policy",
             Method::Imitation => "imitation",
             Method::Offline => "offline",
+            Method::OfflineWith(Algo::CqlSac) => "offline_cql_sac",
+            Method::OfflineWith(Algo::Bcq) => "offline_bcq",
+            Method::OfflineWith(Algo::Iql) => "offline_iql",
             Method::IterativeOffline => "iterative_offline",
             Method::Tracker => "tracker",
         }
@@ -298,18 +321,29 @@ pub fn run(cfg: &ExperimentConfig, preset: &str, device: &candle_core::Device, c
     rows.push(MethodRow { method: Method::OffPolicy, metrics: lab.evaluate(sac.recommender(), n_eval, eval_seed)?, note: format!("{} steps", cfg.offline.steps) });
     clock.lap("off-policy learning");
 
-    // Offline learning: CQL(H) + SAC, with its test curve.
-    let mut cql = cql_sac(&lab.perception, rng::derive(cfg.seed, 33), &cfg.offline.sac, &cfg.offline.cql, None)?;
+    // Offline learning (CQL(H) + SAC unless another learner was chosen), with its test curve.
+    let oc = &cfg.offline;
+    let settings = LearnerSettings { sac: &oc.sac, cql: &oc.cql, bcq: &oc.bcq, iql: &oc.iql };
+    let mut main = OfflineLearner::new(oc.algo, &lab.perception, rng::derive(cfg.seed, 33), settings, None)?;
     let in_d = d.len();
+    let main_bs = main.batch_sessions();
     logs.insert(
         "offline".into(),
-        train_with_curve(&lab, &mut cql, &data, cfg.offline.steps, &cfg.offline, bs, "offline", Some((&mut curves, 0, in_d, eval_seed)), &mut r, progress)?,
+        train_with_curve(&lab, &mut main, &data, oc.steps, oc, main_bs, "offline", Some((&mut curves, 0, in_d, eval_seed)), &mut r, progress)?,
     );
-    rows.push(MethodRow { method: Method::Offline, metrics: lab.evaluate(cql.recommender(), n_eval, eval_seed)?, note: format!("{} steps, α = {}", cfg.offline.steps, cfg.offline.cql.alpha) });
+    rows.push(MethodRow { method: Method::Offline, metrics: lab.evaluate(main.recommender(), n_eval, eval_seed)?, note: learner_note(oc.algo, oc) });
     clock.lap("offline learning");
+    for (k, algo) in oc.also.iter().copied().filter(|a| *a != oc.algo).enumerate() {
+        let mut other = OfflineLearner::new(algo, &lab.perception, rng::derive(cfg.seed, 34 + k as u64), settings, None)?;
+        let key = Method::OfflineWith(algo).key();
+        let bs = other.batch_sessions();
+        logs.insert(key.into(), train_with_curve(&lab, &mut other, &data, oc.steps, oc, bs, key, None, &mut r, progress)?);
+        rows.push(MethodRow { method: Method::OfflineWith(algo), metrics: lab.evaluate(other.recommender(), n_eval, eval_seed)?, note: learner_note(algo, oc) });
+        clock.lap(key);
+    }
 
     // Iterative offline: deploy with each device's noise, collect D′, train on D ∪ D′.
-    let (metrics, note) = iterative(&lab, cfg, &mut cql, &mut devices, &mut d, &mut curves, &mut logs, &mut r, eval_seed, progress)?;
+    let (metrics, note) = iterative(&lab, cfg, &mut main, &mut devices, &mut d, &mut curves, &mut logs, &mut r, eval_seed, progress)?;
     rows.push(MethodRow { method: Method::IterativeOffline, metrics, note });
     clock.lap("iterative offline");
 
@@ -339,7 +373,7 @@ pub fn run(cfg: &ExperimentConfig, preset: &str, device: &candle_core::Device, c
 fn iterative(
     lab: &Lab,
     cfg: &ExperimentConfig,
-    cql: &mut DiscreteSac,
+    learner: &mut OfflineLearner,
     devices: &mut [BehaviourDevice],
     d: &mut Vec<ExperienceSession>,
     curves: &mut Vec<CurvePoint>,
@@ -349,11 +383,11 @@ fn iterative(
     progress: &dyn Progress,
 ) -> Result<(Metrics, String)> {
     let oc = &cfg.offline;
-    let mut last = lab.evaluate(cql.recommender(), cfg.eval_sessions, eval_seed)?;
+    let mut last = lab.evaluate(learner.recommender(), cfg.eval_sessions, eval_seed)?;
     let mut best = (0u32, last);
     let mut round_logs = Vec::new();
     for round in 1..=oc.rounds as u32 {
-        let deployed = Arc::new(PolicyModel::from_checkpoint(&cql.recommender().export("iterative offline", cql.steps()), &lab.device)?);
+        let deployed = Arc::new(PolicyModel::from_checkpoint(&learner.recommender().export("iterative offline", learner.steps()), &lab.device)?);
         for dev in devices.iter_mut() {
             dev.policy = deployed.clone();
         }
@@ -361,9 +395,10 @@ fn iterative(
         d.extend(c.sessions);
         let data = SessionDataset::new(d, &lab.featurizer, lab.heads())?.with_objective(&oc.objective).favour_newest(oc.newest_share);
         let in_d = d.len();
-        round_logs.extend(train_with_curve(lab, cql, &data, oc.round_steps, oc, oc.sac.optim.batch_sessions, "iterative_offline", None, r, progress)?);
-        last = lab.evaluate(cql.recommender(), cfg.eval_sessions, eval_seed)?;
-        curves.push(CurvePoint { series: "iterative_offline".into(), step: cql.steps(), round, sessions_in_d: in_d, metrics: last });
+        let bs = learner.batch_sessions();
+        round_logs.extend(train_with_curve(lab, learner, &data, oc.round_steps, oc, bs, "iterative_offline", None, r, progress)?);
+        last = lab.evaluate(learner.recommender(), cfg.eval_sessions, eval_seed)?;
+        curves.push(CurvePoint { series: "iterative_offline".into(), step: learner.steps(), round, sessions_in_d: in_d, metrics: last });
         if last.ni.mean < best.1.ni.mean {
             best = (round, last);
         }
@@ -374,6 +409,15 @@ fn iterative(
         oc.rounds, oc.round_sessions, best.0, best.1.ni.mean
     );
     Ok((last, note))
+}
+
+/// What a learner's row says about it.
+fn learner_note(algo: Algo, oc: &OfflineConfig) -> String {
+    match algo {
+        Algo::CqlSac => format!("{}: {} steps, α = {}", algo.title(), oc.steps, oc.cql.alpha),
+        Algo::Bcq => format!("{}: {} steps, τ = {}", algo.title(), oc.steps, oc.bcq.threshold),
+        Algo::Iql => format!("{}: {} steps, κ = {}, β = {}", algo.title(), oc.steps, oc.iql.expectile, oc.iql.beta),
+    }
 }
 
 /// Each behaviour device's policy, with its noise and bias, on an equal share of the test sessions.

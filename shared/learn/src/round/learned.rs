@@ -1,4 +1,5 @@
-//! The learned round trainer: [`LearnedTrainer`] trains CQL(H) + discrete SAC on
+//! The learned round trainer: [`LearnedTrainer`] trains the chosen offline learner (CQL(H) +
+//! discrete SAC by default; discrete BCQ or IQL with `algo`) on
 //! D ∪ D′, estimates the candidate and the deployed policy by fitted Q evaluation on the same
 //! logged sessions (the gate's evidence), and evaluates both on the simulator's test split.
 //!
@@ -15,10 +16,13 @@
 
 use super::metrics::{Evaluated, RoundMetrics, Seconds};
 use super::trainer::{RoundTrainer, TrainError, TrainJob, TrainOutcome};
-use crate::algo::cql::{cql_sac, CqlConfig};
+use crate::algo::bcq::BcqConfig;
+use crate::algo::cql::CqlConfig;
+use crate::algo::iql::IqlConfig;
+use crate::algo::{Algo, Learner, LearnerSettings};
 use crate::algo::fqe::{self, FqeConfig};
 use crate::algo::pretrain::{PretrainConfig, PretrainReport};
-use crate::algo::sac::{DiscreteSac, SacConfig};
+use crate::algo::sac::SacConfig;
 use crate::algo::{fit, Objective, OfflineAlgorithm, PerceptionWeights, SessionDataset, TrainLog};
 use crate::experiment::{Lab, Silent};
 use irec_model::{device, Checkpoint, Featurizer, PolicyModel};
@@ -59,8 +63,12 @@ pub struct TrainerConfig {
     /// The reward the learner and the gate's estimates optimise (`[trainer.objective]`, `kind` =
     /// `turn_cost` or `paper`).
     pub objective: Objective,
+    /// The offline learner: `cql_sac` (the paper's), `bcq` or `iql`.
+    pub algo: Algo,
     pub sac: SacConfig,
     pub cql: CqlConfig,
+    pub bcq: BcqConfig,
+    pub iql: IqlConfig,
     /// Gradient steps of a learner that starts from scratch (the first trained round).
     pub first_round_steps: usize,
     /// Gradient steps of each later round, continuing the previous round's learner.
@@ -84,8 +92,11 @@ impl Default for TrainerConfig {
             state_dir: None,
             pretrain: PretrainConfig::default(),
             objective: Objective::default(),
+            algo: Algo::default(),
             sac: SacConfig::default(),
             cql: CqlConfig::default(),
+            bcq: BcqConfig::default(),
+            iql: IqlConfig::default(),
             first_round_steps: 1_000,
             round_steps: 400,
             log_every: 50,
@@ -114,6 +125,10 @@ fn failed<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> TrainError + '_ {
 }
 
 impl LearnedTrainer {
+    fn settings(&self) -> LearnerSettings<'_> {
+        LearnerSettings { sac: &self.cfg.sac, cql: &self.cfg.cql, bcq: &self.cfg.bcq, iql: &self.cfg.iql }
+    }
+
     /// `data_dir`: the server's, under which the default state dir lives.
     pub fn new(cfg: TrainerConfig, world: WorldConfig, data_dir: &Path) -> LearnedTrainer {
         let state_dir = cfg.state_dir.clone().unwrap_or_else(|| data_dir.join("trainer"));
@@ -215,8 +230,7 @@ impl RoundTrainer for LearnedTrainer {
         let previous = self.previous_learner(job.round, &dev)?;
         let steps = if previous.is_some() { self.cfg.round_steps } else { self.cfg.first_round_steps };
         let seed = job.seed;
-        let mut learner: DiscreteSac =
-            cql_sac(&lab.perception, rng::derive(seed, 1), &self.cfg.sac, &self.cfg.cql, previous.as_ref().map(|p| &p.1)).map_err(failed("building the learner"))?;
+        let mut learner = Learner::new(self.cfg.algo, &lab.perception, rng::derive(seed, 1), self.settings(), previous.as_ref().map(|p| &p.1)).map_err(failed("building the learner"))?;
         let mut r = rng::rng(rng::derive(seed, 2));
         let featurize_s = prepared.elapsed().as_secs_f64();
 
@@ -230,19 +244,20 @@ impl RoundTrainer for LearnedTrainer {
                 return Err(TrainError::Cancelled);
             }
             let k = slice.min(steps - done);
-            logs.extend(fit(&mut learner, &data, k, self.cfg.sac.optim.batch_sessions, self.cfg.log_every, &mut r, |_| {}).map_err(failed("training"))?);
+            let batch_sessions = learner.batch_sessions();
+            logs.extend(fit(&mut learner, &data, k, batch_sessions, self.cfg.log_every, &mut r, |_| {}).map_err(failed("training"))?);
             done += k;
         }
         let train_s = train_started.elapsed().as_secs_f64();
-        let label = format!("irec round {} (CQL(H) + SAC, {} sessions)", job.round, job.sessions.len());
+        let label = format!("irec round {} ({}, {} sessions)", job.round, self.cfg.algo.title(), job.sessions.len());
         let candidate_ck = learner.recommender().export(&label, learner.steps());
         let candidate = candidate_ck.to_bytes().map_err(failed("encoding the candidate"))?;
         let state = learner.training_state(&label).map_err(failed("the learner state"))?.to_bytes().map_err(failed("encoding the learner"))?;
         write_atomic(&self.learner_path(job.round), &state).map_err(failed("saving the learner"))?;
         // The round's curves for d3rlpy's tools; a failure to write them costs no round.
         let params = serde_json::json!({
-            "algo": "cql_sac", "round": job.round, "steps": steps, "sessions": job.sessions.len(),
-            "objective": self.cfg.objective, "sac": self.cfg.sac, "cql": self.cfg.cql,
+            "algo": self.cfg.algo.name(), "round": job.round, "steps": steps, "sessions": job.sessions.len(),
+            "objective": self.cfg.objective, "sac": self.cfg.sac, "cql": self.cfg.cql, "bcq": self.cfg.bcq, "iql": self.cfg.iql,
         });
         if let Err(e) = crate::curves::write_d3rlpy(&self.curves_dir(job.round), &params, &logs) {
             tracing::warn!(round = job.round, "training curves not written: {e}");
