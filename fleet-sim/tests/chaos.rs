@@ -90,6 +90,10 @@ fn r6_nothing_private_reaches_server_storage_or_the_wire() {
     assert_passed(&o);
     assert_eq!(figure(&o, "private_values_found"), 0);
     assert!(figure(&o, "device_seed_hits_in_own_store").as_u64().unwrap() > 0, "the scan can see a leak");
+    // D exported for Python is audited too: all 45 sessions, nothing private.
+    assert_eq!(figure(&o, "export_episodes"), 45);
+    assert_eq!(figure(&o, "private_values_found_in_export"), 0);
+    assert!(figure(&o, "export_bytes_scanned").as_u64().unwrap() > 0);
 }
 
 /// R7 at CI size: two agent hosts, two rounds, a 100 ms round trip with 5% loss, a 2 s partition

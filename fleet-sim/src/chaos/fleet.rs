@@ -140,19 +140,25 @@ pub fn start_agent(bins: &Binaries, name: &str, config: &AgentConfig, logs: &Pat
 /// `dir` (cheaply: campaigns need real training that takes a while and leaves real state, not a
 /// good policy).
 pub fn small_learned_trainer(dir: &Path, world: &WorldSize, progress: &mut dyn FnMut(&str)) -> Result<toml::Table, ChaosError> {
-    let perception = dir.join("perception.ckpt");
     progress("pretraining a small perception for the learned trainer");
+    let perception = small_perception(dir, world)?;
+    let text = format!(
+        "[trainer]\nkind = \"learned\"\nperception = {:?}\nfirst_round_steps = 150\nround_steps = 80\neval_sessions = 30\n[trainer.fqe]\nsteps = 40\n",
+        perception.display().to_string()
+    );
+    text.parse::<toml::Table>().map_err(|e| ChaosError::Config(e.to_string()))
+}
+
+/// A small pretrained perception for `world`, written to `dir/perception.ckpt` (seconds).
+pub fn small_perception(dir: &Path, world: &WorldSize) -> Result<PathBuf, ChaosError> {
+    let perception = dir.join("perception.ckpt");
     let mut pretrain = irec_learn::algo::pretrain::PretrainConfig { sentences: 2_000, text_epochs: 1, attr_epochs: 1, ..Default::default() };
     pretrain.heldout_template_sentences = pretrain.heldout_template_sentences.min(200);
     let lab = irec_learn::experiment::Lab::build(&world.config(), &pretrain, &candle_core::Device::Cpu, None, &irec_learn::experiment::Silent)
         .map_err(|e| ChaosError::World(e.to_string()))?;
     let bytes = lab.perception.to_checkpoint().to_bytes().map_err(|e| ChaosError::World(e.to_string()))?;
     std::fs::write(&perception, bytes).map_err(|e| ChaosError::Io(perception.clone(), e))?;
-    let text = format!(
-        "[trainer]\nkind = \"learned\"\nperception = {:?}\nfirst_round_steps = 150\nround_steps = 80\neval_sessions = 30\n[trainer.fqe]\nsteps = 40\n",
-        perception.display().to_string()
-    );
-    text.parse::<toml::Table>().map_err(|e| ChaosError::Config(e.to_string()))
+    Ok(perception)
 }
 
 /// Sessions `0..n` of device `device` with the rule-based tracker, as the agent uploads them

@@ -20,6 +20,10 @@
 //!    the simulator's and nothing else rides along); and a session's target shows up only as the
 //!    item shown on a successful last turn — the server never learns what a user wanted unless
 //!    the recommender found it.
+//! 3. **Exports.** D exported for Python (`export`: the d3rlpy NPZ, the Parquet table, its
+//!    metadata) holds exactly D's sessions, and none of the needles: the NPZ's raw bytes (floats:
+//!    8-byte needles, as for weights), and the Parquet rows as decoded (its pages are compressed,
+//!    so its bytes would hide a leak) and the metadata with all needles.
 //!
 //! The scan is first pointed at a device's own store, where it must find that device's seed:
 //! proof it can see a leak.
@@ -153,6 +157,27 @@ fn db_entries(db_dir: &Path) -> Result<Vec<(String, Vec<u8>)>, ChaosError> {
                 out.push((label.clone(), v.to_vec()));
             }
         }
+    }
+    Ok(out)
+}
+
+/// A Parquet file's rows as the bytes a leak would take in them: each value little-endian (and
+/// the texts as UTF-8), row after row.
+fn decoded_rows(path: &Path) -> Result<Vec<u8>, ChaosError> {
+    let rows = irec_export::table::read(path, irec_world::catalog::NUM_ATTRS).map_err(|e| ChaosError::Config(e.to_string()))?;
+    let mut out = Vec::new();
+    for r in rows {
+        out.extend(r.episode_id.to_le_bytes());
+        out.extend(r.turn.to_le_bytes());
+        out.extend(r.shown_item.to_le_bytes());
+        for a in &r.action {
+            out.extend(a.to_le_bytes());
+        }
+        out.extend(r.utterance.as_bytes());
+        out.extend(r.reward.to_le_bytes());
+        out.extend(r.logged_reward.to_le_bytes());
+        out.extend(r.reward.to_string().as_bytes());
+        out.extend(r.logged_reward.to_string().as_bytes());
     }
     Ok(out)
 }
@@ -335,6 +360,30 @@ pub fn run(bins: &Binaries, config: &PrivacyConfig) -> Result<Outcome, ChaosErro
     }
     out.check(target_shown_unfound == 0, || format!("{target_shown_unfound} sessions reveal a target they did not find"));
 
+    // 3. Exports, as a researcher would take D out for Python.
+    let export_dir = dir.join("export");
+    let mut export_config = server_config.clone();
+    if !server_dir.join("trainer").join("perception.ckpt").is_file() {
+        export_config.trainer.perception = Some(fleet::small_perception(&dir, &config.world)?);
+    }
+    let exported = irec_server::export::run(&export_config, &export_dir, None, &irec_learn::experiment::Silent).map_err(|e| ChaosError::Config(format!("exporting D: {e}")))?;
+    out.check(exported.episodes as usize == expected.len(), || format!("the export holds {} episodes, D {}", exported.episodes, expected.len()));
+    let mut export_found: BTreeMap<String, usize> = BTreeMap::new();
+    let mut export_scanned = 0usize;
+    for f in files_under(&export_dir) {
+        let bytes = std::fs::read(&f).map_err(|e| ChaosError::Io(f.clone(), e))?;
+        let floats = f.extension().is_some_and(|e| e == "npz");
+        let decoded = match f.extension().is_some_and(|e| e == "parquet") {
+            true => decoded_rows(&f)?,
+            false => Vec::new(),
+        };
+        export_scanned += bytes.len() + decoded.len();
+        for (what, at) in needles.find(&bytes, !floats).into_iter().chain(needles.find(&decoded, true)) {
+            *export_found.entry(format!("{what} in {} at {at}", f.display())).or_default() += 1;
+        }
+    }
+    out.check(export_found.is_empty(), || format!("private values found in the export: {export_found:?}"));
+
     let distinct_probabilities: HashSet<u32> = probabilities.iter().flatten().map(|p| p.to_bits()).collect();
     out.figure("agents", config.agents);
     out.figure("sessions", t_d);
@@ -349,6 +398,9 @@ pub fn run(bins: &Binaries, config: &PrivacyConfig) -> Result<Outcome, ChaosErro
     out.figure("action_probabilities_distinct", distinct_probabilities.len());
     out.figure("device_seed_hits_in_own_store", seen_on_device);
     out.figure("private_values_found", found.len());
+    out.figure("export_episodes", exported.episodes);
+    out.figure("export_bytes_scanned", export_scanned);
+    out.figure("private_values_found_in_export", export_found.len());
     out.figure("dir", dir.display().to_string());
     Ok(out)
 }

@@ -101,6 +101,33 @@ pub fn write(path: &Path, action_columns: &[String], rows: &[TurnRow], metadata:
     Ok(())
 }
 
+/// Reads a file [`write`] wrote back into rows (audits and tests read the decoded values: the
+/// file's pages are compressed, so its raw bytes do not show them).
+pub fn read(path: &Path, attributes: usize) -> Result<Vec<TurnRow>, TableError> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::RowAccessor;
+    let pq = |e| TableError::Parquet(path.to_path_buf(), e);
+    let file = std::fs::File::open(path).map_err(|e| TableError::Io(path.to_path_buf(), e))?;
+    let reader = SerializedFileReader::new(file).map_err(pq)?;
+    let mut rows = Vec::new();
+    for row in reader.get_row_iter(None).map_err(pq)? {
+        let r = row.map_err(pq)?;
+        let a = attributes;
+        rows.push(TurnRow {
+            episode_id: r.get_long(0).map_err(pq)?,
+            turn: r.get_int(1).map_err(pq)?,
+            shown_item: r.get_int(2).map_err(pq)?,
+            action: (0..a).map(|d| r.get_int(3 + d)).collect::<Result<_, _>>().map_err(pq)?,
+            utterance: r.get_string(3 + a).map_err(pq)?.clone(),
+            reward: r.get_float(4 + a).map_err(pq)?,
+            logged_reward: r.get_float(5 + a).map_err(pq)?,
+            termination: r.get_bool(6 + a).map_err(pq)?,
+            truncation: r.get_bool(7 + a).map_err(pq)?,
+        });
+    }
+    Ok(rows)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -131,6 +158,7 @@ mod tests {
         let meta = reader.metadata().file_metadata();
         assert_eq!(meta.num_rows(), 3);
         assert!(meta.key_value_metadata().unwrap().iter().any(|kv| kv.key == "world_seed" && kv.value.as_deref() == Some("7")));
+        assert_eq!(read(&path, 2).unwrap(), rows, "rows read back as written");
         let back: Vec<_> = reader.get_row_iter(None).unwrap().map(|r| r.unwrap()).collect();
         assert_eq!(back[2].get_int(2).unwrap(), 102);
         assert_eq!(back[2].get_int(4).unwrap(), 4);
