@@ -239,6 +239,9 @@ impl RoundTrainer for LearnedTrainer {
         let mut logs: Vec<TrainLog> = Vec::new();
         let slice = self.cfg.log_every.max(1);
         let mut done = 0;
+        // A round trains for a minute or more: say where it is, every ten seconds, in the log.
+        let mut last_line = Instant::now();
+        info!(round = job.round, steps, algo = self.cfg.algo.name(), sessions = job.sessions.len(), "training");
         while done < steps {
             if job.cancel.is_cancelled() {
                 return Err(TrainError::Cancelled);
@@ -247,6 +250,10 @@ impl RoundTrainer for LearnedTrainer {
             let batch_sessions = learner.batch_sessions();
             logs.extend(fit(&mut learner, &data, k, batch_sessions, self.cfg.log_every, &mut r, |_| {}).map_err(failed("training"))?);
             done += k;
+            if last_line.elapsed().as_secs() >= 10 && done < steps {
+                last_line = Instant::now();
+                info!(round = job.round, "training: step {done} of {steps} after {:.0} s", train_started.elapsed().as_secs_f64());
+            }
         }
         let train_s = train_started.elapsed().as_secs_f64();
         let label = format!("irec round {} ({}, {} sessions)", job.round, self.cfg.algo.title(), job.sessions.len());
@@ -265,6 +272,7 @@ impl RoundTrainer for LearnedTrainer {
 
         // The gate's evidence and the simulator's verdict, for the candidate and the deployed.
         let eval_started = Instant::now();
+        info!(round = job.round, "trained in {train_s:.0} s; fitted Q evaluation and {} test sessions for the candidate{}", self.cfg.eval_sessions, if job.deployed.is_some() { " and the deployed policy" } else { "" });
         let eval_seed = self.cfg.eval_seed;
         let fqe_seed = rng::derive(seed, 3);
         let candidate_model = PolicyModel::from_checkpoint(&candidate_ck, &dev).map_err(failed("reloading the candidate"))?;
