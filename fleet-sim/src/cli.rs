@@ -23,6 +23,9 @@ pub enum Command {
     Ablate(AblateArgs),
     /// Time one CQL(H) + discrete SAC gradient step with the reference workload's shapes.
     BenchTrain(BenchArgs),
+    /// The server's durable ingest capacity: pre-built batches over QUIC from 1 to N
+    /// connections, acked after the flush; turns/s and ack latency per connection count.
+    BenchIngest(BenchIngestArgs),
     /// The federated loop: an irec-server and N edge agents on loopback, bootstrapped with
     /// behaviour policies, through R rounds of offline training, gating and redeployment.
     Run(RunArgs),
@@ -42,6 +45,31 @@ pub enum Command {
     /// Export a server's D ∪ D′ for Python: a d3rlpy-loadable NPZ and round-partitioned Parquet
     /// (read-only; a running server's data dir is read through its HTTP endpoint).
     Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchIngestArgs {
+    /// Connection counts, comma-separated, one point each.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 10, 100, 1000])]
+    pub connections: Vec<usize>,
+    /// Timed seconds per point.
+    #[arg(long, default_value_t = 10.0)]
+    pub seconds: f64,
+    /// Sessions per upload batch.
+    #[arg(long, default_value_t = 64)]
+    pub batch_sessions: usize,
+    /// Offer this many turns per second in all (open loop) instead of sending as fast as acks
+    /// come back.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Run the irec-server executable from this folder (e.g. target/release).
+    #[arg(long, value_name = "DIR")]
+    pub bin_dir: Option<PathBuf>,
+    /// Working directory (default: a temporary directory).
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

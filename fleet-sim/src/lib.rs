@@ -4,6 +4,8 @@
 //! - `catalog`: print the catalog's marginals.
 //! - `compare`: the paper's Table 2 in-process.
 //! - `bench-train`: one CQL + SAC gradient step, timed.
+//! - `bench-ingest`: the server's durable ingest capacity over QUIC ([`bench_ingest`]).
+//! - `export`: D for Python (NPZ, Parquet).
 //! - `ablate`: offline-learner variants trained side by side on one D.
 //! - `chaos`: the reliability campaigns ([`chaos`]).
 //! - `run`: the federated loop — an irec-server and edge agents on loopback, round by round.
@@ -11,9 +13,11 @@
 //! Every command takes `--json`, which makes the last line of stdout one JSON object.
 //!
 //! Modules: [`cli`] (flags), [`commands`] (one per subcommand), [`chaos`] (campaigns),
+//! [`bench_ingest`] (the ingest load generator),
 //! [`report`] and [`chart`] (tables and figures), [`progress`] (bars on a terminal, lines
 //! otherwise).
 
+pub mod bench_ingest;
 pub mod chaos;
 pub mod chart;
 pub mod cli;

@@ -152,3 +152,25 @@ fn r9_a_fleet_comes_back_after_the_server_was_away_and_loses_nothing() {
     // Every agent came back (the spread itself is a figure of the long run, not a timed test).
     assert_eq!(figure(&o, "agents_connected_before_the_kill"), 40);
 }
+
+/// The ingest benchmark at a tiny size, so it cannot rot: every batch acked durably, D holding
+/// exactly what was acked (its figures belong in docs/benchmarks.md, never in a test).
+#[test]
+fn bench_ingest_runs_at_a_tiny_size_and_stores_exactly_what_was_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = irec_fleet_sim::bench_ingest::IngestBenchConfig {
+        connections: vec![1, 3],
+        seconds: 0.5,
+        batch_sessions: 8,
+        pool_sessions: 32,
+        dir: Some(dir.path().to_path_buf()),
+        ..Default::default()
+    };
+    let r = irec_fleet_sim::bench_ingest::run(&bins(), &cfg, &|_| {}).unwrap();
+    assert_eq!(r.points.iter().map(|p| p.connections).collect::<Vec<_>>(), vec![1, 3]);
+    for p in &r.points {
+        assert!(p.batches_acked > 0 && p.turns_acked > 0, "{p:?}");
+        assert_eq!(p.failed, 0, "{p:?}");
+        assert!(p.stored_exactly, "D must hold exactly the sessions acked: {p:?}");
+    }
+}

@@ -9,6 +9,7 @@ use serde_json::json;
 
 mod ablate;
 mod bench;
+mod bench_ingest;
 mod catalog;
 pub mod chaos;
 mod compare;
@@ -24,6 +25,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Compare(a) => compare::run(a),
         Command::Ablate(a) => ablate::run(a),
         Command::BenchTrain(a) => bench::run(a),
+        Command::BenchIngest(a) => bench_ingest::run(a),
         Command::Chaos(a) => chaos::run(a),
         Command::Run(a) => run::run(a),
         Command::ModelCheck(a) => model_check::run(a),
