@@ -85,6 +85,27 @@ impl QCritic {
     }
 }
 
+/// Refuses the settings every critic-based learner shares (target update rate, TD(λ), optimiser),
+/// naming the field under `at`.
+pub fn validate_training(at: &str, tau: f64, td_lambda: f64, o: &super::OptimConfig) -> std::result::Result<(), String> {
+    if !(tau.is_finite() && tau > 0.0 && tau <= 1.0) {
+        return Err(format!("{at}.tau must be in (0, 1] (got {tau})"));
+    }
+    if !(td_lambda.is_finite() && (0.0..=1.0).contains(&td_lambda)) {
+        return Err(format!("{at}.td_lambda must be in [0, 1] (got {td_lambda})"));
+    }
+    if !(o.lr.is_finite() && o.lr > 0.0) {
+        return Err(format!("{at}.optim.lr must be a finite number > 0 (got {})", o.lr));
+    }
+    if !(o.gamma.is_finite() && o.gamma > 0.0 && o.gamma <= 1.0) {
+        return Err(format!("{at}.optim.gamma must be in (0, 1] (got {})", o.gamma));
+    }
+    if o.batch_sessions == 0 {
+        return Err(format!("{at}.optim.batch_sessions must be at least 1"));
+    }
+    Ok(())
+}
+
 /// Rows of a host matrix, per head: `f(row, offset, width)` for every head of every row.
 pub(crate) fn per_head(heads: &[usize], rows: usize, mut f: impl FnMut(usize, usize, usize)) {
     for row in 0..rows {

@@ -62,18 +62,7 @@ impl IqlConfig {
         if !(self.max_weight.is_finite() && self.max_weight >= 1.0) {
             return Err(format!("{at}.max_weight must be a finite number ≥ 1 (got {})", self.max_weight));
         }
-        if !(self.tau.is_finite() && self.tau > 0.0 && self.tau <= 1.0) {
-            return Err(format!("{at}.tau must be in (0, 1] (got {})", self.tau));
-        }
-        if !(self.td_lambda.is_finite() && (0.0..=1.0).contains(&self.td_lambda)) {
-            return Err(format!("{at}.td_lambda must be in [0, 1] (got {})", self.td_lambda));
-        }
-        let o = &self.optim;
-        let usable = o.lr.is_finite() && o.lr > 0.0 && o.gamma > 0.0 && o.gamma <= 1.0 && o.batch_sessions > 0;
-        if !usable {
-            return Err(format!("{at}.optim: lr > 0, gamma in (0, 1] and batch_sessions ≥ 1 are needed"));
-        }
-        Ok(())
+        super::critic::validate_training(at, self.tau, self.td_lambda, &self.optim)
     }
 }
 

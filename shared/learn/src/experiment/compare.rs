@@ -337,7 +337,9 @@ pub fn run(cfg: &ExperimentConfig, preset: &str, device: &candle_core::Device, c
         let mut other = OfflineLearner::new(algo, &lab.perception, rng::derive(cfg.seed, 34 + k as u64), settings, None)?;
         let key = Method::OfflineWith(algo).key();
         let bs = other.batch_sessions();
-        logs.insert(key.into(), train_with_curve(&lab, &mut other, &data, oc.steps, oc, bs, key, None, &mut r, progress)?);
+        // Its own batch stream: adding a row must not change the rows after it.
+        let mut own = rng::rng(rng::derive(cfg.seed, 0xA150 + k as u64));
+        logs.insert(key.into(), train_with_curve(&lab, &mut other, &data, oc.steps, oc, bs, key, None, &mut own, progress)?);
         rows.push(MethodRow { method: Method::OfflineWith(algo), metrics: lab.evaluate(other.recommender(), n_eval, eval_seed)?, note: learner_note(algo, oc) });
         clock.lap(key);
     }
