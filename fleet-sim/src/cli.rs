@@ -197,9 +197,10 @@ pub struct RunArgs {
     /// runs (without a value: 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:9464")]
     pub dashboard: Option<std::net::SocketAddr>,
-    /// Offline learner of the server's rounds: cql_sac (the paper's), bcq or iql.
-    #[arg(long, value_parser = irec_learn::algo::Algo::parse)]
-    pub algo: Option<irec_learn::algo::Algo>,
+    /// Offline learner of the server's rounds: iql (the default: it beat the behaviour devices by
+    /// the widest margin, docs/results.md), cql_sac (the paper's) or bcq.
+    #[arg(long, default_value = "iql", value_parser = irec_learn::algo::Algo::parse)]
+    pub algo: irec_learn::algo::Algo,
     #[command(flatten)]
     pub world: WorldArgs,
     #[arg(long)]

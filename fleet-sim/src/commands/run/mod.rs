@@ -99,7 +99,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             kind: TrainerKind::Learned,
             perception: Some(boot.perception.clone()),
             objective: exp.offline.objective,
-            algo: a.algo.unwrap_or(exp.offline.algo),
+            algo: a.algo,
             sac: exp.offline.sac.clone(),
             cql: exp.offline.cql.clone(),
             bcq: exp.offline.bcq.clone(),
