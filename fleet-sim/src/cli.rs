@@ -23,6 +23,8 @@ pub enum Command {
     Ablate(AblateArgs),
     /// Time one CQL(H) + discrete SAC gradient step with the reference workload's shapes.
     BenchTrain(BenchArgs),
+    /// Simulated turns per second with the neural policy (batched inference across sessions).
+    BenchSim(BenchSimArgs),
     /// The server's durable ingest capacity: pre-built batches over QUIC from 1 to N
     /// connections, acked after the flush; turns/s and ack latency per connection count.
     BenchIngest(BenchIngestArgs),
@@ -45,6 +47,32 @@ pub enum Command {
     /// Export a server's D ∪ D′ for Python: a d3rlpy-loadable NPZ and round-partitioned Parquet
     /// (read-only; a running server's data dir is read through its HTTP endpoint).
     Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchSimArgs {
+    /// Sessions in all.
+    #[arg(long, default_value_t = 4_000)]
+    pub sessions: usize,
+    /// Sessions stepped together in one batched rollout.
+    #[arg(long, default_value_t = 256)]
+    pub session_batch: usize,
+    /// Threads the sessions are split across (candle's own threads: RAYON_NUM_THREADS).
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// A policy checkpoint to act with (e.g. a behaviour policy from `run`'s bootstrap folder);
+    /// default: a fresh, untrained recommender on the quick preset's perception.
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Gaussian logit noise σ of the acting policy.
+    #[arg(long, default_value_t = 0.5)]
+    pub noise_sigma: f32,
+    #[arg(long, value_name = "DIR", default_value = "runs/cache")]
+    pub cache: PathBuf,
+    #[command(flatten)]
+    pub world: WorldArgs,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

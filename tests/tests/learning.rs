@@ -974,3 +974,22 @@ fn bcq_and_iql_beat_their_data_in_support_on_a_tiny_mdp() {
     assert!(iql_good > 0.9, "IQL should choose the rewarded in-support slot ({iql_good})");
     assert!(!bcq_unseen && !iql_unseen, "an unseen slot was preferred (BCQ {bcq_unseen}, IQL {iql_unseen})");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 8. The simulation-throughput benchmark, at a tiny size (its figures: docs/benchmarks.md)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_throughput_benchmark_runs_every_session_on_every_thread() {
+    use irec_learn::experiment::throughput::{run, ThroughputConfig};
+    let fx = fixture();
+    let ck = irec_learn::algo::Recommender::new(&fx.perception, 7, None).unwrap().export("fresh", 0);
+    let policy = PolicyModel::from_checkpoint(&ck, &CPU).unwrap();
+    let cfg = ThroughputConfig { sessions: 30, session_batch: 8, threads: 2, noise_sigma: 0.5, seed: 3 };
+    let r = run(&fx.lab, &policy, &cfg).unwrap();
+    assert_eq!((r.sessions, r.threads), (30, 2));
+    // The same sessions, split differently, take the same turns: the split changes no outcome.
+    let one = run(&fx.lab, &policy, &ThroughputConfig { threads: 1, session_batch: 30, ..cfg }).unwrap();
+    assert_eq!(one.turns, r.turns);
+    assert!(r.turns >= 30 && r.turns <= 30 * 50, "{r:?}");
+}

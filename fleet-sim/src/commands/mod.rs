@@ -10,6 +10,7 @@ use serde_json::json;
 mod ablate;
 mod bench;
 mod bench_ingest;
+mod bench_sim;
 mod catalog;
 pub mod chaos;
 mod compare;
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Ablate(a) => ablate::run(a),
         Command::BenchTrain(a) => bench::run(a),
         Command::BenchIngest(a) => bench_ingest::run(a),
+        Command::BenchSim(a) => bench_sim::run(a),
         Command::Chaos(a) => chaos::run(a),
         Command::Run(a) => run::run(a),
         Command::ModelCheck(a) => model_check::run(a),
