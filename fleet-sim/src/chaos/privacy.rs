@@ -21,9 +21,11 @@
 //!    item shown on a successful last turn — the server never learns what a user wanted unless
 //!    the recommender found it.
 //! 3. **Exports.** D exported for Python (`export`: the d3rlpy NPZ, the Parquet table, its
-//!    metadata) holds exactly D's sessions, and none of the needles: the NPZ's raw bytes (floats:
-//!    8-byte needles, as for weights), and the Parquet rows as decoded (its pages are compressed,
-//!    so its bytes would hide a leak) and the metadata with all needles.
+//!    metadata) holds exactly D's sessions, and none of the needles: the NPZ's and the Parquet
+//!    files' raw bytes with 8-byte needles (floats and compressed pages match lone f32s by chance,
+//!    as weights do: the first full-size audit found one "action probability" 4-byte match in
+//!    compressed Parquet bytes), the Parquet rows as decoded (compression would hide a leak from
+//!    the raw bytes) and the metadata with all needles.
 //!
 //! The scan is first pointed at a device's own store, where it must find that device's seed:
 //! proof it can see a leak.
@@ -372,13 +374,13 @@ pub fn run(bins: &Binaries, config: &PrivacyConfig) -> Result<Outcome, ChaosErro
     let mut export_scanned = 0usize;
     for f in files_under(&export_dir) {
         let bytes = std::fs::read(&f).map_err(|e| ChaosError::Io(f.clone(), e))?;
-        let floats = f.extension().is_some_and(|e| e == "npz");
-        let decoded = match f.extension().is_some_and(|e| e == "parquet") {
-            true => decoded_rows(&f)?,
-            false => Vec::new(),
-        };
+        // Raw bytes that are floats (the NPZ) or compressed (Parquet pages) match lone f32s by
+        // chance, as weights do: 8-byte needles there; the decoded rows get every needle.
+        let parquet = f.extension().is_some_and(|e| e == "parquet");
+        let dense = parquet || f.extension().is_some_and(|e| e == "npz");
+        let decoded = if parquet { decoded_rows(&f)? } else { Vec::new() };
         export_scanned += bytes.len() + decoded.len();
-        for (what, at) in needles.find(&bytes, !floats).into_iter().chain(needles.find(&decoded, true)) {
+        for (what, at) in needles.find(&bytes, !dense).into_iter().chain(needles.find(&decoded, true)) {
             *export_found.entry(format!("{what} in {} at {at}", f.display())).or_default() += 1;
         }
     }
