@@ -92,6 +92,7 @@ impl RetrievalIndex {
         let sets: Vec<&[u64]> =
             Attribute::ALL.iter().filter_map(|a| action.value(*a).and_then(|v| self.bitset(*a, v))).collect();
         // Bit-sliced counts: planes[k] holds bit k of each position's match count (at most 6 < 8).
+        let most = sets.len() as u32;
         let mut best = 0u32;
         let mut counts = vec![[0u64; 3]; self.words];
         for w in 0..self.words {
@@ -105,8 +106,13 @@ impl RetrievalIndex {
                 }
             }
             let avail = !shown.words[w] & if w + 1 == self.words { self.tail } else { u64::MAX };
-            if avail != 0 {
-                best = best.max(max_count(&p, avail));
+            // Only counts above the best so far matter, and none exceeds the values asked for: once
+            // an item matches them all, later words are counted but never searched (a third of a
+            // simulated turn went to searching every count from 7 down, in every word).
+            if avail != 0 && best < most {
+                if let Some(n) = (best + 1..=most).rev().find(|n| eq_mask(&p, *n) & avail != 0) {
+                    best = n;
+                }
             }
             counts[w] = p;
         }
@@ -176,11 +182,6 @@ fn eq_mask(p: &[u64; 3], n: u32) -> u64 {
         m &= if n & (1 << k) != 0 { *plane } else { !*plane };
     }
     m
-}
-
-/// The highest count among positions in `avail` (non-empty).
-fn max_count(p: &[u64; 3], avail: u64) -> u32 {
-    (0..8u32).rev().find(|n| eq_mask(p, *n) & avail != 0).unwrap_or(0)
 }
 
 #[cfg(test)]
