@@ -47,10 +47,10 @@ pub struct Cli {
     /// Seed of the simulated world (must match the agents').
     #[arg(long, global = true)]
     pub world_seed: Option<u64>,
-    /// Round trainer: learned (CQL(H) + SAC with an FQE gate) or none.
+    /// Round trainer: learned (the `--algo` learner with an FQE gate) or none.
     #[arg(long, value_parser = ["learned", "none"])]
     pub trainer: Option<String>,
-    /// Offline learner of the rounds: cql_sac (the paper's), bcq or iql.
+    /// Offline learner of the rounds: iql (the default), cql_sac (the paper's) or bcq.
     #[arg(long, value_parser = irec_learn::algo::Algo::parse)]
     pub algo: Option<irec_learn::algo::Algo>,
     /// Checkpoint carrying the pretrained perception the trainer featurizes with.

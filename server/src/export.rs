@@ -12,6 +12,7 @@
 use crate::store::{db_dir, Store};
 use irec_export::{Episode, ExportSource};
 use irec_learn::algo::Objective;
+use irec_learn::round::learned::PERCEPTION_FILE;
 use irec_world::sim::WorldConfig;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -44,7 +45,8 @@ pub struct SourceSettings {
     pub world: WorldConfig,
     /// The trainer's state dir, where `perception.ckpt` lives.
     pub trainer_dir: PathBuf,
-    /// A checkpoint to featurize with instead of the trainer's perception.
+    /// The checkpoint the trainer is configured to featurize with (`trainer.perception`), used
+    /// when it has kept none yet: the same order the trainer chooses in.
     pub perception: Option<PathBuf>,
     pub objective: Objective,
 }
@@ -63,27 +65,30 @@ struct Wire {
 /// The export source of an open store.
 pub fn from_store(store: &Store, settings: &SourceSettings) -> Result<ExportSource, SourceError> {
     let world = store.world()?.unwrap_or_else(|| settings.world.clone());
-    let kept = settings.trainer_dir.join("perception.ckpt");
-    let (perception, perception_from) = match &settings.perception {
-        Some(p) => (std::fs::read(p).map_err(|e| SourceError::Io(p.clone(), e))?, p.display().to_string()),
-        None if kept.is_file() => (std::fs::read(&kept).map_err(|e| SourceError::Io(kept.clone(), e))?, "the trainer's perception.ckpt".to_string()),
-        None => match store.deployed()? {
+    let kept = settings.trainer_dir.join(PERCEPTION_FILE);
+    let read = |p: &Path| std::fs::read(p).map_err(|e| SourceError::Io(p.to_path_buf(), e));
+    let (perception, perception_from) = if kept.is_file() {
+        (read(&kept)?, format!("the trainer's {PERCEPTION_FILE}"))
+    } else if let Some(p) = &settings.perception {
+        (read(p)?, p.display().to_string())
+    } else {
+        match store.deployed()? {
             Some(p) => (p.blob, format!("deployed policy v{}", p.version)),
             None => return Err(SourceError::NoPerception(kept)),
-        },
+        }
     };
     let episodes = store.episodes()?.into_iter().map(|(round, id, session)| Episode { id, round, session }).collect();
     Ok(ExportSource { world, perception, perception_from, episodes, objective: settings.objective })
 }
 
-/// Encodes a source for `/export/source`.
-pub fn encode(source: &ExportSource) -> Result<Vec<u8>, SourceError> {
+/// Encodes a source for `/export/source` (consumed: D is not copied on the way).
+pub fn encode(source: ExportSource) -> Result<Vec<u8>, SourceError> {
     let wire = Wire {
         world_json: serde_json::to_string(&source.world).map_err(|e| SourceError::Decode(e.to_string()))?,
         objective_json: serde_json::to_string(&source.objective).map_err(|e| SourceError::Decode(e.to_string()))?,
-        perception_from: source.perception_from.clone(),
-        perception: source.perception.clone(),
-        episodes: source.episodes.iter().map(|e| (e.id, e.round, e.session.clone())).collect(),
+        perception_from: source.perception_from,
+        perception: source.perception,
+        episodes: source.episodes.into_iter().map(|e| (e.id, e.round, e.session)).collect(),
     };
     bincode::serde::encode_to_vec(&wire, bincode::config::standard()).map_err(|e| SourceError::Decode(e.to_string()))
 }
@@ -190,7 +195,7 @@ pub fn objective_named(name: &str) -> Option<Objective> {
 pub fn settings(config: &crate::ServerConfig, objective: Option<Objective>) -> SourceSettings {
     SourceSettings {
         world: config.world.clone(),
-        trainer_dir: config.trainer.state_dir.clone().unwrap_or_else(|| config.data_dir.join("trainer")),
+        trainer_dir: config.trainer.state_dir_in(&config.data_dir),
         perception: config.trainer.perception.clone(),
         objective: objective.unwrap_or(config.trainer.objective),
     }

@@ -51,6 +51,9 @@ pub struct Sample {
     pub d_sessions: u64,
     pub connections: usize,
     pub metrics: MetricsSnapshot,
+    /// p99 of the acks since the previous sample, in ms, as a histogram bucket bound (capped at
+    /// the largest); `None` when none came.
+    pub ack_p99_ms: Option<f64>,
 }
 
 /// What `/api/status` answers.
@@ -81,8 +84,11 @@ impl HttpState {
 
     fn sample(&self) {
         let s = self.status();
-        let sample = Sample { t_ms: crate::rounds::deadline::now_ms(), d_sessions: s.counters.sessions_total, connections: s.connections, metrics: self.shared.metrics.snapshot() };
+        let metrics = self.shared.metrics.snapshot();
         let mut h = self.history.lock().unwrap_or_else(|e| e.into_inner());
+        let largest = metrics::ACK_BUCKETS_S[metrics::ACK_BUCKETS_S.len() - 1];
+        let ack_p99_ms = h.back().and_then(|prev| metrics.ack_quantile_since(&prev.metrics, 0.99)).map(|q| q.min(largest) * 1e3);
+        let sample = Sample { t_ms: crate::rounds::deadline::now_ms(), d_sessions: s.counters.sessions_total, connections: s.connections, metrics, ack_p99_ms };
         if h.len() == HISTORY {
             h.pop_front();
         }
@@ -163,7 +169,7 @@ async fn serve(mut stream: tokio::net::TcpStream, state: &Arc<HttpState>) -> std
         },
         ("GET", "/export/source") => {
             let (store, settings) = (state.shared.store.clone(), state.export.clone());
-            let built = tokio::task::spawn_blocking(move || export::from_store(&store, &settings).and_then(|s| export::encode(&s))).await;
+            let built = tokio::task::spawn_blocking(move || export::from_store(&store, &settings).and_then(export::encode)).await;
             match built {
                 Ok(Ok(b)) => Response::ok("application/octet-stream", b),
                 Ok(Err(e)) => Response::error("500 Internal Server Error", e.to_string()),

@@ -102,6 +102,16 @@ impl MetricsSnapshot {
         let i = self.ack_buckets.iter().position(|c| *c >= want);
         Some(i.map_or(f64::INFINITY, |i| ACK_BUCKETS_S[i]))
     }
+
+    /// The same over the acks since `earlier` (a snapshot of the same counters, taken before).
+    pub fn ack_quantile_since(&self, earlier: &MetricsSnapshot, q: f64) -> Option<f64> {
+        let interval = MetricsSnapshot {
+            acks: self.acks.saturating_sub(earlier.acks),
+            ack_buckets: self.ack_buckets.iter().zip(earlier.ack_buckets.iter().chain(std::iter::repeat(&0))).map(|(a, b)| a.saturating_sub(*b)).collect(),
+            ..MetricsSnapshot::default()
+        };
+        interval.ack_quantile(q)
+    }
 }
 
 struct Exposition(String);
@@ -189,6 +199,11 @@ mod tests {
         assert_eq!(*s.ack_buckets.last().unwrap(), 2, "9 s is beyond the last bound: only +Inf counts it");
         assert_eq!(s.ack_quantile(0.5), Some(0.025));
         assert_eq!(s.ack_quantile(1.0), Some(f64::INFINITY));
+        // Over an interval: only the acks after the earlier snapshot count.
+        m.ack(Duration::from_millis(90));
+        let later = m.snapshot();
+        assert_eq!(later.ack_quantile_since(&s, 0.99), Some(0.1));
+        assert_eq!(later.ack_quantile_since(&later, 0.99), None);
         let text = render(&s, &ServerStatus::default());
         assert!(text.contains("irec_uploads_total{outcome=\"stored\"} 3\n"), "{text}");
         assert!(text.contains("irec_ack_latency_seconds_bucket{le=\"+Inf\"} 3\n"));

@@ -139,6 +139,13 @@ pub fn session_key(round: u32, seq: u64) -> [u8; 12] {
     k
 }
 
+/// The round and sequence number a [`session_key`] holds (0 for a key too short to hold them).
+fn parse_session_key(k: &[u8]) -> (u32, u64) {
+    let round = k.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_be_bytes);
+    let seq = k.get(4..12).and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_be_bytes);
+    (round, seq)
+}
+
 /// The server's database.
 #[derive(Debug, Clone)]
 pub struct Store {
@@ -270,7 +277,7 @@ impl Store {
     pub fn sessions_through(&self, round: u32) -> Result<(Vec<ExperienceSession>, usize), StoreError> {
         let end = session_key(round.saturating_add(1), 0);
         let mut rows = if round == u32::MAX { self.sessions.entries()? } else { self.sessions.range(..&end[..])? };
-        let round_of = |k: &[u8]| k.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_be_bytes);
+        let round_of = |k: &[u8]| parse_session_key(k).0;
         rows.sort_by(|a, b| round_of(&a.0).cmp(&round_of(&b.0)).then_with(|| a.1.cmp(&b.1)));
         let new = rows.iter().filter(|(k, _)| round_of(k) >= round).count();
         let out = rows.iter().map(|(_, v)| unbin("sessions", v)).collect::<Result<Vec<_>, _>>()?;
@@ -279,14 +286,7 @@ impl Store {
 
     /// Every session in D with its ingest round, in ingest order.
     pub fn all_sessions(&self) -> Result<Vec<(u32, ExperienceSession)>, StoreError> {
-        self.sessions
-            .entries()?
-            .into_iter()
-            .map(|(k, v)| {
-                let round = k.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_be_bytes);
-                Ok((round, unbin::<ExperienceSession>("sessions", &v)?))
-            })
-            .collect()
+        Ok(self.episodes()?.into_iter().map(|(round, _, session)| (round, session)).collect())
     }
 
     /// Every session in D with its round and sequence number (its id in exports), in key order.
@@ -295,8 +295,7 @@ impl Store {
             .entries()?
             .into_iter()
             .map(|(k, v)| {
-                let round = k.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()).map_or(0, u32::from_be_bytes);
-                let seq = k.get(4..12).and_then(|b| <[u8; 8]>::try_from(b).ok()).map_or(0, u64::from_be_bytes);
+                let (round, seq) = parse_session_key(&k);
                 Ok((round, seq, unbin::<ExperienceSession>("sessions", &v)?))
             })
             .collect()

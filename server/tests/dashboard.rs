@@ -157,6 +157,9 @@ async fn the_dashboard_shows_the_rounds_and_updates_when_one_closes() {
     assert!(dom.contains(r#"<tr data-round="0" data-status="published">"#), "{dom}");
     assert!(dom.contains(r#"<tr data-round="1" data-status="published">"#), "{dom}");
     assert!(dom.contains("<td>60.0%</td>"), "round 1's candidate SR@30 in the table: {dom}");
+    // The acks' latency, from the server's per-second samples, drawn as points.
+    let latency = dom.split(r#"id="c-lat""#).nth(1).and_then(|rest| rest.split("</svg>").next()).unwrap_or_default();
+    assert!(latency.contains("<circle"), "no ack latency drawn: {latency}");
     c.conn.close(0u32.into(), b"done");
     server.stop().await.unwrap();
 }

@@ -365,7 +365,7 @@ pub fn run(bins: &Binaries, config: &PrivacyConfig) -> Result<Outcome, ChaosErro
     // 3. Exports, as a researcher would take D out for Python.
     let export_dir = dir.join("export");
     let mut export_config = server_config.clone();
-    if !server_dir.join("trainer").join("perception.ckpt").is_file() {
+    if !server_config.trainer.state_dir_in(&server_dir).join(irec_learn::round::learned::PERCEPTION_FILE).is_file() {
         export_config.trainer.perception = Some(fleet::small_perception(&dir, &config.world)?);
     }
     let exported = irec_server::export::run(&export_config, &export_dir, None, &irec_learn::experiment::Silent).map_err(|e| ChaosError::Config(format!("exporting D: {e}")))?;

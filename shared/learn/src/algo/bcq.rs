@@ -10,7 +10,7 @@
 //! policy head alone. G is trained through the state tracker, so the tracker also gets a
 //! supervised signal, not only the TD error.
 
-use super::critic::{per_head, QCritic};
+use super::critic::{self, per_head, QCritic};
 use super::{scalar, Adam, Batch, LossRecord, OfflineAlgorithm, OptimConfig, PerceptionWeights, Recommender};
 use irec_model::heads::MultiHead;
 use irec_model::kernels::seg_log_softmax;
@@ -144,13 +144,7 @@ impl Bcq {
         critic_vars.extend(rec.store.named_vars("bcq."));
         let mut critic_opt = Adam::named(critic_vars, &cfg.optim)?;
         let mut policy_opt = Adam::named(rec.store.named_vars("policy."), &cfg.optim)?;
-        let mut steps = 0;
-        if let Some(ck) = init {
-            if critic_opt.load_state("opt.critic", &ck.tensors)? {
-                steps = ck.meta.steps;
-            }
-            policy_opt.load_state("opt.policy", &ck.tensors)?;
-        }
+        let steps = critic::continue_optimizers(init, &mut [("opt.critic", &mut critic_opt), ("opt.policy", &mut policy_opt)])?;
         Ok(Bcq { cfg: cfg.clone(), rec, critic, imitation, critic_opt, policy_opt, steps })
     }
 
@@ -211,13 +205,7 @@ impl Bcq {
 
     /// Everything needed to continue training later: networks, targets, G, optimiser moments.
     pub fn training_state(&self, label: &str) -> Result<Checkpoint> {
-        let mut ck = self.rec.export(label, self.steps);
-        for p in ["q1.", "target.", "bcq."] {
-            ck.tensors.extend(self.rec.store.tensors(p));
-        }
-        ck.tensors.extend(self.critic_opt.state("opt.critic")?);
-        ck.tensors.extend(self.policy_opt.state("opt.policy")?);
-        Ok(ck)
+        critic::training_state(&self.rec, label, self.steps, &["q1.", "target.", "bcq."], &[("opt.critic", &self.critic_opt), ("opt.policy", &self.policy_opt)])
     }
 
     /// The critic's per-head outputs on given states (diagnostics and tests).

@@ -6,7 +6,7 @@
 //! Unlike [`super::sac`] there is one critic, not twins: both papers' discrete versions train a
 //! single Q (BCQ takes the double-DQN target instead; IQL never maximises over actions).
 
-use super::{Batch, Recommender};
+use super::{Adam, Batch, Recommender};
 use irec_model::heads::MultiHead;
 use irec_model::tracker::StateTracker;
 use irec_model::Checkpoint;
@@ -83,6 +83,33 @@ impl QCritic {
         rec.store.soft_update("tracker.", "target.tracker.", tau)?;
         rec.store.soft_update("q1.", "target.q1.", tau)
     }
+}
+
+/// Restores the optimisers' moments a learner's training state saved (`opts`: name, optimiser,
+/// the critic's first) and returns the steps that learner had taken: 0 when `init` carries no
+/// critic moments (a deployed policy, not a learner's state).
+pub(crate) fn continue_optimizers(init: Option<&Checkpoint>, opts: &mut [(&str, &mut Adam)]) -> Result<u64> {
+    let Some(ck) = init else { return Ok(0) };
+    let mut steps = 0;
+    for (i, (name, opt)) in opts.iter_mut().enumerate() {
+        if opt.load_state(name, &ck.tensors)? && i == 0 {
+            steps = ck.meta.steps;
+        }
+    }
+    Ok(steps)
+}
+
+/// A learner's training state: the recommender's export, the parameters under `prefixes` and
+/// the optimisers' moments, by name.
+pub(crate) fn training_state(rec: &Recommender, label: &str, steps: u64, prefixes: &[&str], opts: &[(&str, &Adam)]) -> Result<Checkpoint> {
+    let mut ck = rec.export(label, steps);
+    for p in prefixes {
+        ck.tensors.extend(rec.store.tensors(p));
+    }
+    for (name, opt) in opts {
+        ck.tensors.extend(opt.state(name)?);
+    }
+    Ok(ck)
 }
 
 /// Refuses the settings every critic-based learner shares (target update rate, TD(λ), optimiser),

@@ -9,7 +9,7 @@
 //! min(exp(β·(Q′_d(s, a_d) − V(s))), w_max). κ = 0.5 is SARSA (the data's own value), β = 0
 //! behaviour cloning.
 
-use super::critic::QCritic;
+use super::critic::{self, QCritic};
 use super::{scalar, Adam, Batch, LossRecord, OfflineAlgorithm, OptimConfig, PerceptionWeights, Recommender};
 use irec_model::heads::{HeadsConfig, MultiHead};
 use irec_model::kernels::seg_log_softmax;
@@ -134,14 +134,7 @@ impl Iql {
         let mut critic_opt = Adam::named(critic_vars, &cfg.optim)?;
         let mut value_opt = Adam::named(rec.store.named_vars("iql."), &cfg.optim)?;
         let mut policy_opt = Adam::named(rec.store.named_vars("policy."), &cfg.optim)?;
-        let mut steps = 0;
-        if let Some(ck) = init {
-            if critic_opt.load_state("opt.critic", &ck.tensors)? {
-                steps = ck.meta.steps;
-            }
-            value_opt.load_state("opt.value", &ck.tensors)?;
-            policy_opt.load_state("opt.policy", &ck.tensors)?;
-        }
+        let steps = critic::continue_optimizers(init, &mut [("opt.critic", &mut critic_opt), ("opt.value", &mut value_opt), ("opt.policy", &mut policy_opt)])?;
         Ok(Iql { cfg: cfg.clone(), rec, critic, value, critic_opt, value_opt, policy_opt, steps })
     }
 
@@ -200,14 +193,8 @@ impl Iql {
 
     /// Everything needed to continue training later: networks, targets, V, optimiser moments.
     pub fn training_state(&self, label: &str) -> Result<Checkpoint> {
-        let mut ck = self.rec.export(label, self.steps);
-        for p in ["q1.", "target.", "iql."] {
-            ck.tensors.extend(self.rec.store.tensors(p));
-        }
-        ck.tensors.extend(self.critic_opt.state("opt.critic")?);
-        ck.tensors.extend(self.value_opt.state("opt.value")?);
-        ck.tensors.extend(self.policy_opt.state("opt.policy")?);
-        Ok(ck)
+        let opts = [("opt.critic", &self.critic_opt), ("opt.value", &self.value_opt), ("opt.policy", &self.policy_opt)];
+        critic::training_state(&self.rec, label, self.steps, &["q1.", "target.", "iql."], &opts)
     }
 }
 

@@ -39,7 +39,7 @@ use tracing::info;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrainerKind {
-    /// CQL(H) + discrete SAC with an FQE gate ([`LearnedTrainer`]).
+    /// The offline learner of `algo` (IQL by default) with an FQE gate ([`LearnedTrainer`]).
     #[default]
     Learned,
     /// No learning: every round is recorded as failed and its data kept (networking only).
@@ -110,6 +110,16 @@ impl Default for TrainerConfig {
     }
 }
 
+/// The perception the trainer keeps in its state dir (see the module docs).
+pub const PERCEPTION_FILE: &str = "perception.ckpt";
+
+impl TrainerConfig {
+    /// The trainer's state dir for a server whose data dir is `data_dir`.
+    pub fn state_dir_in(&self, data_dir: &Path) -> PathBuf {
+        self.state_dir.clone().unwrap_or_else(|| data_dir.join("trainer"))
+    }
+}
+
 /// The world and perception, built at the first round and reused.
 struct Ready {
     lab: Lab,
@@ -134,7 +144,7 @@ impl LearnedTrainer {
 
     /// `data_dir`: the server's, under which the default state dir lives.
     pub fn new(cfg: TrainerConfig, world: WorldConfig, data_dir: &Path) -> LearnedTrainer {
-        let state_dir = cfg.state_dir.clone().unwrap_or_else(|| data_dir.join("trainer"));
+        let state_dir = cfg.state_dir_in(data_dir);
         LearnedTrainer { cfg, world, state_dir, ready: Mutex::new(None) }
     }
 
@@ -153,7 +163,7 @@ impl LearnedTrainer {
             return Ok(r.clone());
         }
         std::fs::create_dir_all(&self.state_dir).map_err(failed("creating the state dir"))?;
-        let kept = self.state_dir.join("perception.ckpt");
+        let kept = self.state_dir.join(PERCEPTION_FILE);
         let from_file = |p: &Path| -> Result<PerceptionWeights, TrainError> {
             let bytes = std::fs::read(p).map_err(|e| failed(&format!("reading {}", p.display()))(e.to_string()))?;
             let ck = Checkpoint::from_bytes(&bytes, dev).map_err(|e| failed(&format!("loading {}", p.display()))(e.to_string()))?;

@@ -3,7 +3,7 @@
 //! - [`trainer`]: the [`RoundTrainer`] trait, its job and outcome, [`NoTrainer`].
 //! - [`metrics`]: [`RoundMetrics`], what a trained round reports (stored with the round record,
 //!   read back by fleet-sim).
-//! - [`learned`]: [`LearnedTrainer`], CQL(H) + discrete SAC with an FQE gate and simulator
+//! - [`learned`]: [`LearnedTrainer`], the chosen offline learner with an FQE gate and simulator
 //!   evaluation, and its `[trainer]` settings.
 
 pub mod learned;
