@@ -3,7 +3,7 @@
 use crate::config::{AgentConfig, ConfigError};
 use crate::AgentError;
 use irec_model::loader::{BaselineLoader, NeuralLoader, PolicyLoader};
-use irec_world::sim::{Environment, Pool, World};
+use irec_world::sim::{Environment, Pool};
 use clap::Parser;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -161,17 +161,21 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
         println!("{}", toml::to_string_pretty(&config)?);
         return Ok(());
     }
-    let world = Arc::new(World::build(&config.world)?);
+    let loaded = crate::world::load(&config)?;
+    let world = loaded.world.clone();
     let env = Arc::new(Environment::with_truth(world.clone(), Pool::Train));
     let loader: Arc<dyn PolicyLoader> = match cli_policy {
-        PolicyKind::Learned => Arc::new(NeuralLoader::new(world.clone(), config.initial_policy.clone())),
+        PolicyKind::Learned => {
+            Arc::new(NeuralLoader::new(world.clone(), config.initial_policy.clone()).sharing_probabilities(loaded.probabilities))
+        }
         PolicyKind::Tracker => Arc::new(
             BaselineLoader::Tracker { lexicon: Arc::new(world.lexicon.clone()), index: Arc::new(env.index.clone()) }.with_fallback(true),
         ),
     };
+    let world_file = config.world_file.clone();
     let runtime = tokio::runtime::Runtime::new()?;
     let stats = runtime.block_on(crate::run_in(config, env, loader, stop_requested()))?;
-    println!("{}", serde_json::to_string(&Summary::new(stats))?);
+    println!("{}", serde_json::to_string(&Summary::new(stats, world_file.as_deref()))?);
     Ok(())
 }
 
@@ -196,13 +200,32 @@ pub struct Summary {
     pub ack_p99_ms: Option<f64>,
     /// Peak resident set size of the agent process, in KiB.
     pub peak_rss_kib: Option<u64>,
+    /// Memory only this process held when it stopped (USS: `Private_Clean` + `Private_Dirty`),
+    /// not counting the mapped world file's pages, in KiB: what each more agent costs a machine.
+    pub private_kib: Option<u64>,
+    /// The whole USS when it stopped, world file pages included (they are private to the last
+    /// agent of a fleet still mapping them), in KiB.
+    pub uss_kib: Option<u64>,
+    /// Resident set size when it stopped, in KiB (beside `private_kib`).
+    pub rss_kib: Option<u64>,
 }
 
 impl Summary {
-    pub fn new(mut stats: crate::Stats) -> Summary {
+    /// `world_file`: the mapped world file whose pages `private_kib` leaves out.
+    pub fn new(mut stats: crate::Stats, world_file: Option<&std::path::Path>) -> Summary {
         let (ack_p50_ms, ack_p99_ms) = (stats.ack_latency_percentile(50.0), stats.ack_latency_percentile(99.0));
         stats.ack_latencies_ms.clear();
-        Summary { stats, ack_p50_ms, ack_p99_ms, peak_rss_kib: crate::procfs::memory(None).map(|m| m.peak_kib) }
+        let private = crate::procfs::private(None);
+        let in_file = world_file.and_then(|p| crate::procfs::private_in_file(None, p)).unwrap_or(0);
+        Summary {
+            stats,
+            ack_p50_ms,
+            ack_p99_ms,
+            peak_rss_kib: crate::procfs::memory(None).map(|m| m.peak_kib),
+            private_kib: private.map(|p| p.uss_kib.saturating_sub(in_file)),
+            uss_kib: private.map(|p| p.uss_kib),
+            rss_kib: private.map(|p| p.rss_kib),
+        }
     }
 
     /// The summary in a process's stdout: its last line that parses as one.
@@ -218,10 +241,21 @@ impl Summary {
             ack_p50_ms: Option<f64>,
             ack_p99_ms: Option<f64>,
             peak_rss_kib: Option<u64>,
+            private_kib: Option<u64>,
+            uss_kib: Option<u64>,
+            rss_kib: Option<u64>,
         }
         let stats: crate::Stats = serde_json::from_str(line).ok()?;
         let f: Folded = serde_json::from_str(line).ok()?;
-        Some(Summary { stats, ack_p50_ms: f.ack_p50_ms, ack_p99_ms: f.ack_p99_ms, peak_rss_kib: f.peak_rss_kib })
+        Some(Summary {
+            stats,
+            ack_p50_ms: f.ack_p50_ms,
+            ack_p99_ms: f.ack_p99_ms,
+            peak_rss_kib: f.peak_rss_kib,
+            private_kib: f.private_kib,
+            uss_kib: f.uss_kib,
+            rss_kib: f.rss_kib,
+        })
     }
 }
 
@@ -234,11 +268,12 @@ mod tests {
     fn the_summary_line_reads_back_with_its_per_round_uploads() {
         let mut stats = Stats { sessions_run: 7, duplicate_acks: 1, policy_version: Some(3), ack_latencies_ms: vec![1.0, 3.0], ..Stats::default() };
         stats.per_round.insert(2, RoundUploads { batches: 4, sessions: 8, ..RoundUploads::default() });
-        let line = serde_json::to_string(&Summary::new(stats.clone())).unwrap();
+        let line = serde_json::to_string(&Summary::new(stats.clone(), None)).unwrap();
         let back = Summary::from_stdout(&format!("log noise\n{line}\n")).expect("the summary line parses");
         stats.ack_latencies_ms.clear();
         assert_eq!(back.stats, stats);
         assert_eq!((back.ack_p50_ms, back.ack_p99_ms), (Some(3.0), Some(3.0)));
         assert!(back.peak_rss_kib.is_some_and(|k| k > 0));
+        assert!(back.private_kib.is_some_and(|k| k > 0) && back.rss_kib >= back.uss_kib && back.uss_kib == back.private_kib);
     }
 }

@@ -77,6 +77,10 @@ pub struct AgentConfig {
     pub frames: FrameLimits,
     /// The simulated world (catalog, features). Must match the server's.
     pub world: WorldConfig,
+    /// A world file built from `world` (`fleet-sim world`): mapped read-only instead of building
+    /// the world in this process, so every agent on a machine shares one copy. Refused if it was
+    /// built from other `world` settings.
+    pub world_file: Option<PathBuf>,
 }
 
 impl Default for AgentConfig {
@@ -101,6 +105,7 @@ impl Default for AgentConfig {
             connect_timeout_ms: 10_000,
             frames: FrameLimits::default(),
             world: WorldConfig::default(),
+            world_file: None,
         }
     }
 }

@@ -8,6 +8,7 @@
 //!   session loop (`Device`, which replays use too), sessions on a dedicated thread, the
 //!   atomically swapped active policy.
 //! - [`store`]: the local sled store (sessions → batches → acked).
+//! - [`world`]: the world the device runs in, built here or mapped from the fleet's world file.
 //! - [`procfs`]: this process's memory and CPU, for the summary it prints (Linux).
 //! - [`tls`], [`io`], [`net`]: QUIC with a pinned certificate; the shell that drives the
 //!   IO-free machines of `irec_protocol` (`Reconnect`, `Batching`, `Uploader`, `PolicySync`).
@@ -26,13 +27,15 @@ pub mod procfs;
 pub mod sessions;
 pub mod store;
 pub mod tls;
+pub mod world;
 
 pub use config::{AgentConfig, DeviceConfig};
 pub use irec_world::policy::DeviceProfile;
 
 use irec_model::loader::PolicyLoader;
 use irec_protocol::ErrorMessage;
-use irec_world::sim::{Environment, Pool, World};
+use irec_world::sim::{Environment, Pool};
+use irec_world::world_file::WorldFingerprint;
 use serde::{Deserialize, Serialize};
 use sessions::{ActivePolicy, Generator, PolicySlot};
 use std::future::Future;
@@ -56,6 +59,8 @@ pub enum AgentError {
     Tls(#[from] tls::TlsError),
     #[error("building the world: {0}")]
     World(String),
+    #[error("world file: {0}")]
+    WorldFile(#[from] irec_world::world_file::WorldFileError),
     /// The server refused this agent as such (wrong token or protocol version): retrying with
     /// the same settings cannot help.
     #[error("server refused this agent: {0}")]
@@ -119,15 +124,13 @@ impl Stats {
 
 /// Runs the agent until its sessions are done and uploaded (with `sessions` and
 /// `exit_when_done`), or until `shutdown` completes. Builds the simulated world from
-/// `config.world`; see [`run_in`] to share one world between many in-process agents.
+/// `config.world` (or maps `config.world_file`); see [`run_in`] to share one world between many
+/// in-process agents.
 pub async fn run(config: AgentConfig, loader: Arc<dyn PolicyLoader>, shutdown: impl Future<Output = ()>) -> Result<Stats, AgentError> {
     config.validate()?;
-    let world_config = config.world.clone();
-    let world = tokio::task::spawn_blocking(move || World::build(&world_config))
-        .await
-        .map_err(|e| AgentError::World(e.to_string()))?
-        .map_err(|e| AgentError::World(e.to_string()))?;
-    let env = Arc::new(Environment::with_truth(Arc::new(world), Pool::Train));
+    let cfg = config.clone();
+    let loaded = tokio::task::spawn_blocking(move || world::load(&cfg)).await.map_err(|e| AgentError::World(e.to_string()))??;
+    let env = Arc::new(Environment::with_truth(loaded.world, Pool::Train));
     run_in(config, env, loader, shutdown).await
 }
 
@@ -140,6 +143,7 @@ pub async fn run_in(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stats, AgentError> {
     config.validate()?;
+    let world = WorldFingerprint::of(&config.world).map_err(|e| AgentError::World(format!("reading the world's files: {e}")))?;
     // A missing or unreadable pin is a configuration error, not something to retry.
     tls::client_config(&config.server_cert, Duration::from_secs(1), Duration::from_secs(10))?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| AgentError::Io(config.data_dir.clone(), e))?;
@@ -193,6 +197,7 @@ pub async fn run_in(
     let stats = Arc::new(Mutex::new(Stats::default()));
     let net = net::Net {
         config,
+        world,
         store: store.clone(),
         loader,
         slot: slot.clone(),

@@ -7,6 +7,7 @@
 //! announcements arrive on the control stream; policy pulls run on their own stream; a verified
 //! blob is loaded off the runtime, persisted, then swapped in.
 
+use irec_world::world_file::WorldFingerprint;
 use crate::config::AgentConfig;
 use crate::io::{self, RequestError};
 use irec_model::loader::{LoadError, LoadedPolicy, PolicyLoader};
@@ -26,6 +27,8 @@ use tracing::{debug, info, warn};
 /// What the network shell shares with the rest of the agent.
 pub struct Net {
     pub config: AgentConfig,
+    /// The world this agent runs, named in its hello.
+    pub world: WorldFingerprint,
     pub store: AgentStore,
     pub loader: Arc<dyn PolicyLoader>,
     pub slot: Arc<PolicySlot>,
@@ -183,7 +186,7 @@ impl Net {
             .map_err(|e| RequestError::Transport(e.to_string()))?
             .await?;
         let (mut send, mut control) = conn.open_bi().await?;
-        let hello = Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: self.config.fleet_token.clone() });
+        let hello = Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: self.config.fleet_token.clone(), world: Some(self.world) });
         let frame = encode(&hello, &self.config.frames).map_err(|e| RequestError::Transport(e.to_string()))?;
         let wrote = send.write_all(&frame).await;
         let _ = send.finish();

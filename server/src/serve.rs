@@ -1,6 +1,7 @@
 //! The endpoint: binds, accepts connections (up to the cap), runs the round driver, and shuts all
 //! of it down in order. [`Shared`] is what every connection task sees.
 
+use irec_world::world_file::WorldFingerprint;
 use crate::config::ServerConfig;
 use crate::rounds::driver::{self, DriverConfig};
 use irec_learn::round::RoundTrainer;
@@ -247,7 +248,9 @@ impl Server {
         let cat = catalog(&config)?;
         let mut upload = UploadRules::new(experience_limits(&cat.schema, cat.len(), config.max_turns));
         upload.max_batch_sessions = config.max_batch_sessions;
-        let rules = Arc::new(ServerRules::new(&config.fleet_token, upload, config.frames.upload_bytes));
+        let world = WorldFingerprint::of(&config.world).map_err(|e| ServerError::Catalog(format!("reading the world's files: {e}")))?;
+        info!(world = %world, "world");
+        let rules = Arc::new(ServerRules::new(&config.fleet_token, upload, config.frames.upload_bytes).with_world(world));
         let server_config = tls::server_config(cert, key, Duration::from_millis(config.idle_timeout_ms), config.connection_receive_window_bytes)?;
         // The reset key survives restarts, so agents learn of a crash at their next packet.
         let endpoint_config = tls::endpoint_config(&config.data_dir)?;

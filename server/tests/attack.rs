@@ -41,7 +41,7 @@ async fn megabyte_strings_are_refused_before_or_at_validation() {
     // A megabyte token: over the hello's 16 KiB cap, refused from the header.
     let conn = connect(addr, &cert).await.unwrap();
     let big_hello = encode(
-        &Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: "t".repeat(1 << 20) }),
+        &Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: "t".repeat(1 << 20), world: None }),
         &FrameLimits { small_bytes: u32::MAX, ..FrameLimits::default() },
     )
     .unwrap();
@@ -201,7 +201,7 @@ async fn hellos_with_every_kind_of_wrong_version_or_token_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(config(dir.path()), Arc::new(NoTrainer)).await;
     let (addr, cert) = (server.addr(), server.cert());
-    let hello_of = |v: u32, t: &str| frame(&Message::Hello(Hello { protocol_version: v, fleet_token: t.into() }));
+    let hello_of = |v: u32, t: &str| frame(&Message::Hello(Hello { protocol_version: v, fleet_token: t.into(), world: None }));
     let cases = vec![
         (hello_of(0, TOKEN), ErrorCode::UnsupportedVersion),
         (hello_of(u32::MAX, TOKEN), ErrorCode::UnsupportedVersion),

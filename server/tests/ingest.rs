@@ -51,7 +51,7 @@ async fn bad_input_is_refused_clearly_nothing_is_stored_and_others_are_served() 
     let bad_hellos: Vec<(Vec<u8>, ErrorCode)> = vec![
         (b"GET / HTTP/1.1\r\n\r\n".to_vec(), ErrorCode::MalformedFrame),
         ((64u32 << 20).to_be_bytes().iter().copied().chain([Kind::Hello.tag()]).collect(), ErrorCode::FrameTooLarge),
-        (frame(&Message::Hello(Hello { protocol_version: PROTOCOL_VERSION + 1, fleet_token: TOKEN.into() })), ErrorCode::UnsupportedVersion),
+        (frame(&Message::Hello(Hello { protocol_version: PROTOCOL_VERSION + 1, fleet_token: TOKEN.into(), world: None })), ErrorCode::UnsupportedVersion),
         (hello("not-the-token"), ErrorCode::Unauthorized),
         (hello(""), ErrorCode::Unauthorized),
         (frame(&batch(1, vec![session(1, 1.0)])), ErrorCode::HelloRequired),
@@ -110,7 +110,7 @@ async fn bad_input_is_refused_clearly_nothing_is_stored_and_others_are_served() 
         (frame(&batch(905, vec![])), ErrorCode::InvalidBatch),
         (vec![0xde, 0xad, 0xbe, 0xef, 0x00, 0x01], ErrorCode::MalformedFrame),
         ((u32::MAX).to_be_bytes().iter().copied().chain([Kind::UploadBatch.tag()]).collect(), ErrorCode::FrameTooLarge),
-        (frame(&Message::Hello(Hello { protocol_version: 1, fleet_token: TOKEN.into() })), ErrorCode::UnexpectedMessage),
+        (frame(&Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: TOKEN.into(), world: None })), ErrorCode::UnexpectedMessage),
         (frame(&batch(906, vec![session(1, 1.0)]))[..20].to_vec(), ErrorCode::MalformedFrame),
     ];
     let agent = client(addr, &cert).await;

@@ -1,5 +1,6 @@
 //! System test: edge agents and a server on loopback, in process: exactly-once upload, policy
-//! push with hash checks, restart with pending sessions, refusal of a wrong token.
+//! push with hash checks, restart with pending sessions, refusal of a wrong token, a mapped
+//! world file, and refusal of another world.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -185,7 +186,7 @@ async fn an_agent_restarted_with_pending_sessions_uploads_them_exactly_once() {
     let client = irec_edge_agent::tls::client_config(&server.handle.cert_path, Duration::from_secs(1), Duration::from_secs(10)).unwrap();
     let conn = endpoint.connect_with(client, server.handle.local_addr, "irec-server").unwrap().await.unwrap();
     let (mut send, mut control) = conn.open_bi().await.unwrap();
-    send.write_all(&encode(&Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: TOKEN.into() }), &FrameLimits::default()).unwrap()).await.unwrap();
+    send.write_all(&encode(&Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: TOKEN.into(), world: None }), &FrameLimits::default()).unwrap()).await.unwrap();
     let mut dec = FrameDecoder::new(Side::Agent, FrameLimits::default());
     assert!(matches!(irec_edge_agent::io::next_message(&mut control, &mut dec).await, Ok(Some(Message::Welcome(_)))));
     let ack = irec_edge_agent::io::request(&conn, &Message::UploadBatch(replayed.upload()), FrameLimits::default()).await.unwrap();
@@ -215,6 +216,47 @@ async fn a_wrong_token_stops_the_agent_with_a_clear_error() {
     }
     server.stop().await.unwrap();
     assert!(stored_sessions(dir.path()).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mapped_world_file_runs_the_same_sessions_and_another_world_is_refused() {
+    use irec_world::world_file::{self, WorldFileError, WorldFingerprint};
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(dir.path(), 0).await;
+    let ours = world_config();
+    let file = dir.path().join("world.irecw");
+    world_file::write(&file, &World::build(&ours).unwrap(), WorldFingerprint::of(&ours).unwrap(), &[]).unwrap();
+
+    // The agent maps the fleet's world file: the same sessions as a world built in process.
+    let mut config = agent_config(dir.path(), &server.handle, 5, 3);
+    config.world_file = Some(file.clone());
+    let stats = irec_edge_agent::run(config.clone(), tracker(true), std::future::pending()).await.unwrap();
+    assert_eq!(stats.sessions_acked, 3);
+
+    // A world file built from other [world] settings than the agent's is refused at start.
+    let mut other = ours.clone();
+    other.catalog.seed += 1;
+    let stale = dir.path().join("stale.irecw");
+    world_file::write(&stale, &World::build(&other).unwrap(), WorldFingerprint::of(&other).unwrap(), &[]).unwrap();
+    let mut mismatched = agent_config(dir.path(), &server.handle, 6, 1);
+    mismatched.world_file = Some(stale);
+    let err = irec_edge_agent::run(mismatched, tracker(true), std::future::pending()).await.unwrap_err();
+    assert!(matches!(err, AgentError::WorldFile(WorldFileError::Mismatch { .. })), "{err}");
+    assert!(err.to_string().contains("rebuild it"), "{err}");
+
+    // An agent of another world than the server's is refused for good, with both worlds named.
+    let mut foreign = agent_config(dir.path(), &server.handle, 7, 1);
+    foreign.world = other.clone();
+    match irec_edge_agent::run(foreign, tracker(true), std::future::pending()).await.unwrap_err() {
+        AgentError::Refused(e) => {
+            assert_eq!(e.code, ErrorCode::WrongWorld);
+            let (a, b) = (WorldFingerprint::of(&ours).unwrap(), WorldFingerprint::of(&other).unwrap());
+            assert!(e.message.contains(&a.to_string()) && e.message.contains(&b.to_string()), "{}", e.message);
+        }
+        other => panic!("expected a refusal, got {other}"),
+    }
+    server.stop().await.unwrap();
+    assert_exactly(&stored_sessions(dir.path()), &expected_sessions(&config, 3));
 }
 
 /// Every byte a device's personalization could leave behind, in the encodings a leak would use.

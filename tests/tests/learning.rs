@@ -245,6 +245,43 @@ fn checkpoint_round_trip_gives_identical_actions() {
 }
 
 #[test]
+fn a_world_file_shares_its_perceptions_probabilities_and_refuses_to_serve_another() {
+    use irec_model::loader::LoadedNeural;
+    use irec_world::world_file::{self, WorldFile, WorldFingerprint};
+    let fx = fixture();
+    let rec = irec_learn::algo::Recommender::new(&fx.perception, 3, None).unwrap();
+    let blob = rec.export("fresh", 0).to_bytes().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("world.irecw");
+    let fp = WorldFingerprint([9; 32]);
+    world_file::write(&path, &fx.world, fp, &[fx.lab.featurizer.world_file_section()]).unwrap();
+    let file = WorldFile::open(&path).unwrap();
+    let world = file.world().unwrap();
+    let table = file.table::<f32>(irec_model::perception::PROBABILITIES_SECTION).unwrap();
+
+    let shared = LoadedNeural::from_bytes_sharing(&blob, &world, Some(&table)).unwrap();
+    let own = LoadedNeural::from_bytes(&blob, &fx.world).unwrap();
+    assert!(shared.featurizer().shares_probabilities() && !own.featurizer().shares_probabilities());
+    assert_eq!(shared.featurizer().probabilities(), own.featurizer().probabilities());
+    let (mut a, mut b) = (Vec::new(), Vec::new());
+    for (item, said) in [(0, "I want boots"), (417, "Good"), (999, "Do you have shoes with zipper")] {
+        shared.featurizer().push_turn(item, said, &mut a).unwrap();
+        own.featurizer().push_turn(item, said, &mut b).unwrap();
+    }
+    assert_eq!(a, b, "turn features from the mapped world differ");
+
+    // Probabilities of another perception (here: perturbed) are noticed and recomputed.
+    let other: Vec<f32> = fx.lab.featurizer.probabilities().iter().map(|p| p * 0.9).collect();
+    let other_path = dir.path().join("other.irecw");
+    world_file::write(&other_path, &fx.world, fp, &[world_file::ExtraSection { name: irec_model::perception::PROBABILITIES_SECTION, bytes: bytemuck::cast_slice(&other) }]).unwrap();
+    let other_file = WorldFile::open(&other_path).unwrap();
+    let other_table = other_file.table::<f32>(irec_model::perception::PROBABILITIES_SECTION).unwrap();
+    let refused = LoadedNeural::from_bytes_sharing(&blob, &world, Some(&other_table)).unwrap();
+    assert!(!refused.featurizer().shares_probabilities());
+    assert_eq!(refused.featurizer().probabilities(), own.featurizer().probabilities());
+}
+
+#[test]
 fn corrupt_checkpoints_are_errors_not_panics() {
     let fx = fixture();
     let rec = irec_learn::algo::Recommender::new(&fx.perception, 3, None).unwrap();

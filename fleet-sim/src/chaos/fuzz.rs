@@ -114,8 +114,9 @@ fn announcement(r: &mut rng::Rng) -> PolicyAnnouncement {
 pub fn message(r: &mut rng::Rng, heads: &[usize; NUM_ATTRS]) -> Message {
     match r.random_range(0..9) {
         0 => Message::Hello(Hello {
-            protocol_version: pick(r, &[PROTOCOL_VERSION, PROTOCOL_VERSION, 0, 2, u32::MAX]),
+            protocol_version: pick(r, &[PROTOCOL_VERSION, PROTOCOL_VERSION, 0, 1, u32::MAX]),
             fleet_token: if r.random_bool(0.5) { FUZZ_TOKEN.to_string() } else { string(r, 300) },
+            world: if r.random_bool(0.5) { None } else { Some(WorldFingerprint(r.random())) },
         }),
         1 | 2 => {
             let hostile = r.random_bool(0.5);
@@ -286,7 +287,7 @@ pub fn feed(h: &Handlers, input: &Input) -> Fed {
     let max_cap = input.limits.upload_bytes.max(input.limits.policy_bytes).max(input.limits.small_bytes) as usize;
     let mut server = ServerConnection::new(h.rules.clone());
     if input.welcomed {
-        let hello = Hello { protocol_version: PROTOCOL_VERSION, fleet_token: FUZZ_TOKEN.to_string() };
+        let hello = Hello { protocol_version: PROTOCOL_VERSION, fleet_token: FUZZ_TOKEN.to_string(), world: None };
         let _ = server.on_hello(Ok(Message::Hello(hello)), None);
     }
     let mut sync = PolicySync::new(None);

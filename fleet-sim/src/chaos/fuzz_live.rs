@@ -26,7 +26,7 @@ fn predicted_upload(h: &Handlers, bytes: &[u8]) -> Option<UploadBatch> {
     d.push(bytes).ok()?;
     let m = d.next_message().ok()??;
     let mut machine = ServerConnection::new(h.rules.clone());
-    let hello = Hello { protocol_version: PROTOCOL_VERSION, fleet_token: FUZZ_TOKEN.to_string() };
+    let hello = Hello { protocol_version: PROTOCOL_VERSION, fleet_token: FUZZ_TOKEN.to_string(), world: None };
     machine.on_hello(Ok(Message::Hello(hello)), None).ok()?;
     match machine.on_request(Ok(m)) {
         Ok(Request::Upload(b)) => Some(b),

@@ -22,6 +22,7 @@ use crate::{Acting, Featurizer, NeuralPolicy, PolicyModel};
 use irec_world::catalog::Schema;
 use irec_world::policy::{DeviceProfile, Policy, RandomPolicy, TrackerPolicy};
 use irec_world::retrieval::RetrievalIndex;
+use irec_world::mapped::Table;
 use irec_world::sim::{Lexicon, World};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -112,13 +113,27 @@ pub struct LoadedNeural {
 
 impl LoadedNeural {
     pub fn from_bytes(blob: &[u8], world: &World) -> Result<LoadedNeural, LoadError> {
+        LoadedNeural::from_bytes_sharing(blob, world, None)
+    }
+
+    /// Like [`LoadedNeural::from_bytes`], reading AttrNet's probabilities from `shared` (a world
+    /// file's) when they are this checkpoint's perception's.
+    pub fn from_bytes_sharing(blob: &[u8], world: &World, shared: Option<&Table<f32>>) -> Result<LoadedNeural, LoadError> {
         let device = candle_core::Device::Cpu;
         let model = PolicyModel::from_bytes(blob, &device).map_err(|e| LoadError::Invalid(e.to_string()))?;
         if model.meta.config.attrnet.input != world.features.dim || model.heads() != world.catalog.schema.head_sizes().as_slice() {
             return Err(LoadError::Incompatible("the checkpoint was trained for another catalog".to_string()));
         }
-        let featurizer = Featurizer::new(model.perception.clone(), &world.features).map_err(|e| LoadError::Invalid(e.to_string()))?;
+        let featurizer = match shared {
+            Some(table) => Featurizer::with_shared(model.perception.clone(), &world.features, table),
+            None => Featurizer::new(model.perception.clone(), &world.features),
+        }
+        .map_err(|e| LoadError::Invalid(e.to_string()))?;
         Ok(LoadedNeural { model: Arc::new(model), featurizer: Arc::new(featurizer) })
+    }
+
+    pub fn featurizer(&self) -> &Featurizer {
+        &self.featurizer
     }
 }
 
@@ -135,12 +150,20 @@ impl LoadedPolicy for LoadedNeural {
 pub struct NeuralLoader {
     world: Arc<World>,
     initial: Option<PathBuf>,
+    shared_probabilities: Option<Table<f32>>,
     loaded: Mutex<HashMap<[u8; 32], Arc<LoadedNeural>>>,
 }
 
 impl NeuralLoader {
     pub fn new(world: Arc<World>, initial: Option<PathBuf>) -> NeuralLoader {
-        NeuralLoader { world, initial, loaded: Mutex::new(HashMap::new()) }
+        NeuralLoader { world, initial, shared_probabilities: None, loaded: Mutex::new(HashMap::new()) }
+    }
+
+    /// Reads AttrNet's probabilities from `table` (a world file's) for checkpoints whose
+    /// perception computed it, instead of computing them in this process.
+    pub fn sharing_probabilities(mut self, table: Option<Table<f32>>) -> NeuralLoader {
+        self.shared_probabilities = table;
+        self
     }
 
     fn load_shared(&self, blob: &[u8]) -> Result<Arc<LoadedNeural>, LoadError> {
@@ -148,7 +171,7 @@ impl NeuralLoader {
         if let Some(hit) = self.loaded.lock().ok().and_then(|m| m.get(&key).cloned()) {
             return Ok(hit);
         }
-        let loaded = Arc::new(LoadedNeural::from_bytes(blob, &self.world)?);
+        let loaded = Arc::new(LoadedNeural::from_bytes_sharing(blob, &self.world, self.shared_probabilities.as_ref())?);
         if let Ok(mut m) = self.loaded.lock() {
             m.insert(key, loaded.clone());
         }

@@ -6,6 +6,8 @@ use super::attrnet::AttrNet;
 use super::text_encoder::{pack, TextEncoder};
 use super::tokenizer::Vocabulary;
 use irec_world::catalog::{AttrTable, ItemId, VisualFeatures};
+use irec_world::mapped::Table;
+use irec_world::world_file::ExtraSection;
 use candle_core::{Device, Result, Tensor};
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -43,27 +45,81 @@ impl Perception {
 #[derive(Debug)]
 pub struct Featurizer {
     perception: Arc<Perception>,
-    /// Per item: visual feature then attribute probabilities.
-    items: Vec<f32>,
-    item_width: usize,
-    probs_offset: usize,
+    /// The world's visual features (shared with it, never copied).
+    features: Table<f32>,
+    dim: usize,
+    /// AttrNet probabilities of every item, row-major: computed here, or a world file's.
+    probs: Table<f32>,
+    probs_width: usize,
     text_width: usize,
     texts: RwLock<HashMap<String, Arc<[f32]>>>,
 }
 
+/// The world-file section holding a perception's AttrNet probabilities of every item.
+pub const PROBABILITIES_SECTION: &str = "attrnet_probabilities";
+
+/// Items whose precomputed probabilities are checked against AttrNet before a shared table is
+/// trusted: a table built for another perception differs on any of them.
+const SPOT_CHECKS: usize = 16;
+
 impl Featurizer {
     pub fn new(perception: Arc<Perception>, features: &VisualFeatures) -> Result<Featurizer> {
-        let probs = perception.item_probabilities(features)?;
-        let p = perception.attrnet.config().outputs();
-        let item_width = features.dim + p;
-        let n = features.data.len() / features.dim.max(1);
-        let mut items = Vec::with_capacity(n * item_width);
-        for i in 0..n {
-            items.extend_from_slice(&features.data[i * features.dim..(i + 1) * features.dim]);
-            items.extend_from_slice(&probs[i * p..(i + 1) * p]);
+        let probs = Table::from(perception.item_probabilities(features)?);
+        Ok(Featurizer::from_tables(perception, features, probs))
+    }
+
+    /// Like [`Featurizer::new`], but reads the probabilities from `shared` (a world file's,
+    /// mapped) when a spot check shows they are this perception's; computes its own otherwise.
+    pub fn with_shared(perception: Arc<Perception>, features: &VisualFeatures, shared: &Table<f32>) -> Result<Featurizer> {
+        if Featurizer::agrees(&perception, features, shared)? {
+            return Ok(Featurizer::from_tables(perception, features, shared.clone()));
         }
+        tracing::info!("the world file's AttrNet probabilities are another perception's; computing this one's");
+        Featurizer::new(perception, features)
+    }
+
+    fn agrees(perception: &Perception, features: &VisualFeatures, shared: &Table<f32>) -> Result<bool> {
+        let (p, dim) = (perception.attrnet.config().outputs(), features.dim.max(1));
+        let n = features.data.len() / dim;
+        if n == 0 || shared.len() != n * p {
+            return Ok(false);
+        }
+        let picks: Vec<usize> = (0..SPOT_CHECKS.min(n)).map(|k| k * (n - 1) / (SPOT_CHECKS - 1).max(1)).collect();
+        let rows: Vec<f32> = picks.iter().flat_map(|&i| features.data[i * dim..(i + 1) * dim].iter().copied()).collect();
+        let sample = VisualFeatures { dim, data: Table::from(rows) };
+        let computed = perception.item_probabilities(&sample)?;
+        Ok(picks.iter().enumerate().all(|(k, &i)| {
+            computed[k * p..(k + 1) * p].iter().zip(&shared[i * p..(i + 1) * p]).all(|(a, b)| (a - b).abs() <= 1e-5)
+        }))
+    }
+
+    fn from_tables(perception: Arc<Perception>, features: &VisualFeatures, probs: Table<f32>) -> Featurizer {
+        let probs_width = perception.attrnet.config().outputs();
         let text_width = perception.text.config().output_width();
-        Ok(Featurizer { perception, items, item_width, probs_offset: features.dim, text_width, texts: RwLock::new(HashMap::new()) })
+        Featurizer {
+            perception,
+            features: features.data.clone(),
+            dim: features.dim,
+            probs,
+            probs_width,
+            text_width,
+            texts: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// Whether the probabilities are read from a shared (mapped) table.
+    pub fn shares_probabilities(&self) -> bool {
+        self.probs.is_mapped()
+    }
+
+    /// AttrNet probabilities of every item, row-major (what a world file stores).
+    pub fn probabilities(&self) -> &[f32] {
+        &self.probs
+    }
+
+    /// The probabilities as a world-file section, for agents to map instead of computing.
+    pub fn world_file_section(&self) -> ExtraSection<'_> {
+        ExtraSection { name: PROBABILITIES_SECTION, bytes: bytemuck::cast_slice(&self.probs) }
     }
 
     pub fn perception(&self) -> &Arc<Perception> {
@@ -72,15 +128,12 @@ impl Featurizer {
 
     /// Width of one turn feature.
     pub fn width(&self) -> usize {
-        self.text_width + self.item_width
+        self.text_width + self.dim + self.probs_width
     }
 
     /// AttrNet's predicted cells for every item.
     pub fn predicted_attrs(&self) -> AttrTable {
-        let p = self.item_width - self.probs_offset;
-        let probs: Vec<f32> = self.items.chunks_exact(self.item_width).flat_map(|row| row[self.probs_offset..].iter().copied()).collect();
-        debug_assert_eq!(probs.len() % p.max(1), 0);
-        self.perception.attrnet.predict_table(&probs)
+        self.perception.attrnet.predict_table(&self.probs)
     }
 
     /// Makes sure every utterance has a cached embedding (encodes the missing ones in batches).
@@ -116,10 +169,13 @@ impl Featurizer {
             }
         };
         out.extend_from_slice(&text);
-        let start = shown as usize * self.item_width;
-        match self.items.get(start..start + self.item_width) {
-            Some(row) => out.extend_from_slice(row),
-            None => candle_core::bail!("unknown item id {shown}"),
+        let i = shown as usize;
+        match (self.features.get(i * self.dim..(i + 1) * self.dim), self.probs.get(i * self.probs_width..(i + 1) * self.probs_width)) {
+            (Some(visual), Some(probs)) => {
+                out.extend_from_slice(visual);
+                out.extend_from_slice(probs);
+            }
+            _ => candle_core::bail!("unknown item id {shown}"),
         }
         Ok(())
     }

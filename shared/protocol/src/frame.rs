@@ -268,7 +268,7 @@ mod tests {
     fn all_messages() -> Vec<Message> {
         let ann = PolicyAnnouncement { version: 3, round: 2, sha256: sha256(b"x") };
         vec![
-            Message::Hello(Hello { protocol_version: 1, fleet_token: "t".into() }),
+            Message::Hello(Hello { protocol_version: 1, fleet_token: "t".into(), world: Some(WorldFingerprint([3; 32])) }),
             Message::Welcome(Welcome { protocol_version: 1, deployed: Some(ann), max_upload_bytes: 9, max_batch_sessions: 4 }),
             Message::UploadBatch(UploadBatch { batch_id: BatchId(u128::MAX - 5), sessions: vec![session(), session()] }),
             Message::Ack(Ack { batch_id: BatchId(7), stored: 2, duplicate: false }),

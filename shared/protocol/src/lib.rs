@@ -45,7 +45,7 @@ pub use upload::{AfterFailure, Failure, UploadConfig, UploadStep, Uploader, Uplo
 pub use validate::{experience_limits, UploadRules};
 
 /// The protocol version a hello carries. Bumped on any incompatible change (with the ALPN).
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The TLS application protocol both ends require.
-pub const ALPN: &[u8] = b"irec/1";
+pub const ALPN: &[u8] = b"irec/2";

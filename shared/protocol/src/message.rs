@@ -6,6 +6,7 @@
 //! the body.
 
 use crate::experience::ExperienceSession;
+pub use irec_world::world_file::WorldFingerprint;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
@@ -61,12 +62,15 @@ pub struct Hello {
     pub protocol_version: u32,
     /// The shared secret of the fleet.
     pub fleet_token: String,
+    /// The world the agent runs (catalog, features): a server refuses an agent of another world,
+    /// whose item ids and attributes would mean other things. `None`: the peer does not say.
+    pub world: Option<WorldFingerprint>,
 }
 
 // The token is a secret: keep it out of logs.
 impl fmt::Debug for Hello {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Hello").field("protocol_version", &self.protocol_version).finish_non_exhaustive()
+        f.debug_struct("Hello").field("protocol_version", &self.protocol_version).field("world", &self.world).finish_non_exhaustive()
     }
 }
 
@@ -174,6 +178,8 @@ pub enum ErrorCode {
     Internal = 10,
     /// The server is shutting down; retrying later is right.
     ShuttingDown = 11,
+    /// The agent runs another world than the server's.
+    WrongWorld = 12,
 }
 
 impl ErrorCode {
@@ -196,6 +202,7 @@ impl ErrorCode {
             Timeout,
             Internal,
             ShuttingDown,
+            WrongWorld,
         ]
         .into_iter()
         .find(|c| c.code() as u64 == code)
@@ -207,6 +214,7 @@ impl ErrorCode {
             self,
             ErrorCode::UnsupportedVersion
                 | ErrorCode::Unauthorized
+                | ErrorCode::WrongWorld
                 | ErrorCode::UnexpectedMessage
                 | ErrorCode::MalformedFrame
                 | ErrorCode::FrameTooLarge
@@ -214,9 +222,10 @@ impl ErrorCode {
         )
     }
 
-    /// The whole agent is misconfigured (token or version): no request on any connection can work.
+    /// The whole agent is misconfigured (token, version or world): no request on any connection
+    /// can work.
     pub fn is_fatal(self) -> bool {
-        matches!(self, ErrorCode::UnsupportedVersion | ErrorCode::Unauthorized)
+        matches!(self, ErrorCode::UnsupportedVersion | ErrorCode::Unauthorized | ErrorCode::WrongWorld)
     }
 }
 

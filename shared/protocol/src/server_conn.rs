@@ -26,11 +26,19 @@ pub struct ServerRules {
     pub upload: UploadRules,
     /// Advertised in the welcome so agents size their batches to fit.
     pub max_upload_bytes: u32,
+    /// The server's world: a hello naming another one is refused.
+    pub world: Option<WorldFingerprint>,
 }
 
 impl ServerRules {
     pub fn new(fleet_token: &str, upload: UploadRules, max_upload_bytes: u32) -> ServerRules {
-        ServerRules { token_digest: sha256(fleet_token.as_bytes()), upload, max_upload_bytes }
+        ServerRules { token_digest: sha256(fleet_token.as_bytes()), upload, max_upload_bytes, world: None }
+    }
+
+    /// Refuses agents whose hello names a world other than `world`.
+    pub fn with_world(mut self, world: WorldFingerprint) -> ServerRules {
+        self.world = Some(world);
+        self
     }
 
     fn token_ok(&self, token: &str) -> bool {
@@ -130,6 +138,14 @@ impl ServerConnection {
             let what = if hello.fleet_token.is_empty() { "missing" } else { "wrong" };
             return Err(Rejection::connection(ErrorCode::Unauthorized, format!("{what} fleet token")));
         }
+        if let (Some(ours), Some(theirs)) = (self.rules.world, hello.world) {
+            if ours != theirs {
+                return Err(Rejection::connection(
+                    ErrorCode::WrongWorld,
+                    format!("the server runs world {ours}, this agent world {theirs}: give the agent the server's [world] settings, or a world file built from them"),
+                ));
+            }
+        }
         Ok(Welcome {
             protocol_version: PROTOCOL_VERSION,
             deployed,
@@ -175,7 +191,7 @@ mod tests {
     }
 
     fn hello(version: u32, token: &str) -> Result<Message, FrameError> {
-        Ok(Message::Hello(Hello { protocol_version: version, fleet_token: token.into() }))
+        Ok(Message::Hello(Hello { protocol_version: version, fleet_token: token.into(), world: None }))
     }
 
     fn upload(reward: f32) -> Result<Message, FrameError> {
@@ -217,6 +233,19 @@ mod tests {
         }
         let r = ServerConnection::new(rules()).on_hello(hello(PROTOCOL_VERSION, ""), None).unwrap_err();
         assert!(r.error.message.contains("missing"));
+    }
+
+    #[test]
+    fn an_agent_of_another_world_is_refused_for_good_and_one_that_does_not_say_is_not() {
+        let (ours, theirs) = (WorldFingerprint([1; 32]), WorldFingerprint([2; 32]));
+        let rules = Arc::new(ServerRules::new("secret", UploadRules::new(experience_limits(&Schema::reference(), 10, 50)), 1000).with_world(ours));
+        let said = |world| Ok(Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: "secret".into(), world }));
+        let r = ServerConnection::new(rules.clone()).on_hello(said(Some(theirs)), None).unwrap_err();
+        assert_eq!((r.error.code, r.close_connection), (ErrorCode::WrongWorld, true));
+        assert!(r.error.code.is_fatal());
+        assert!(r.error.message.contains(&ours.to_string()) && r.error.message.contains(&theirs.to_string()), "{}", r.error);
+        assert!(ServerConnection::new(rules.clone()).on_hello(said(Some(ours)), None).is_ok());
+        assert!(ServerConnection::new(rules).on_hello(said(None), None).is_ok());
     }
 
     #[test]

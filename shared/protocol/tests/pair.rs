@@ -148,7 +148,7 @@ impl Pair {
     }
 
     fn connect(&mut self) {
-        let hello = Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: self.token.clone() });
+        let hello = Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: self.token.clone(), world: None });
         let mut conn = ServerConnection::new(self.rules.clone());
         let announced = self.deployed.as_ref().map(PolicyBlob::announcement);
         let outcome = conn.on_hello(decode(&encode(&hello, &self.limits).unwrap(), Side::Server, self.limits), announced);

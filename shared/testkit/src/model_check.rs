@@ -206,7 +206,7 @@ impl Checker {
         if s.conn.is_none() {
             let mut n = s.clone();
             let mut conn = ServerConnection::new(self.rules.clone());
-            let hello = Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: TOKEN.into() });
+            let hello = Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: TOKEN.into(), world: None });
             if conn.on_hello(Ok(hello), None).is_ok() {
                 n.conn = Some(conn);
                 n.uploader.connected();

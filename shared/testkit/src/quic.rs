@@ -97,7 +97,7 @@ pub fn frame(m: &Message) -> Vec<u8> {
 
 /// A hello frame carrying `token`.
 pub fn hello_frame(token: &str) -> Vec<u8> {
-    frame(&Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: token.into() }))
+    frame(&Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: token.into(), world: None }))
 }
 
 /// How long a request waits for its reply unless told otherwise.

@@ -8,10 +8,13 @@
 //! - [`policy`]: the policy interface, the session loop, and the non-learned baselines.
 //! - [`metrics`]: SR@K, NI, NV with standard errors; the Markdown table.
 //! - [`rng`]: seeded, order-independent randomness.
+//! - [`world_file`], [`mapped`]: the world built once into a file that agent processes map.
 
 pub mod catalog;
+pub mod mapped;
 pub mod metrics;
 pub mod policy;
 pub mod retrieval;
 pub mod rng;
 pub mod sim;
+pub mod world_file;

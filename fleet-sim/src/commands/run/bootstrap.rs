@@ -8,6 +8,7 @@ use anyhow::Context;
 use irec_edge_agent::sessions::first_profile;
 use irec_edge_agent::DeviceConfig;
 use irec_world::rng;
+use irec_world::world_file::{self, WorldFingerprint};
 use rand::Rng as _;
 use irec_learn::experiment::behaviour::{train_on_policy, BehaviourDevice, Learner};
 use irec_learn::experiment::compare::behaviour_on_test;
@@ -19,9 +20,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The world file's name in the bootstrap folder.
+pub const WORLD_FILE: &str = "world.irecw";
+
 pub struct Bootstrap {
     /// The frozen text encoder + AttrNet, for the server's trainer.
     pub perception: PathBuf,
+    /// The world with this perception's AttrNet probabilities, for the agents to map.
+    pub world_file: PathBuf,
     /// Behaviour policy checkpoints; device i starts with `behaviour[i % len]`.
     pub behaviour: Vec<PathBuf>,
     /// Device i's private settings (its seed and noise σ); the reference figures use the profile
@@ -50,6 +56,9 @@ pub fn bootstrap(
     let onp = train_on_policy(&lab, &cfg.on_policy, cfg.seed, Learner::Behaviour, bars)?;
     let perception = dir.join("perception.ckpt");
     std::fs::write(&perception, lab.perception.to_checkpoint().to_bytes()?).with_context(|| format!("writing {}", perception.display()))?;
+    let world_file = dir.join(WORLD_FILE);
+    let fingerprint = WorldFingerprint::of(&cfg.world).context("reading the world's files")?;
+    world_file::write(&world_file, &lab.world, fingerprint, &[lab.featurizer.world_file_section()])?;
     let mut behaviour = Vec::new();
     let mut models = Vec::new();
     for (k, (_, ck)) in onp.snapshots.iter().enumerate() {
@@ -82,5 +91,5 @@ pub fn bootstrap(
     let tracker_metrics = evaluate_metrics(&lab.eval_env, || TrackerPolicy::new(lexicon.clone(), index.clone()), eval_sessions, eval_seed, 2);
     bars.advance(1);
     bars.finish();
-    Ok(Bootstrap { perception, behaviour, devices, behaviour_metrics, tracker_metrics, seconds: started.elapsed().as_secs_f64() })
+    Ok(Bootstrap { perception, world_file, behaviour, devices, behaviour_metrics, tracker_metrics, seconds: started.elapsed().as_secs_f64() })
 }

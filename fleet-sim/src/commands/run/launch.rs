@@ -28,6 +28,11 @@ pub struct AgentReport {
     pub stats: Option<Stats>,
     /// The agent process's peak RSS in KiB, as it reported it (process mode, Linux).
     pub peak_rss_kib: Option<u64>,
+    /// Its private memory when it stopped, the shared world file left out, in KiB (process
+    /// mode, Linux).
+    pub private_kib: Option<u64>,
+    /// Its whole USS when it stopped, in KiB.
+    pub uss_kib: Option<u64>,
     /// Why there are no stats (exit status, unreadable output).
     pub problem: Option<String>,
 }
@@ -158,6 +163,8 @@ impl Processes {
             let status = a.interrupt(GRACE);
             let summary = Summary::from_stdout(&a.stdout_text());
             let peak_rss_kib = summary.as_ref().and_then(|s| s.peak_rss_kib);
+            let private_kib = summary.as_ref().and_then(|s| s.private_kib);
+            let uss_kib = summary.as_ref().and_then(|s| s.uss_kib);
             let stats = summary.map(|s| s.stats);
             let problem = match (&stats, status.is_some_and(|s| s.success())) {
                 (Some(_), true) => None,
@@ -167,7 +174,7 @@ impl Processes {
                     if stats.is_some() { "was read" } else { "is missing" }
                 )),
             };
-            reports.push(AgentReport { stats, peak_rss_kib, problem });
+            reports.push(AgentReport { stats, peak_rss_kib, private_kib, uss_kib, problem });
         }
         match self.server.interrupt(GRACE) {
             Some(s) if s.success() => Ok(reports),
@@ -244,9 +251,9 @@ impl InProcess {
             let mut out = Vec::new();
             for a in agents {
                 out.push(match a.await {
-                    Ok(Ok(stats)) => AgentReport { stats: Some(stats), peak_rss_kib: None, problem: None },
-                    Ok(Err(e)) => AgentReport { stats: None, peak_rss_kib: None, problem: Some(e.to_string()) },
-                    Err(e) => AgentReport { stats: None, peak_rss_kib: None, problem: Some(format!("agent task: {e}")) },
+                    Ok(Ok(stats)) => AgentReport { stats: Some(stats), peak_rss_kib: None, private_kib: None, uss_kib: None, problem: None },
+                    Ok(Err(e)) => AgentReport { stats: None, peak_rss_kib: None, private_kib: None, uss_kib: None, problem: Some(e.to_string()) },
+                    Err(e) => AgentReport { stats: None, peak_rss_kib: None, private_kib: None, uss_kib: None, problem: Some(format!("agent task: {e}")) },
                 });
             }
             out

@@ -151,6 +151,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
             batch_linger_ms: 300,
             session_interval_ms,
             world: exp.world.clone(),
+            // Process agents map the fleet's world; in-process ones share the fleet's built one.
+            world_file: (!a.in_process).then(|| boot.world_file.clone()),
             ..AgentConfig::default()
         };
         match &mut fleet {

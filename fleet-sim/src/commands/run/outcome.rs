@@ -86,6 +86,11 @@ pub struct Report {
     pub agents_sessions_run: Vec<u64>,
     /// Each agent process's peak RSS in KiB (process mode).
     pub agents_peak_rss_kib: Vec<Option<u64>>,
+    /// Each agent process's private memory when it stopped, the shared world file left out, in
+    /// KiB (process mode).
+    pub agents_private_kib: Vec<Option<u64>>,
+    /// Each agent process's whole USS when it stopped, in KiB (process mode).
+    pub agents_uss_kib: Vec<Option<u64>>,
     /// When each round was seen finished, in seconds since the fleet started.
     pub rounds_finished_s: Vec<f64>,
 }
@@ -174,6 +179,8 @@ impl Report {
             agents_final_versions: agents.iter().map(|x| x.stats.as_ref().and_then(|s| s.policy_version)).collect(),
             agents_sessions_run: agents.iter().map(|x| x.stats.as_ref().map_or(0, |s| s.sessions_run)).collect(),
             agents_peak_rss_kib: agents.iter().map(|x| x.peak_rss_kib).collect(),
+            agents_private_kib: agents.iter().map(|x| x.private_kib).collect(),
+            agents_uss_kib: agents.iter().map(|x| x.uss_kib).collect(),
             rounds_finished_s: Vec::new(),
         }
     }
@@ -240,6 +247,9 @@ impl Report {
             "sessions_per_round": self.sessions_per_round,
             "rounds_finished_s": self.rounds_finished_s,
             "elapsed_s": self.elapsed_s,
+            "agents_peak_rss_mib": mib(&self.agents_peak_rss_kib),
+            "agents_private_mib": mib(&self.agents_private_kib),
+            "agents_uss_mib": mib(&self.agents_uss_kib),
         })
     }
 
@@ -280,9 +290,15 @@ impl Report {
             let _ = writeln!(md, "| {} | {} | {} | {} | {} | {} |", f.round, f.sessions, f.batches, f.bytes, opt(f.ack_p50_ms), opt(f.ack_p99_ms));
         }
         let _ = writeln!(md, "\nSessions in the server's D at the end: {}. Agents' final policy versions: {:?}.", self.sessions_in_d, self.agents_final_versions);
+        let listed = |kib: &[Option<u64>]| -> String { kib.iter().map(|k| k.map_or("?".into(), |k| format!("{:.1}", k as f64 / 1024.0))).collect::<Vec<_>>().join(", ") };
         if self.agents_peak_rss_kib.iter().any(Option::is_some) {
-            let mib: Vec<String> = self.agents_peak_rss_kib.iter().map(|k| k.map_or("?".into(), |k| format!("{:.0}", k as f64 / 1024.0))).collect();
-            let _ = writeln!(md, "Agents' peak RSS (MiB): {}.", mib.join(", "));
+            let _ = writeln!(md, "Agents' peak RSS (MiB): {}.", listed(&self.agents_peak_rss_kib));
+            let _ = writeln!(
+                md,
+                "Agents' private memory when they stopped (MiB; USS without the world file, which the page cache shares): {}; whole USS: {}.",
+                listed(&self.agents_private_kib),
+                listed(&self.agents_uss_kib)
+            );
         }
         for p in &self.agent_problems {
             let _ = writeln!(md, "\n- problem: {p}");
@@ -374,4 +390,9 @@ impl Report {
             },
         ]
     }
+}
+
+/// KiB figures as MiB, one decimal (`null` where a process did not report).
+fn mib(kib: &[Option<u64>]) -> Vec<Option<f64>> {
+    kib.iter().map(|k| k.map(|k| (k as f64 / 102.4).round() / 10.0)).collect()
 }

@@ -43,7 +43,7 @@ impl Default for FeatureConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct VisualFeatures {
     pub dim: usize,
-    pub data: Vec<f32>,
+    pub data: crate::mapped::Table<f32>,
 }
 
 impl VisualFeatures {
@@ -82,7 +82,7 @@ impl VisualFeatures {
             normalize(&mut f);
             data.extend_from_slice(&f);
         }
-        VisualFeatures { dim, data }
+        VisualFeatures { dim, data: data.into() }
     }
 
     /// Loads per-item features from a CSV file (see the module docs).
@@ -129,7 +129,7 @@ impl VisualFeatures {
             let v = by_cid.get(item.cid.as_str()).ok_or_else(|| CatalogError::MissingFeatures { cid: item.cid.clone() })?;
             data.extend_from_slice(v);
         }
-        Ok(VisualFeatures { dim, data })
+        Ok(VisualFeatures { dim, data: data.into() })
     }
 
     /// Writes features in the file format [`VisualFeatures::load`] reads.

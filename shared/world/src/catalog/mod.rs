@@ -68,7 +68,7 @@ pub struct Catalog {
 
 /// Ground-truth or predicted attribute cells of every catalog item, indexed by [`ItemId`]: the
 /// pluggable attribute source behind retrieval and the reward.
-pub type AttrTable = Vec<ItemAttrs>;
+pub type AttrTable = crate::mapped::Table<ItemAttrs>;
 
 impl Catalog {
     pub fn len(&self) -> usize {

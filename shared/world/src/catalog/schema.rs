@@ -63,7 +63,9 @@ impl Attribute {
 pub type ValueSet = u64;
 
 /// An item's attribute cells, one [`ValueSet`] per attribute.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+// `repr(transparent)` and `Pod`: a world file stores the table of these as raw words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, bytemuck::Pod, bytemuck::Zeroable)]
+#[repr(transparent)]
 pub struct ItemAttrs(pub [ValueSet; NUM_ATTRS]);
 
 impl ItemAttrs {

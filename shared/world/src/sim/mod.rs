@@ -65,9 +65,15 @@ impl World {
     }
 
     pub fn from_parts(catalog: Catalog, features: VisualFeatures) -> World {
+        let truth = catalog.truth();
+        World::with_truth_table(catalog, features, truth)
+    }
+
+    /// A world whose ground-truth table is given (a world file's, read in place) rather than
+    /// copied out of the catalog.
+    pub fn with_truth_table(catalog: Catalog, features: VisualFeatures, truth: AttrTable) -> World {
         let lexicon = Lexicon::new(&catalog.schema);
-        let truth = Arc::new(catalog.truth());
-        World { catalog, features, lexicon, truth }
+        World { catalog, features, lexicon, truth: Arc::new(truth) }
     }
 }
 
