@@ -59,7 +59,7 @@ pub enum AgentError {
     Tls(#[from] tls::TlsError),
     #[error("building the world: {0}")]
     World(String),
-    #[error("world file: {0}")]
+    #[error(transparent)]
     WorldFile(#[from] irec_world::world_file::WorldFileError),
     /// The server refused this agent as such (wrong token or protocol version): retrying with
     /// the same settings cannot help.

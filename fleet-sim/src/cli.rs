@@ -47,6 +47,28 @@ pub enum Command {
     /// Export a server's D ∪ D′ for Python: a d3rlpy-loadable NPZ and round-partitioned Parquet
     /// (read-only; a running server's data dir is read through its HTTP endpoint).
     Export(ExportArgs),
+    /// Build a world file that agents map read-only instead of building the world each
+    /// (`world_file` in their TOML): catalog, features, ground truth and, with `--perception`,
+    /// that perception's AttrNet probabilities. `run` makes one per fleet itself.
+    World(WorldFileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WorldFileArgs {
+    #[command(flatten)]
+    pub world: WorldArgs,
+    /// Take the world from this TOML's `[world]` table instead (a server's or an agent's config).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// A checkpoint carrying the fleet's perception (a policy, or the bootstrap's
+    /// `perception.ckpt`): its AttrNet probabilities of every item go into the file.
+    #[arg(long)]
+    pub perception: Option<PathBuf>,
+    /// The file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

@@ -122,6 +122,29 @@ fn three_agent_processes_two_rounds() {
     assert_eq!(round0.len(), QUOTA as usize);
     let t = tally(&expected, &round0);
     assert!(t.exact(), "D's round-0 sessions differ from what the devices' behaviour policies produce: {t:?}");
+
+    // The agents mapped the fleet's world file, and said what memory was theirs alone.
+    let world_file = fleet.join("bootstrap/world.irecw");
+    assert!(configs.iter().all(|c| c.world_file.as_deref() == Some(world_file.as_path())));
+    for key in ["agents_private_mib", "agents_uss_mib", "agents_peak_rss_mib"] {
+        let v = last[key].as_array().unwrap_or_else(|| panic!("{key} missing: {last}"));
+        assert_eq!(v.len(), AGENTS as usize, "{key}");
+        assert!(v.iter().all(|m| m.as_f64().is_some_and(|m| m > 0.0)), "{key}: {v:?}");
+    }
+    // `fleet-sim world` rebuilds the very same file from the server's config and the perception.
+    let again = dir.path().join("again.irecw");
+    let built = Command::new(env!("CARGO_BIN_EXE_fleet-sim"))
+        .args(["world", "--config"])
+        .arg(fleet.join("server.toml"))
+        .arg("--perception")
+        .arg(fleet.join("bootstrap/perception.ckpt"))
+        .arg("--out")
+        .arg(&again)
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{}", String::from_utf8_lossy(&built.stderr));
+    assert!(std::fs::read(&again).unwrap() == std::fs::read(&world_file).unwrap(), "fleet-sim world built another file");
 }
 
 /// Twenty agents as tasks of one process, beside the server: every session ingested, every agent

@@ -15,6 +15,7 @@ mod catalog;
 pub mod chaos;
 mod compare;
 mod export;
+mod world_file;
 mod model_check;
 mod run;
 mod simulate;
@@ -32,6 +33,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => run::run(a),
         Command::ModelCheck(a) => model_check::run(a),
         Command::Export(a) => export::run(a),
+        Command::World(a) => world_file::run(a),
         Command::Server(a) => Ok(irec_server::cli::execute(<irec_server::cli::Cli as clap::Parser>::parse_from(
             std::iter::once("irec-server".to_string()).chain(a.args),
         ))?),
