@@ -70,6 +70,13 @@ impl StoredPolicy {
     }
 }
 
+/// A device's durable state when nothing is pending (see [`AgentStore::idle_record`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeviceRecord {
+    pub next_session: u64,
+    pub profile: DeviceProfile,
+}
+
 /// The agent's database.
 #[derive(Clone, Debug)]
 pub struct AgentStore {
@@ -133,6 +140,28 @@ impl AgentStore {
         if fresh {
             self.unbatched.fetch_add(1, Ordering::SeqCst);
         }
+        self.flush()
+    }
+
+    /// What survives a device between two times it takes part in a sampled study, once nothing
+    /// is pending: how many sessions it ran and its profile (the learned bias). `None` while
+    /// sessions or batches are still pending: then the whole store must be kept.
+    pub fn idle_record(&self) -> Result<Option<DeviceRecord>, StoreError> {
+        if self.unbatched() > 0 || !self.batches.is_empty() {
+            return Ok(None);
+        }
+        match self.meta.get(PROFILE)? {
+            Some(v) => Ok(Some(DeviceRecord { next_session: self.next_session()?, profile: unbin("meta", &v)? })),
+            None => Ok(None),
+        }
+    }
+
+    /// Restores a device's [`DeviceRecord`] into a fresh store (its next session index and
+    /// profile), so that it goes on where it left off: session indices, and so session seeds,
+    /// never repeat.
+    pub fn restore(&self, record: &DeviceRecord) -> Result<(), StoreError> {
+        self.meta.insert(NEXT_SESSION, &record.next_session.to_be_bytes()[..])?;
+        self.meta.insert(PROFILE, bin(&record.profile)?)?;
         self.flush()
     }
 

@@ -179,9 +179,18 @@ pub struct Passthrough {
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
-    /// Edge agents in the fleet.
+    /// Edge agents in the fleet (with `--population`: the devices that take part in each round).
     #[arg(long, default_value_t = 3)]
     pub agents: usize,
+    /// A sampled study: this many devices, idle ones kept as records (their profile and session
+    /// count) and each round's `--agents` drawn at random to take part, in-process (as Flower
+    /// simulates clients). Without it every agent takes part in every round.
+    #[arg(long)]
+    pub population: Option<usize>,
+    /// With `--population`: the share of each round's drawn devices that fail to respond (they
+    /// run nothing that round); as many more are drawn, so `--agents` take part.
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
     /// Rounds the server trains; round 0 learns from the behaviour policies' sessions, each later
     /// one from D ∪ D′ after the fleet ran the policy deployed for it.
     #[arg(long, default_value_t = 3)]

@@ -191,3 +191,56 @@ fn twenty_in_process_agents_one_round() {
     assert_eq!(report["agents_final_versions"].as_array().unwrap().len(), 20);
     assert!(report["agent_problems"].as_array().unwrap().is_empty(), "{}", report["agent_problems"]);
 }
+
+/// A sampled study: 15 devices, 10 drawn to take part in each of two rounds (3 more drawn and
+/// failing to respond), so most take part twice and must go on from their records. D holds
+/// every session the cohorts ran, once; the records account for every session; no store is left.
+#[test]
+fn a_sampled_population_ingests_exactly_once_and_devices_resume_from_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(&cfg, TINY).unwrap();
+    let out = dir.path().join("run");
+    let output = Command::new(env!("CARGO_BIN_EXE_fleet-sim"))
+        .args(["run", "--population", "15", "--agents", "10", "--dropout", "0.2", "--rounds", "2", "--sessions-per-round", "20"])
+        .args(["--steps", "10", "10", "--eval-sessions", "10", "--fqe-steps", "5", "--no-cache", "--json"])
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
+    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(last["rounds"][0]["sessions_in_d"], 20);
+    assert_eq!(last["rounds"][1]["sessions_in_d"], 40);
+    let study = &last["study"];
+    let cohorts = study["cohorts"].as_array().unwrap();
+    assert_eq!(cohorts.len(), 2);
+    for c in cohorts {
+        assert_eq!(c["took_part"], 10, "{c}");
+        assert_eq!(c["drawn"].as_u64().unwrap() - c["failed"].as_u64().unwrap(), 10, "{c}");
+        assert!(c["failed"].as_u64().unwrap() >= 2, "{c}");
+        assert_eq!(c["sessions_run"], 20, "{c}");
+    }
+    assert_eq!(study["stores_kept"], 0);
+
+    let fleet = out.join("fleet");
+    let d = irec_testkit::stored_sessions(&fleet.join("server")).unwrap();
+    let distinct: BTreeSet<String> = d.iter().map(|s| format!("{s:?}")).collect();
+    assert_eq!((d.len(), distinct.len()), (40, 40), "D must hold the 40 sessions run, each once");
+    assert_eq!(d.iter().filter(|s| s.round == 1).count(), 20, "round 1's cohort ran the policy round 0 published");
+
+    // Every device that took part is a record again, and the records count every session: a
+    // device that took part twice went on from its first record (2 + 2 sessions).
+    let db = irec_store::Db::open(&fleet.join("population"), irec_store::Options::default()).unwrap();
+    let records: Vec<irec_edge_agent::store::DeviceRecord> =
+        db.tree("devices").unwrap().values().unwrap().iter().map(|v| irec_store::codec::unbin("devices", v).unwrap()).collect();
+    assert_eq!(records.len() as u64, study["devices_with_records"].as_u64().unwrap());
+    assert!(records.len() < 20, "15 devices cannot have 20 first participations");
+    assert_eq!(records.iter().map(|r| r.next_session).sum::<u64>(), 40);
+    assert!(records.iter().all(|r| r.next_session % 2 == 0 && r.next_session > 0));
+    assert!(records.iter().any(|r| r.next_session == 4), "some device took part twice");
+}

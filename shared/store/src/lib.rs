@@ -208,6 +208,11 @@ impl Tree {
         let _sled = guard();
         self.tree.len()
     }
+
+    pub fn is_empty(&self) -> bool {
+        let _sled = guard();
+        self.tree.is_empty()
+    }
 }
 
 /// Tuples of trees one transaction may span.

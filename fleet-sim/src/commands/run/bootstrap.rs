@@ -39,6 +39,16 @@ pub struct Bootstrap {
     pub seconds: f64,
 }
 
+/// Device `i`'s private settings: its seed and noise σ, derived from the fleet seed alone, so a
+/// sampled study needs no record of a device that never took part.
+pub fn device_config(cfg: &ExperimentConfig, i: u64) -> DeviceConfig {
+    // Seeds stay below 2^63: the agents read them from TOML, whose integers are signed.
+    let seed = rng::derive(rng::derive(cfg.seed, rng::stream::DEVICES), i) & (i64::MAX as u64);
+    let (lo, hi) = cfg.behaviour.noise_sigma;
+    let noise_sigma = if hi > lo { rng::rng(seed).random_range(lo..hi) } else { lo };
+    DeviceConfig { seed, noise_sigma, ..DeviceConfig::default() }
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn bootstrap(
     cfg: &ExperimentConfig,
@@ -69,15 +79,7 @@ pub fn bootstrap(
     }
     anyhow::ensure!(!models.is_empty(), "the on-policy learner left no snapshot to behave with");
 
-    // Seeds stay below 2^63: the agents read them from TOML, whose integers are signed.
-    let devices: Vec<DeviceConfig> = (0..agents as u64)
-        .map(|i| {
-            let seed = rng::derive(rng::derive(cfg.seed, rng::stream::DEVICES), i) & (i64::MAX as u64);
-            let (lo, hi) = cfg.behaviour.noise_sigma;
-            let noise_sigma = if hi > lo { rng::rng(seed).random_range(lo..hi) } else { lo };
-            DeviceConfig { seed, noise_sigma, ..DeviceConfig::default() }
-        })
-        .collect();
+    let devices: Vec<DeviceConfig> = (0..agents as u64).map(|i| device_config(cfg, i)).collect();
     // The very profile each agent will start from (household, noise, empty bias).
     let profiles: Vec<DeviceProfile> = devices.iter().map(|d| first_profile(d, &lab.collect_env)).collect();
 

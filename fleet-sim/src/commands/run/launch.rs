@@ -237,7 +237,33 @@ impl InProcess {
         Ok(())
     }
 
-    fn check(&mut self) -> anyhow::Result<()> {
+    /// Runs one cohort of agents to completion (each exits once its sessions are acked), for a
+    /// sampled study; agents still running at `deadline` are stopped.
+    pub fn run_cohort(&mut self, configs: Vec<AgentConfig>, deadline: Instant) -> anyhow::Result<Vec<AgentReport>> {
+        let first = self.agents.len();
+        for c in configs {
+            self.spawn_agent(c)?;
+        }
+        let tasks: Vec<AgentTask> = self.agents.drain(first..).collect();
+        let stop = self.stop_agents.clone();
+        Ok(self.runtime.block_on(async move {
+            let waited = tokio::time::timeout_at(deadline.into(), async {
+                while !tasks.iter().all(|t| t.is_finished()) {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            });
+            if waited.await.is_err() {
+                let _ = stop.send(true);
+            }
+            let mut out = Vec::with_capacity(tasks.len());
+            for t in tasks {
+                out.push(report_of(t.await));
+            }
+            out
+        }))
+    }
+
+    pub fn check(&mut self) -> anyhow::Result<()> {
         if self.server.is_finished() {
             bail!("the server task ended early");
         }
@@ -250,11 +276,7 @@ impl InProcess {
         let reports = runtime.block_on(async {
             let mut out = Vec::new();
             for a in agents {
-                out.push(match a.await {
-                    Ok(Ok(stats)) => AgentReport { stats: Some(stats), peak_rss_kib: None, private_kib: None, uss_kib: None, problem: None },
-                    Ok(Err(e)) => AgentReport { stats: None, peak_rss_kib: None, private_kib: None, uss_kib: None, problem: Some(e.to_string()) },
-                    Err(e) => AgentReport { stats: None, peak_rss_kib: None, private_kib: None, uss_kib: None, problem: Some(format!("agent task: {e}")) },
-                });
+                out.push(report_of(a.await));
             }
             out
         });
@@ -262,4 +284,13 @@ impl InProcess {
         runtime.block_on(server).context("server task")??;
         Ok(reports)
     }
+}
+
+fn report_of(joined: Result<Result<Stats, irec_edge_agent::AgentError>, tokio::task::JoinError>) -> AgentReport {
+    let (stats, problem) = match joined {
+        Ok(Ok(stats)) => (Some(stats), None),
+        Ok(Err(e)) => (None, Some(e.to_string())),
+        Err(e) => (None, Some(format!("agent task: {e}"))),
+    };
+    AgentReport { stats, peak_rss_kib: None, private_kib: None, uss_kib: None, problem }
 }

@@ -12,6 +12,7 @@
 mod bootstrap;
 mod launch;
 mod outcome;
+mod population;
 
 use super::{device, print_json, world_config};
 use crate::cli::{PresetArg, RunArgs};
@@ -61,6 +62,8 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     exp.seed = a.seed;
     let s = sizes(preset);
     let quota = a.sessions_per_round.unwrap_or(s.sessions_per_round).max(a.agents as u64);
+    // A sampled study's rounds close when every device of the cohort ran its share.
+    let quota = if a.population.is_some() { quota.div_ceil(a.agents as u64) * a.agents as u64 } else { quota };
     let (first_steps, later_steps) = match a.steps.as_deref() {
         Some([f, l]) => (*f, *l),
         _ => (s.first_round_steps, s.round_steps),
@@ -116,6 +119,30 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     };
     let server_toml = fleet_dir.join("server.toml");
     std::fs::write(&server_toml, toml::to_string_pretty(&server_cfg)?)?;
+
+    if let Some(devices) = a.population {
+        let study = population::Study {
+            devices,
+            per_round: a.agents,
+            share: quota / a.agents as u64,
+            dropout: a.dropout,
+            seed: a.seed,
+            rounds: a.rounds,
+            slow_share: a.slow_agents,
+            session_interval_ms: a.session_interval_ms,
+            slow_factor: a.slow_factor,
+        };
+        study.validate()?;
+        bars.message(&format!("starting the server; {} rounds of {} devices drawn from {devices} (in-process)", a.rounds, a.agents));
+        let (mut fleet, addr) = InProcess::start(server_cfg.clone())?;
+        let studied = study.run(&mut fleet, addr, &exp, &boot, &token, &fleet_dir, Duration::from_secs(a.timeout_min * 60), &bars);
+        let stopped = Fleet::InProcess(fleet).stop();
+        let mut studied = studied?;
+        stopped?;
+        let reports = std::mem::take(&mut studied.reports);
+        let launcher = format!("a sampled study: {devices} devices, {} per round, in-process", a.agents);
+        return finish(name, &a, quota, &boot, &server_dir, &reports, &launcher, started, Vec::new(), Some(studied));
+    }
 
     bars.message(&format!("starting the server and {} agents ({} mode)", a.agents, if a.in_process { "in-process" } else { "process" }));
     let (mut fleet, addr, launcher) = if a.in_process {
@@ -175,10 +202,28 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     let agents = fleet.stop();
     watched?;
     let agents = agents?;
-    let status = read_status(&server_dir).context("reading the server's final status")?;
+    finish(name, &a, quota, &boot, &server_dir, &agents, &launcher, started, finished_at, None)
+}
+
+/// Writes and prints the report of a finished run.
+#[allow(clippy::too_many_arguments)]
+fn finish(
+    name: &str,
+    a: &RunArgs,
+    quota: u64,
+    boot: &bootstrap::Bootstrap,
+    server_dir: &Path,
+    agents: &[launch::AgentReport],
+    launcher: &str,
+    started: Instant,
+    finished_at: Vec<f64>,
+    study: Option<population::StudyOutcome>,
+) -> anyhow::Result<()> {
+    let status = read_status(server_dir).context("reading the server's final status")?;
     let elapsed = started.elapsed().as_secs_f64();
-    let mut report = outcome::Report::new(name, &a, quota, &boot, &status, &agents, &launcher, elapsed);
+    let mut report = outcome::Report::new(name, a, quota, boot, &status, agents, launcher, elapsed);
     report.rounds_finished_s = finished_at;
+    report.study = study;
     report.write(&a.out)?;
     println!("{}", report.table());
     println!("{}", report.verdict());

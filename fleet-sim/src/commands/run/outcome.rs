@@ -93,6 +93,8 @@ pub struct Report {
     pub agents_uss_kib: Vec<Option<u64>>,
     /// When each round was seen finished, in seconds since the fleet started.
     pub rounds_finished_s: Vec<f64>,
+    /// A sampled study's cohorts and records (`--population`).
+    pub study: Option<super::population::StudyOutcome>,
 }
 
 impl Report {
@@ -182,6 +184,7 @@ impl Report {
             agents_private_kib: agents.iter().map(|x| x.private_kib).collect(),
             agents_uss_kib: agents.iter().map(|x| x.uss_kib).collect(),
             rounds_finished_s: Vec::new(),
+            study: None,
         }
     }
 
@@ -239,7 +242,7 @@ impl Report {
                 v
             })
             .collect();
-        json!({
+        let mut out = json!({
             "rounds": rounds,
             "behaviour": metrics_json(&self.behaviour),
             "tracker": metrics_json(&self.tracker),
@@ -247,10 +250,19 @@ impl Report {
             "sessions_per_round": self.sessions_per_round,
             "rounds_finished_s": self.rounds_finished_s,
             "elapsed_s": self.elapsed_s,
-            "agents_peak_rss_mib": mib(&self.agents_peak_rss_kib),
-            "agents_private_mib": mib(&self.agents_private_kib),
-            "agents_uss_mib": mib(&self.agents_uss_kib),
-        })
+        });
+        if let Some(o) = out.as_object_mut() {
+            // Agent processes report their memory; in-process agents have none of their own.
+            if self.agents_peak_rss_kib.iter().any(Option::is_some) {
+                o.insert("agents_peak_rss_mib".into(), json!(mib(&self.agents_peak_rss_kib)));
+                o.insert("agents_private_mib".into(), json!(mib(&self.agents_private_kib)));
+                o.insert("agents_uss_mib".into(), json!(mib(&self.agents_uss_kib)));
+            }
+            if let Some(study) = &self.study {
+                o.insert("study".into(), json!(study));
+            }
+        }
+        out
     }
 
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
@@ -299,6 +311,22 @@ impl Report {
                 listed(&self.agents_private_kib),
                 listed(&self.agents_uss_kib)
             );
+        }
+        if let Some(st) = &self.study {
+            let _ = writeln!(
+                md,
+                "\n## Sampled study\n\n{} devices, {} taking part per round, dropout {:.0}%; {} devices have a record ({} bytes on disk), {} stores kept with something pending; peak RSS {}.\n\n| Round | Drawn | Failed to respond | Took part | First time | Sessions | Seconds | RSS after, MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|",
+                st.devices,
+                st.per_round,
+                st.dropout * 100.0,
+                st.devices_with_records,
+                st.records_bytes,
+                st.stores_kept,
+                st.peak_rss_mib.map_or("?".into(), |m| format!("{m:.0} MiB"))
+            );
+            for c in &st.cohorts {
+                let _ = writeln!(md, "| {} | {} | {} | {} | {} | {} | {:.1} | {} |", c.round, c.drawn, c.failed, c.took_part, c.first_time, c.sessions_run, c.seconds, c.rss_mib.map_or("?".into(), |m| format!("{m:.0}")));
+            }
         }
         for p in &self.agent_problems {
             let _ = writeln!(md, "\n- problem: {p}");
