@@ -238,8 +238,9 @@ impl InProcess {
     }
 
     /// Runs one cohort of agents to completion (each exits once its sessions are acked), for a
-    /// sampled study; agents still running at `deadline` are stopped.
-    pub fn run_cohort(&mut self, configs: Vec<AgentConfig>, deadline: Instant) -> anyhow::Result<Vec<AgentReport>> {
+    /// sampled study; agents still running at `deadline` are stopped. Also returns the largest
+    /// resident set size of this process seen while they ran, in KiB.
+    pub fn run_cohort(&mut self, configs: Vec<AgentConfig>, deadline: Instant) -> anyhow::Result<(Vec<AgentReport>, Option<u64>)> {
         let first = self.agents.len();
         for c in configs {
             self.spawn_agent(c)?;
@@ -247,8 +248,12 @@ impl InProcess {
         let tasks: Vec<AgentTask> = self.agents.drain(first..).collect();
         let stop = self.stop_agents.clone();
         Ok(self.runtime.block_on(async move {
+            let mut rss_kib: Option<u64> = None;
             let waited = tokio::time::timeout_at(deadline.into(), async {
                 while !tasks.iter().all(|t| t.is_finished()) {
+                    if let Some(m) = irec_edge_agent::procfs::memory(None) {
+                        rss_kib = Some(rss_kib.unwrap_or(0).max(m.current_kib));
+                    }
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             });
@@ -259,7 +264,7 @@ impl InProcess {
             for t in tasks {
                 out.push(report_of(t.await));
             }
-            out
+            (out, rss_kib)
         }))
     }
 

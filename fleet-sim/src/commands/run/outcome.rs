@@ -315,7 +315,7 @@ impl Report {
         if let Some(st) = &self.study {
             let _ = writeln!(
                 md,
-                "\n## Sampled study\n\n{} devices, {} taking part per round, dropout {:.0}%; {} devices have a record ({} bytes on disk), {} stores kept with something pending; peak RSS {}.\n\n| Round | Drawn | Failed to respond | Took part | First time | Sessions | Seconds | RSS after, MiB |\n|---:|---:|---:|---:|---:|---:|---:|---:|",
+                "\n## Sampled study\n\n{} devices, {} taking part per round, dropout {:.0}%; {} devices have a record ({} bytes on disk), {} stores kept with something pending; peak RSS {}.\n\n| Round | Drawn | Failed to respond | Took part | First time | Sessions | Seconds | RSS before / peak / after, MiB | KiB per active device |\n|---:|---:|---:|---:|---:|---:|---:|---|---:|",
                 st.devices,
                 st.per_round,
                 st.dropout * 100.0,
@@ -325,7 +325,22 @@ impl Report {
                 st.peak_rss_mib.map_or("?".into(), |m| format!("{m:.0} MiB"))
             );
             for c in &st.cohorts {
-                let _ = writeln!(md, "| {} | {} | {} | {} | {} | {} | {:.1} | {} |", c.round, c.drawn, c.failed, c.took_part, c.first_time, c.sessions_run, c.seconds, c.rss_mib.map_or("?".into(), |m| format!("{m:.0}")));
+                let m = |x: Option<f64>| x.map_or("?".into(), |m| format!("{m:.0}"));
+                let _ = writeln!(
+                    md,
+                    "| {} | {} | {} | {} | {} | {} | {:.1} | {} / {} / {} | {} |",
+                    c.round,
+                    c.drawn,
+                    c.failed,
+                    c.took_part,
+                    c.first_time,
+                    c.sessions_run,
+                    c.seconds,
+                    m(c.rss_before_mib),
+                    m(c.rss_peak_mib),
+                    m(c.rss_after_mib),
+                    m(c.kib_per_active_device)
+                );
             }
         }
         for p in &self.agent_problems {

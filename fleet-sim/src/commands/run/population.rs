@@ -63,8 +63,13 @@ pub struct CohortRow {
     pub sessions_run: u64,
     /// From the cohort's first start to its last device put back, in seconds.
     pub seconds: f64,
-    /// This process's resident set size when the cohort was back to records, in MiB.
-    pub rss_mib: Option<f64>,
+    /// This process's resident set size before the cohort started, the largest seen while it
+    /// ran, and after it was back to records, in MiB (the server and its trainer live here too).
+    pub rss_before_mib: Option<f64>,
+    pub rss_peak_mib: Option<f64>,
+    pub rss_after_mib: Option<f64>,
+    /// (peak − before) / devices taking part: what an active device costs, in KiB.
+    pub kib_per_active_device: Option<f64>,
 }
 
 /// What the study left behind.
@@ -185,7 +190,8 @@ impl Study {
                     ..AgentConfig::default()
                 });
             }
-            let ran = fleet.run_cohort(configs.clone(), deadline)?;
+            let before = rss_kib();
+            let (ran, peak) = fleet.run_cohort(configs.clone(), deadline)?;
             let mut sessions_run = 0;
             for (cfg, report) in configs.iter().zip(ran) {
                 sessions_run += report.stats.as_ref().map_or(0, |s| s.sessions_run);
@@ -200,8 +206,21 @@ impl Study {
             }
             // The cohort's devices are records again before the next round draws.
             records.flush()?;
-            let rss_mib = irec_edge_agent::procfs::memory(None).map(|m| m.current_kib as f64 / 1024.0);
-            cohorts.push(CohortRow { round, drawn: drawn.len(), failed, took_part: cohort.len(), first_time, sessions_run, seconds: started.elapsed().as_secs_f64(), rss_mib });
+            let mib = |k: Option<u64>| k.map(|k| k as f64 / 1024.0);
+            let kib_per_active_device = before.zip(peak).map(|(b, p)| p.saturating_sub(b) as f64 / cohort.len() as f64);
+            cohorts.push(CohortRow {
+                round,
+                drawn: drawn.len(),
+                failed,
+                took_part: cohort.len(),
+                first_time,
+                sessions_run,
+                seconds: started.elapsed().as_secs_f64(),
+                rss_before_mib: mib(before),
+                rss_peak_mib: mib(peak),
+                rss_after_mib: mib(rss_kib()),
+                kib_per_active_device,
+            });
             bars.advance(1);
             bars.message(&format!("round {round}: {} devices took part ({first_time} for the first time, {failed} failed to respond), {sessions_run} sessions", cohort.len()));
         }
@@ -220,6 +239,10 @@ impl Study {
             reports,
         })
     }
+}
+
+fn rss_kib() -> Option<u64> {
+    irec_edge_agent::procfs::memory(None).map(|m| m.current_kib)
 }
 
 /// Waits until rounds `0..n` are finished (trained and gated, or failed).
