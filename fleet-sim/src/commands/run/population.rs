@@ -146,7 +146,8 @@ impl Study {
         for round in 0..self.rounds {
             wait_finished(fleet, &server_dir, round, deadline)?;
             let started = Instant::now();
-            let mut r = rng::rng(rng::derive(rng::derive(self.seed, 0x706f_70), round as u64));
+            // The draw's own stream ("pop"), so it does not move the devices' or training's draws.
+            let mut r = rng::rng(rng::derive(rng::derive(self.seed, 0x0070_6f70), round as u64));
             let drawn = sample(&mut r, self.devices, self.drawn()).into_vec();
             let failed = drawn.len() - self.per_round;
             let cohort = &drawn[failed..];
