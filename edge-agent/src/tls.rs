@@ -1,5 +1,5 @@
 //! The agent trusts exactly one certificate: the server's own `cert.der`, loaded from a file (the
-//! pin). No system roots, TLS 1.3 only, ALPN `irec/1`.
+//! pin). No system roots, TLS 1.3 only, ALPN `irec/2`.
 
 use irec_protocol::ALPN;
 use rustls::pki_types::CertificateDer;

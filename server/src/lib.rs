@@ -2,7 +2,7 @@
 //! offline every round, and pushes it back.
 //!
 //! Layers, bottom up:
-//! - [`tls`]: the self-signed certificate kept in the data dir, QUIC/TLS settings (ALPN `irec/1`).
+//! - [`tls`]: the self-signed certificate kept in the data dir, QUIC/TLS settings (ALPN `irec/2`).
 //! - [`io`]: frames over quinn streams (the decoding itself is `irec_protocol`).
 //! - [`store`]: D, dedupe set, policy registry, rounds, counters (through `irec_store`);
 //!   [`commit`]: group commit, so concurrent acks share flushes.

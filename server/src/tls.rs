@@ -103,7 +103,7 @@ pub fn crypto_provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// QUIC server settings: TLS 1.3, ALPN `irec/1`, the idle timeout, generous stream limits.
+/// QUIC server settings: TLS 1.3, ALPN `irec/2`, the idle timeout, generous stream limits.
 pub fn server_config(
     cert: CertificateDer<'static>,
     key: PrivateKeyDer<'static>,

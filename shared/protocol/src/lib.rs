@@ -1,4 +1,4 @@
-//! irec-protocol: the wire protocol between edge agents and the server (`irec/1`), the experience it
+//! irec-protocol: the wire protocol between edge agents and the server (`irec/2`), the experience it
 //! carries, and the IO-free state machines that speak it. No candle, no sled, no IO: the binaries
 //! drive these with thin tokio + quinn shells.
 //!

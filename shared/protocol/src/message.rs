@@ -1,4 +1,4 @@
-//! The messages of protocol `irec/1`, and the small types they carry.
+//! The messages of protocol `irec/2`, and the small types they carry.
 //!
 //! Direction is part of the contract: an agent sends [`Hello`], [`UploadBatch`] and
 //! [`PolicyRequest`]; the server sends everything else. [`Kind`] is the one-byte tag in front of
