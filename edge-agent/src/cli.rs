@@ -161,6 +161,10 @@ pub fn execute(cli: Cli) -> Result<(), CliError> {
         println!("{}", toml::to_string_pretty(&config)?);
         return Ok(());
     }
+    // Before the world and the first policy are loaded, so their buffers already obey it.
+    if !crate::alloc::pin_mmap_threshold(crate::alloc::AGENT_MMAP_THRESHOLD) {
+        tracing::debug!("the allocator's mmap threshold could not be pinned");
+    }
     let loaded = crate::world::load(&config)?;
     let world = loaded.world.clone();
     let env = Arc::new(Environment::with_truth(world.clone(), Pool::Train));

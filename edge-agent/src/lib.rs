@@ -9,7 +9,8 @@
 //!   atomically swapped active policy.
 //! - [`store`]: the local sled store (sessions → batches → acked).
 //! - [`world`]: the world the device runs in, built here or mapped from the fleet's world file.
-//! - [`procfs`]: this process's memory and CPU, for the summary it prints (Linux).
+//! - [`procfs`]: this process's memory and CPU, for the summary it prints (Linux); [`alloc`]: the
+//!   allocator setting that keeps it flat.
 //! - [`tls`], [`io`], [`net`]: QUIC with a pinned certificate; the shell that drives the
 //!   IO-free machines of `irec_protocol` (`Reconnect`, `Batching`, `Uploader`, `PolicySync`).
 //!
@@ -19,6 +20,7 @@
 //! Privacy: nothing but `ExperienceSession`s (and the hello's fleet token) ever leaves the device —
 //! not the seed, σ, bias, population, targets, or any id.
 
+pub mod alloc;
 pub mod cli;
 pub mod config;
 pub mod io;

@@ -25,7 +25,6 @@ use irec_world::retrieval::RetrievalIndex;
 use irec_world::mapped::Table;
 use irec_world::sim::{Lexicon, World};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -151,12 +150,19 @@ pub struct NeuralLoader {
     world: Arc<World>,
     initial: Option<PathBuf>,
     shared_probabilities: Option<Table<f32>>,
-    loaded: Mutex<HashMap<[u8; 32], Arc<LoadedNeural>>>,
+    /// The versions loaded most recently, newest last, by content hash.
+    loaded: Mutex<Vec<([u8; 32], Arc<LoadedNeural>)>>,
 }
+
+/// Loaded versions a [`NeuralLoader`] keeps for agents that ask again (the deployed one and the
+/// one before it). Older ones are dropped from the cache; an agent still running one keeps its
+/// own `Arc`. Without a bound, every version ever published stayed in memory (≈ 2.7 MiB each in a
+/// device process).
+const KEPT_VERSIONS: usize = 2;
 
 impl NeuralLoader {
     pub fn new(world: Arc<World>, initial: Option<PathBuf>) -> NeuralLoader {
-        NeuralLoader { world, initial, shared_probabilities: None, loaded: Mutex::new(HashMap::new()) }
+        NeuralLoader { world, initial, shared_probabilities: None, loaded: Mutex::new(Vec::new()) }
     }
 
     /// Reads AttrNet's probabilities from `table` (a world file's) for checkpoints whose
@@ -171,11 +177,17 @@ impl NeuralLoader {
         // Held while loading: a thousand agents that receive one version at once wait for the
         // first to build it instead of each building its own featurizer (measured: 13 GB).
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(hit) = loaded.get(&key) {
-            return Ok(hit.clone());
+        if let Some(i) = loaded.iter().position(|(k, _)| *k == key) {
+            let hit = loaded.remove(i);
+            let out = hit.1.clone();
+            loaded.push(hit);
+            return Ok(out);
         }
         let fresh = Arc::new(LoadedNeural::from_bytes_sharing(blob, &self.world, self.shared_probabilities.as_ref())?);
-        loaded.insert(key, fresh.clone());
+        loaded.push((key, fresh.clone()));
+        if loaded.len() > KEPT_VERSIONS {
+            loaded.remove(0);
+        }
         Ok(fresh)
     }
 }

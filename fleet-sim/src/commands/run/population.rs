@@ -19,6 +19,7 @@ use super::bootstrap::{self, Bootstrap};
 use super::launch::{agent_address, AgentReport, InProcess};
 use crate::progress::Bars;
 use anyhow::{bail, Context};
+use irec_edge_agent::alloc::pin_mmap_threshold;
 use irec_edge_agent::store::{db_dir, AgentStore, DeviceRecord};
 use irec_edge_agent::AgentConfig;
 use irec_learn::experiment::{ExperimentConfig, Progress};
@@ -32,26 +33,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// Asks glibc to serve every block of `bytes` or more with its own mapping, returned to the
-/// system when freed (and stops glibc moving that threshold by itself). By default glibc raises that threshold each time a large block is freed,
-/// after which blocks of that size (a thousand agents' downloaded policies, their stores' buffers)
-/// come from per-thread heaps that do not shrink: the study's RSS grew by 1–6 MiB per
-/// participation and stayed (11.8 GB after three cohorts of 1,000; 0.3–0.7 MiB with the threshold
-/// pinned, docs/benchmarks.md). Returns whether glibc took the setting (`false` elsewhere).
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-#[allow(unsafe_code)]
-fn pin_mmap_threshold(bytes: i32) -> bool {
-    // SAFETY: mallopt only sets an allocator parameter; it takes no pointers and is safe to call
-    // at any time (glibc serialises it with allocations).
-    unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, bytes) == 1 }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn pin_mmap_threshold(_bytes: i32) -> bool {
-    false
-}
-
-/// Blocks from this size up are mapped on their own while a cohort runs.
+/// Blocks from this size up are mapped on their own while a cohort runs: without it the study's
+/// RSS grew by 1–6 MiB per participation and stayed (11.8 GB after three cohorts of 1,000; see
+/// `irec_edge_agent::alloc`).
 const COHORT_MMAP_THRESHOLD: i32 = 64 << 10;
 /// And between cohorts, while the trainer runs: glibc's own ceiling for its dynamic threshold
 /// (32 MiB on 64-bit), so training's tensors come from the heap as they would by default
