@@ -47,6 +47,36 @@ noise_sigma = [0.3, 1.0]
 "#;
 
 /// Agent `i`'s first `n` sessions as its behaviour policy runs them, with the agent's own loop.
+/// `fleet-sim run <args> --config <TINY> --no-cache --json` in a fresh folder: the folder (kept
+/// alive by the caller), the run's report folder, and the JSON line it printed last. A failed run
+/// fails the test with its stderr and the tail of the server's log.
+fn run_tiny(args: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, serde_json::Value) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tiny.toml");
+    std::fs::write(&cfg, TINY).unwrap();
+    let out = dir.path().join("run");
+    let output = Command::new(env!("CARGO_BIN_EXE_fleet-sim"))
+        .arg("run")
+        .args(args)
+        .args(["--no-cache", "--json", "--config"])
+        .arg(&cfg)
+        .arg("--out")
+        .arg(&out)
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let logs = std::fs::read_to_string(out.join("logs/server.log")).unwrap_or_default();
+    assert!(
+        output.status.success(),
+        "fleet-sim run failed:\n{}\n{stdout}\nserver log tail:\n{}",
+        String::from_utf8_lossy(&output.stderr),
+        &logs[logs.len().saturating_sub(3000)..]
+    );
+    let last = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    (dir, out, last)
+}
+
 fn regenerate(config: &AgentConfig, env: &Environment, n: u64) -> Vec<ExperienceSession> {
     let blob = std::fs::read(config.initial_policy.as_ref().unwrap()).unwrap();
     let loaded = irec_model::loader::LoadedNeural::from_bytes(&blob, &env.world).unwrap();
@@ -61,26 +91,10 @@ fn pending(dir: &Path) -> usize {
 
 #[test]
 fn three_agent_processes_two_rounds() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("tiny.toml");
-    std::fs::write(&cfg, TINY).unwrap();
-    let out = dir.path().join("run");
-    let output = Command::new(env!("CARGO_BIN_EXE_fleet-sim"))
-        .args(["run", "--agents", &AGENTS.to_string(), "--rounds", "2", "--sessions-per-round", &QUOTA.to_string()])
-        .args(["--steps", "20", "10", "--eval-sessions", "20", "--fqe-steps", "10", "--no-cache", "--json"])
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&out)
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let logs = std::fs::read_to_string(out.join("logs/server.log")).unwrap_or_default();
-    assert!(output.status.success(), "fleet-sim run failed:\n{}\n{stdout}\nserver log tail:\n{}", String::from_utf8_lossy(&output.stderr), &logs[logs.len().saturating_sub(3000)..]);
+    let (agents, quota) = (AGENTS.to_string(), QUOTA.to_string());
+    let (dir, out, last) = run_tiny(&["--agents", &agents, "--rounds", "2", "--sessions-per-round", &quota, "--steps", "20", "10", "--eval-sessions", "20", "--fqe-steps", "10"]);
 
     // The JSON line: two rounds, each gated, with figures.
-    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let rounds = last["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 2);
     for (r, row) in rounds.iter().enumerate() {
@@ -197,23 +211,10 @@ fn twenty_in_process_agents_one_round() {
 /// every session the cohorts ran, once; the records account for every session; no store is left.
 #[test]
 fn a_sampled_population_ingests_exactly_once_and_devices_resume_from_their_records() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("tiny.toml");
-    std::fs::write(&cfg, TINY).unwrap();
-    let out = dir.path().join("run");
-    let output = Command::new(env!("CARGO_BIN_EXE_fleet-sim"))
-        .args(["run", "--population", "15", "--agents", "10", "--dropout", "0.2", "--rounds", "2", "--sessions-per-round", "20"])
-        .args(["--steps", "10", "10", "--eval-sessions", "10", "--fqe-steps", "5", "--no-cache", "--json"])
-        .arg("--config")
-        .arg(&cfg)
-        .arg("--out")
-        .arg(&out)
-        .env("RAYON_NUM_THREADS", "1")
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{}\n{stdout}", String::from_utf8_lossy(&output.stderr));
-    let last: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let (_dir, out, last) = run_tiny(&[
+        "--population", "15", "--agents", "10", "--dropout", "0.2", "--rounds", "2", "--sessions-per-round", "20", "--steps", "10", "10", "--eval-sessions", "10",
+        "--fqe-steps", "5",
+    ]);
     assert_eq!(last["rounds"][0]["sessions_in_d"], 20);
     assert_eq!(last["rounds"][1]["sessions_in_d"], 40);
     let study = &last["study"];
