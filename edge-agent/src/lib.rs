@@ -37,7 +37,6 @@ pub use irec_world::policy::DeviceProfile;
 use irec_model::loader::PolicyLoader;
 use irec_protocol::ErrorMessage;
 use irec_world::sim::{Environment, Pool};
-use irec_world::world_file::WorldFingerprint;
 use serde::{Deserialize, Serialize};
 use sessions::{ActivePolicy, Generator, PolicySlot};
 use std::future::Future;
@@ -145,7 +144,7 @@ pub async fn run_in(
     shutdown: impl Future<Output = ()>,
 ) -> Result<Stats, AgentError> {
     config.validate()?;
-    let world = WorldFingerprint::of(&config.world).map_err(|e| AgentError::World(format!("reading the world's files: {e}")))?;
+    let world = env.world.fingerprint;
     // A missing or unreadable pin is a configuration error, not something to retry.
     tls::client_config(&config.server_cert, Duration::from_secs(1), Duration::from_secs(10))?;
     std::fs::create_dir_all(&config.data_dir).map_err(|e| AgentError::Io(config.data_dir.clone(), e))?;

@@ -28,7 +28,7 @@ use tracing::{debug, info, warn};
 pub struct Net {
     pub config: AgentConfig,
     /// The world this agent runs, named in its hello.
-    pub world: WorldFingerprint,
+    pub world: Option<WorldFingerprint>,
     pub store: AgentStore,
     pub loader: Arc<dyn PolicyLoader>,
     pub slot: Arc<PolicySlot>,
@@ -186,7 +186,7 @@ impl Net {
             .map_err(|e| RequestError::Transport(e.to_string()))?
             .await?;
         let (mut send, mut control) = conn.open_bi().await?;
-        let hello = Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: self.config.fleet_token.clone(), world: Some(self.world) });
+        let hello = Message::Hello(Hello { protocol_version: PROTOCOL_VERSION, fleet_token: self.config.fleet_token.clone(), world: self.world });
         let frame = encode(&hello, &self.config.frames).map_err(|e| RequestError::Transport(e.to_string()))?;
         let wrote = send.write_all(&frame).await;
         let _ = send.finish();

@@ -11,6 +11,7 @@ use irec_model::loader::BaselineLoader;
 use irec_learn::round::{RoundMetrics, RoundTrainer, TrainError, TrainJob, TrainOutcome};
 use irec_server::{ServerConfig, ServerHandle};
 use irec_testkit::server::Running;
+use irec_testkit::files_under;
 use irec_testkit::tally::tally;
 use irec_world::catalog::GeneratorConfig;
 use irec_protocol::experience::ExperienceSession;
@@ -277,19 +278,6 @@ fn fingerprints(seed: u64, sigma: f32, bias: &[f32]) -> Vec<(String, Vec<u8>)> {
     out
 }
 
-fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap() {
-        let p = e.unwrap().path();
-        if p.is_dir() {
-            out.extend(files_under(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nothing_personal_reaches_the_server_storage() {
     let dir = tempfile::tempdir().unwrap();
@@ -306,7 +294,9 @@ async fn nothing_personal_reaches_the_server_storage() {
     // The device's own store does hold them (the check can see a leak).
     let local: Vec<u8> = files_under(&config.data_dir).iter().flat_map(|p| std::fs::read(p).unwrap()).collect();
     assert!(local.windows(8).any(|w| w == config.device.seed.to_le_bytes()), "the scan finds the seed where it is");
-    for file in files_under(&dir.path().join("server")) {
+    let server_files = files_under(&dir.path().join("server"));
+    assert!(!server_files.is_empty(), "the server's data dir has files to search");
+    for file in server_files {
         let bytes = std::fs::read(&file).unwrap();
         for (what, needle) in &prints {
             assert!(!bytes.windows(needle.len()).any(|w| w == needle.as_slice()), "{what} found in {}", file.display());

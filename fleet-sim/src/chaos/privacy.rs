@@ -41,6 +41,7 @@ use irec_world::rng;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use irec_testkit::files_under;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -184,20 +185,6 @@ fn decoded_rows(path: &Path) -> Result<Vec<u8>, ChaosError> {
     Ok(out)
 }
 
-fn files_under(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                out.extend(files_under(&p));
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
 
 /// Runs R6.
 pub fn run(bins: &Binaries, config: &PrivacyConfig) -> Result<Outcome, ChaosError> {

@@ -10,7 +10,8 @@
 //!   orderly and hard stops, waiting for readiness.
 //! - [`server`]: a server in this process on the test's runtime, started and stopped in order.
 //! - [`tally`]: what a server holds against what the devices produced (exactly once?).
-//! - [`stored_sessions`]: every session in a stopped server's D.
+//! - [`stored_sessions`]: every session in a stopped server's D; [`files_under`]: every file of
+//!   a data dir.
 //!
 //! What a device produced is replayed with the agent's own loop
 //! (`irec_edge_agent::sessions::replay`), and process memory is read with
@@ -49,4 +50,20 @@ pub enum KitError {
 pub fn stored_sessions(data_dir: &Path) -> Result<Vec<ExperienceSession>, KitError> {
     let store = irec_server::store::Store::open(&irec_server::store::db_dir(data_dir))?;
     Ok(store.all_sessions()?.into_iter().map(|(_, s)| s).collect())
+}
+
+/// Every file under `dir`, at any depth (none if it cannot be read).
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
 }

@@ -3,8 +3,8 @@
 //! so the page cache holds it once instead of each process building its own copy.
 //!
 //! Layout, little-endian: `IRECWRLD` · format `u32` · header length `u32` · the header (JSON:
-//! fingerprint, schema, sizes, section table) · sections, each at a 64-byte boundary (so any
-//! element type can be read in place). The header's [`WorldFingerprint`] names the world the file
+//! fingerprint, schema, sizes, section table) · from the next 64-byte boundary, the sections,
+//! each at a 64-byte boundary (so any element type can be read in place). The header's [`WorldFingerprint`] names the world the file
 //! was built from; an agent refuses a file whose fingerprint is not its server's.
 
 use crate::catalog::{Catalog, Item, ItemAttrs, Schema, Split, VisualFeatures};
@@ -111,7 +111,8 @@ pub enum WorldFileError {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SectionEntry {
     pub name: String,
-    /// From the start of the file, in bytes (a multiple of 64).
+    /// From the start of the sections (the first 64-byte boundary after the header), in bytes
+    /// (a multiple of 64).
     pub offset: u64,
     pub bytes: u64,
 }
@@ -158,24 +159,14 @@ pub fn write(path: &Path, world: &World, fingerprint: WorldFingerprint, extra: &
     ];
     parts.extend(extra.iter().map(|e| (e.name, e.bytes)));
 
-    // The header's length decides where sections start; sections are laid out after a header
-    // padded to a fixed reserve, rewritten once with the real offsets.
     let mut header = WorldFileHeader { fingerprint, schema: cat.schema.clone(), items: cat.len(), feature_dim: world.features.dim, sections: Vec::new() };
     let mut offset = 0u64;
     for (name, bytes) in &parts {
         header.sections.push(SectionEntry { name: name.to_string(), offset, bytes: bytes.len() as u64 });
         offset = align(offset + bytes.len() as u64);
     }
-    let probe = serde_json::to_vec(&header).map_err(|e| io(std::io::Error::other(e)))?;
-    // Offsets grow by at most a few digits each once shifted; reserve room for that.
-    let start = align((16 + probe.len() + 32 * parts.len() + ALIGN) as u64);
-    for s in &mut header.sections {
-        s.offset += start;
-    }
     let json = serde_json::to_vec(&header).map_err(|e| io(std::io::Error::other(e)))?;
-    if 16 + json.len() as u64 > start {
-        return Err(WorldFileError::Header { path: path.to_path_buf(), reason: "header outgrew its reserve".into() });
-    }
+    let start = sections_start(json.len());
 
     let tmp = path.with_extension("tmp");
     let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io)?);
@@ -185,9 +176,9 @@ pub fn write(path: &Path, world: &World, fingerprint: WorldFingerprint, extra: &
     f.write_all(&json).map_err(io)?;
     let mut at = 16 + json.len() as u64;
     for ((_, bytes), entry) in parts.iter().zip(&header.sections) {
-        f.write_all(&vec![0u8; (entry.offset - at) as usize]).map_err(io)?;
+        f.write_all(&vec![0u8; (start + entry.offset - at) as usize]).map_err(io)?;
         f.write_all(bytes).map_err(io)?;
-        at = entry.offset + bytes.len() as u64;
+        at = start + entry.offset + bytes.len() as u64;
     }
     let file = f.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
@@ -199,12 +190,19 @@ fn align(x: u64) -> u64 {
     x.div_ceil(ALIGN as u64) * ALIGN as u64
 }
 
+/// Where the sections begin in a file whose header is `header_len` bytes of JSON.
+fn sections_start(header_len: usize) -> u64 {
+    align(16 + header_len as u64)
+}
+
 /// A mapped world file.
 #[derive(Clone, Debug)]
 pub struct WorldFile {
     pub path: PathBuf,
     pub header: WorldFileHeader,
     mapping: Mapping,
+    /// Where the sections begin, in bytes from the start of the file.
+    start: u64,
 }
 
 impl WorldFile {
@@ -224,7 +222,7 @@ impl WorldFile {
         let json = bytes.get(16..16 + word(12) as usize).ok_or_else(bad)?;
         let header: WorldFileHeader =
             serde_json::from_slice(json).map_err(|e| WorldFileError::Header { path: path.to_path_buf(), reason: e.to_string() })?;
-        Ok(WorldFile { path: path.to_path_buf(), header, mapping })
+        Ok(WorldFile { path: path.to_path_buf(), header, start: sections_start(json.len()), mapping })
     }
 
     /// Fails unless the file was built for the world `expected` names.
@@ -247,7 +245,7 @@ impl WorldFile {
         if entry.bytes % size != 0 {
             return Err(WorldFileError::Header { path: self.path.clone(), reason: format!("section {name} is not a whole number of elements") });
         }
-        Table::mapped(&self.mapping, entry.offset as usize, (entry.bytes / size) as usize)
+        Table::mapped(&self.mapping, (self.start + entry.offset) as usize, (entry.bytes / size) as usize)
             .map_err(|source| WorldFileError::Section { path: self.path.clone(), section: name.to_string(), source })
     }
 
@@ -274,7 +272,9 @@ impl WorldFile {
             return Err(header_error("the split names items the catalog lacks".into()));
         }
         let catalog = Catalog { schema: h.schema.clone(), items, split };
-        Ok(World::with_truth_table(catalog, VisualFeatures { dim: h.feature_dim, data: features }, attrs))
+        let mut world = World::with_truth_table(catalog, VisualFeatures { dim: h.feature_dim, data: features }, attrs);
+        world.fingerprint = Some(h.fingerprint);
+        Ok(world)
     }
 }
 

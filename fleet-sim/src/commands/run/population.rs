@@ -30,7 +30,7 @@ use irec_world::rng;
 use rand::seq::index::sample;
 use serde::Serialize;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Blocks from this size up are mapped on their own while a cohort runs: without it the study's
@@ -144,8 +144,8 @@ impl Study {
 
     /// Runs the rounds' cohorts against the server `fleet` holds, which listens at `addr`.
     #[allow(clippy::too_many_arguments)]
+    /// The caller has [`Study::validate`]d it (before starting the server).
     pub fn run(&self, fleet: &mut InProcess, addr: SocketAddr, exp: &ExperimentConfig, boot: &Bootstrap, token: &str, fleet_dir: &Path, timeout: Duration, bars: &Bars) -> anyhow::Result<StudyOutcome> {
-        self.validate()?;
         let server_dir = fleet_dir.join("server");
         let stores = fleet_dir.join("devices");
         let records = Records::open(&fleet_dir.join("population"))?;
@@ -277,14 +277,6 @@ fn wait_finished(fleet: &mut InProcess, server_dir: &Path, n: u32, deadline: Ins
     }
 }
 
-fn dir_bytes(dir: &PathBuf) -> u64 {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
-    entries
-        .flatten()
-        .map(|e| match e.metadata() {
-            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
-            Ok(m) => m.len(),
-            Err(_) => 0,
-        })
-        .sum()
+fn dir_bytes(dir: &Path) -> u64 {
+    irec_testkit::files_under(dir).iter().filter_map(|f| f.metadata().ok()).map(|m| m.len()).sum()
 }

@@ -18,6 +18,7 @@ use crate::catalog::{
     self, Action, AttrTable, Attribute, Catalog, FeatureConfig, GeneratorConfig, ItemId, VisualFeatures,
 };
 use crate::retrieval::{RetrievalIndex, ShownSet};
+use crate::world_file::WorldFingerprint;
 use crate::rng::{self, Rng};
 use rand::Rng as _;
 use serde::{Deserialize, Serialize};
@@ -46,6 +47,10 @@ pub struct World {
     pub lexicon: Lexicon,
     /// Ground-truth attributes, by item id.
     pub truth: Arc<AttrTable>,
+    /// What names this world to other processes (a server refuses an agent of another):
+    /// set when it was built from a [`WorldConfig`] or read from a world file; `None` for one
+    /// assembled from parts.
+    pub fingerprint: Option<WorldFingerprint>,
 }
 
 impl World {
@@ -61,7 +66,10 @@ impl World {
             Some(p) => VisualFeatures::load(p, &catalog)?,
             None => VisualFeatures::synthesize(&catalog, &cfg.features),
         };
-        Ok(World::from_parts(catalog, features))
+        let fingerprint = WorldFingerprint::of(cfg).map_err(|source| catalog::csv::CatalogError::Io { path: "the [world] files".into(), source })?;
+        let mut world = World::from_parts(catalog, features);
+        world.fingerprint = Some(fingerprint);
+        Ok(world)
     }
 
     pub fn from_parts(catalog: Catalog, features: VisualFeatures) -> World {
@@ -73,7 +81,7 @@ impl World {
     /// copied out of the catalog.
     pub fn with_truth_table(catalog: Catalog, features: VisualFeatures, truth: AttrTable) -> World {
         let lexicon = Lexicon::new(&catalog.schema);
-        World { catalog, features, lexicon, truth: Arc::new(truth) }
+        World { catalog, features, lexicon, truth: Arc::new(truth), fingerprint: None }
     }
 }
 
