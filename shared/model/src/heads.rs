@@ -72,8 +72,12 @@ pub struct MultiHead {
 #[derive(Clone, Debug)]
 struct Copy {
     from: usize,
-    /// (classes, Σ heads): memory class → action slot, 0/1.
-    to_slots: Tensor,
+    /// Memory classes in the state.
+    classes: usize,
+    /// (Σ heads) u32: the memory class each action slot copies, or `classes` (a zero column)
+    /// for a head's "no preference" slot. A gather, not a 0/1 matmul: the same sums, without
+    /// the (classes × Σ heads) multiply per row that cost as much as the trunk's first layer.
+    slot_class: Tensor,
     /// (heads) learned scales, and (heads, Σ heads) spreading them over each head's slots.
     scale: Tensor,
     spread: Tensor,
@@ -92,12 +96,12 @@ impl MultiHead {
             Some(c) => {
                 let w = cfg.width();
                 let classes: usize = cfg.heads.iter().map(|n| n.saturating_sub(1)).sum::<usize>() + 1;
-                let (mut to_slots, mut spread) = (vec![0f32; classes * w], vec![0f32; cfg.heads.len() * w]);
+                let (mut slot_class, mut spread) = (vec![classes as u32; w], vec![0f32; cfg.heads.len() * w]);
                 let (mut class, mut slot) = (0, 0);
                 for (d, &n) in cfg.heads.iter().enumerate() {
                     spread[d * w + slot..d * w + slot + n].iter_mut().for_each(|x| *x = 1.0);
                     for v in 0..n.saturating_sub(1) {
-                        to_slots[(class + v) * w + slot + 1 + v] = 1.0;
+                        slot_class[slot + 1 + v] = (class + v) as u32;
                     }
                     class += n.saturating_sub(1);
                     slot += n;
@@ -105,7 +109,8 @@ impl MultiHead {
                 let dev = vb.device().clone();
                 Some(Copy {
                     from: c.from,
-                    to_slots: Tensor::from_vec(to_slots, (classes, w), &dev)?,
+                    classes,
+                    slot_class: Tensor::from_vec(slot_class, w, &dev)?,
                     scale: vb.get_with_hints(cfg.heads.len(), "copy_scale", candle_nn::Init::Const(c.init))?,
                     spread: Tensor::from_vec(spread, (cfg.heads.len(), w), &dev)?,
                 })
@@ -123,10 +128,11 @@ impl MultiHead {
         match &self.copy {
             None => Ok(out),
             Some(c) => {
-                let classes = c.to_slots.dim(0)?;
-                let memory = state.narrow(1, c.from, classes)?;
+                let memory = state.narrow(1, c.from, c.classes)?;
+                let none = Tensor::zeros((memory.dim(0)?, 1), memory.dtype(), memory.device())?;
+                let copied = Tensor::cat(&[&memory, &none], 1)?.index_select(&c.slot_class, 1)?;
                 let per_slot = c.scale.unsqueeze(0)?.matmul(&c.spread)?;
-                out + memory.matmul(&c.to_slots)?.broadcast_mul(&per_slot)?
+                out + copied.broadcast_mul(&per_slot)?
             }
         }
     }

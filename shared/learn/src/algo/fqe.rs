@@ -9,6 +9,7 @@ use irec_model::heads::MultiHead;
 use irec_model::params::ParamStore;
 use irec_model::tracker::StateTracker;
 use irec_model::{ModelConfig, PolicyModel};
+use irec_world::catalog::NUM_ATTRS;
 use irec_world::rng::Rng;
 use candle_core::{Device, Result, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -70,30 +71,86 @@ pub struct FqeEstimate {
     pub td: f64,
 }
 
-/// Greedy one-hot actions of `policy` on every row of a batch's states, after each turn (s′) and
-/// before the first (s₀).
-fn greedy_onehots(policy: &PolicyModel, batch: &Batch) -> Result<(Tensor, Tensor)> {
-    let heads = policy.heads();
-    let states = policy.tracker.unroll(&batch.features)?;
-    let h = policy.tracker.hidden();
-    let next = states.narrow(0, 1, batch.steps)?.reshape((batch.steps * batch.sessions, h))?;
-    let first = states.get(0)?;
-    Ok((onehot_argmax(&policy.policy.forward(&next)?, heads)?, onehot_argmax(&policy.policy.forward(&first)?, heads)?))
+/// Each row's greedy slot per head.
+fn argmax_slots(logits: &Tensor, heads: &[usize]) -> Result<Vec<[u8; NUM_ATTRS]>> {
+    if heads.len() != NUM_ATTRS {
+        candle_core::bail!("a policy with {} heads, not one per attribute ({NUM_ATTRS})", heads.len());
+    }
+    Ok(logits
+        .to_vec2::<f32>()?
+        .iter()
+        .map(|row| {
+            let mut slots = [0u8; NUM_ATTRS];
+            let mut off = 0;
+            for (d, &n) in heads.iter().enumerate() {
+                slots[d] = row[off..off + n].iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |x| x.0) as u8;
+                off += n;
+            }
+            slots
+        })
+        .collect())
 }
 
-fn onehot_argmax(logits: &Tensor, heads: &[usize]) -> Result<Tensor> {
-    let l = logits.to_vec2::<f32>()?;
+/// (rows, Σ heads) one-hot of `slots`; `None` rows stay zero.
+fn onehot_rows(slots: &[Option<[u8; NUM_ATTRS]>], heads: &[usize], device: &Device) -> Result<Tensor> {
     let w: usize = heads.iter().sum();
-    let mut out = vec![0f32; l.len() * w];
-    for (r, row) in l.iter().enumerate() {
+    let mut out = vec![0f32; slots.len() * w];
+    for (r, s) in slots.iter().enumerate() {
+        let Some(s) = s else { continue };
         let mut off = 0;
-        for &n in heads {
-            let best = row[off..off + n].iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1)).map_or(0, |x| x.0);
-            out[r * w + off + best] = 1.0;
+        for (d, &n) in heads.iter().enumerate() {
+            out[r * w + off + s[d] as usize] = 1.0;
             off += n;
         }
     }
-    Tensor::from_vec(out, (l.len(), w), logits.device())
+    Tensor::from_vec(out, (slots.len(), w), device)
+}
+
+/// The evaluated policy's greedy slots on every state of D. The policy is fixed while FQE fits,
+/// so its tracker runs over each session once rather than on every batch of every step.
+struct GreedyActions {
+    /// At the (shared, empty) initial state.
+    first: [u8; NUM_ATTRS],
+    /// Per session, per turn t: at the state after turn t.
+    after: Vec<Vec<[u8; NUM_ATTRS]>>,
+}
+
+impl GreedyActions {
+    fn of(policy: &PolicyModel, data: &SessionDataset, device: &Device) -> Result<GreedyActions> {
+        let mut after = vec![Vec::new(); data.len()];
+        let mut first = [0u8; NUM_ATTRS];
+        // Sessions of like length together: little padding in each unroll.
+        let mut order: Vec<usize> = (0..data.len()).collect();
+        order.sort_by_key(|&i| data.sessions[i].len());
+        for chunk in order.chunks(256) {
+            let batch = data.batch(chunk, device)?;
+            let states = policy.tracker.unroll(&batch.features)?;
+            let rows = (batch.steps + 1) * batch.sessions;
+            let slots = argmax_slots(&policy.policy.forward(&states.reshape((rows, policy.tracker.hidden()))?)?, policy.heads())?;
+            first = slots[0];
+            for (col, &i) in chunk.iter().enumerate() {
+                after[i] = (1..=data.sessions[i].len()).map(|t| slots[t * batch.sessions + col]).collect();
+            }
+        }
+        Ok(GreedyActions { first, after })
+    }
+
+    /// For a batch of sessions `idx`: the one-hot greedy action at every row's next state (zero
+    /// on padding), and whether the logged action of the row's next turn is that one (then the
+    /// logged continuation is the policy's own, and its outcome may be followed).
+    fn next_of(&self, data: &SessionDataset, idx: &[usize], batch: &Batch, heads: &[usize], device: &Device) -> Result<(Tensor, Vec<bool>)> {
+        let b = batch.sessions;
+        let mut slots = vec![None; batch.steps * b];
+        let mut follows = vec![false; batch.steps * b];
+        for (col, &i) in idx.iter().enumerate() {
+            let logged = &data.sessions[i].actions;
+            for (t, greedy) in self.after[i].iter().enumerate() {
+                slots[t * b + col] = Some(*greedy);
+                follows[t * b + col] = logged.get(t + 1) == Some(greedy);
+            }
+        }
+        Ok((onehot_rows(&slots, heads, device)?, follows))
+    }
 }
 
 /// How often logged actions are the ones `policy` takes greedily on the same turns: the share
@@ -107,14 +164,13 @@ pub fn greedy_agreement(policy: &PolicyModel, data: &SessionDataset, sessions: &
         let batch = data.batch(chunk, device)?;
         let states = policy.tracker.unroll(&batch.features)?;
         let s = states.narrow(0, 0, batch.steps)?.reshape((batch.steps * batch.sessions, policy.tracker.hidden()))?;
-        let greedy = onehot_argmax(&policy.policy.forward(&s)?, policy.heads())?.to_vec2::<f32>()?;
-        let logged = batch.onehot.to_vec2::<f32>()?;
+        let greedy = argmax_slots(&policy.policy.forward(&s)?, policy.heads())?;
         let mask = batch.mask.to_vec1::<f32>()?;
-        for ((g, l), m) in greedy.iter().zip(&logged).zip(&mask) {
+        for ((g, l), m) in greedy.iter().zip(&batch.actions).zip(&mask) {
             if *m == 0.0 {
                 continue;
             }
-            let agree = g.iter().zip(l).map(|(x, y)| x * y).sum::<f32>().round() as usize;
+            let agree = g.iter().zip(l).filter(|(x, y)| x == y).count();
             head_hits += agree;
             turn_hits += usize::from(agree == heads);
             turns += 1;
@@ -122,20 +178,6 @@ pub fn greedy_agreement(policy: &PolicyModel, data: &SessionDataset, sessions: &
     }
     let t = turns.max(1) as f64;
     Ok((head_hits as f64 / (t * heads as f64), turn_hits as f64 / t))
-}
-
-/// Per row: whether the logged action of the next turn of the same session is the one `policy`
-/// takes there (then the logged continuation is the policy's own, and its outcome may be followed).
-fn follows_policy(pi_next: &Tensor, batch: &Batch, heads: usize) -> Result<Vec<bool>> {
-    let pi = pi_next.to_vec2::<f32>()?;
-    let data = batch.onehot.to_vec2::<f32>()?;
-    let b = batch.sessions;
-    Ok((0..pi.len())
-        .map(|row| {
-            let next = row + b;
-            next < data.len() && pi[row].iter().zip(&data[next]).map(|(x, y)| x * y).sum::<f32>() > heads as f32 - 0.5
-        })
-        .collect())
 }
 
 /// Targets y_t = r_t + γ(1 − done)·[V(s′) or, where the data follows π, (1 − λ)·V(s′) + λ·y_{t+1}],
@@ -148,8 +190,17 @@ fn trace_target(v_next: &Tensor, batch: &Batch, follows: &[bool], gamma: f32, la
 
 /// Estimates `policy`'s value on `data`: the mean of an ensemble of Q-functions on one tracker,
 /// each fitted on its own online bootstrap of the sessions (Poisson(1) weights per session and
-/// batch), their spread the estimate's standard error.
-pub fn evaluate(policy: &PolicyModel, data: &SessionDataset, cfg: &FqeConfig, seed: u64, rng: &mut Rng, device: &Device) -> Result<FqeEstimate> {
+/// batch), their spread the estimate's standard error. `keep_going` is asked before every
+/// step; `None` when it said no.
+pub fn evaluate(
+    policy: &PolicyModel,
+    data: &SessionDataset,
+    cfg: &FqeConfig,
+    seed: u64,
+    rng: &mut Rng,
+    device: &Device,
+    keep_going: &dyn Fn() -> bool,
+) -> Result<Option<FqeEstimate>> {
     let model: &ModelConfig = &policy.meta.config;
     let store = ParamStore::new(seed, device);
     let vb = store.builder();
@@ -167,16 +218,19 @@ pub fn evaluate(policy: &PolicyModel, data: &SessionDataset, cfg: &FqeConfig, se
     let mut opt = Adam::new(store.vars("fqe."), &cfg.optim)?;
     let h = model.tracker.state_width();
     let poisson = rand_distr::Poisson::new(1.0f64).map_err(|e| candle_core::Error::Msg(e.to_string()))?;
+    let greedy = GreedyActions::of(policy, data, device)?;
     let mut tds = Vec::new();
     for _ in 0..cfg.steps {
+        if !keep_going() {
+            return Ok(None);
+        }
         let idx = data.sample(cfg.optim.batch_sessions, rng);
         if idx.is_empty() {
             break;
         }
         let batch = data.batch(&idx, device)?;
         let n = batch.steps * batch.sessions;
-        let (pi_next, _) = greedy_onehots(policy, &batch)?;
-        let follows = follows_policy(&pi_next, &batch, policy.heads().len())?;
+        let (pi_next, follows) = greedy.next_of(data, &idx, &batch, policy.heads(), device)?;
         let t_states = t_tracker.unroll(&batch.features)?.narrow(0, 1, batch.steps)?.reshape((n, h))?;
         let states = tracker.unroll(&batch.features)?.narrow(0, 0, batch.steps)?.reshape((n, h))?;
         let mut loss: Option<Tensor> = None;
@@ -201,12 +255,10 @@ pub fn evaluate(policy: &PolicyModel, data: &SessionDataset, cfg: &FqeConfig, se
         tds.push(td_sum / members as f64);
     }
     // Every session starts from the same empty state: its value under π is the estimate.
-    let idx: Vec<usize> = (0..data.len().min(1)).collect();
-    let values: Vec<f64> = if idx.is_empty() {
+    let values: Vec<f64> = if data.is_empty() {
         vec![0.0]
     } else {
-        let batch = data.batch(&idx, device)?;
-        let (_, pi_first) = greedy_onehots(policy, &batch)?;
+        let pi_first = onehot_rows(&[Some(greedy.first)], policy.heads(), device)?;
         let s0 = tracker.initial(1, device)?;
         qs.iter().map(|q| Ok(scalar(&(q.forward(&s0)? * &pi_first)?.sum_all()?)? as f64)).collect::<Result<_>>()?
     };
@@ -215,5 +267,5 @@ pub fn evaluate(policy: &PolicyModel, data: &SessionDataset, cfg: &FqeConfig, se
     let se = if values.len() > 1 { spread.se * (values.len() as f64).sqrt() } else { 0.0 };
     let tail = &tds[tds.len() - tds.len() / 10..];
     let td = if tail.is_empty() { 0.0 } else { tail.iter().sum::<f64>() / tail.len() as f64 };
-    Ok(FqeEstimate { value: spread.mean, se, td })
+    Ok(Some(FqeEstimate { value: spread.mean, se, td }))
 }

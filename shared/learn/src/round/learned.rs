@@ -31,6 +31,7 @@ use irec_world::sim::{World, WorldConfig};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tracing::info;
@@ -208,12 +209,160 @@ impl LearnedTrainer {
     }
 }
 
+impl LearnedTrainer {
+    /// Trains the round's candidate from `learner`, saves the learner's state and curves, and
+    /// gathers the candidate's gate evidence and simulator verdict.
+    #[allow(clippy::too_many_arguments)]
+    fn train_candidate(
+        &self,
+        job: &TrainJob,
+        lab: &Lab,
+        data: &SessionDataset,
+        mut learner: Learner,
+        steps: usize,
+        seed: u64,
+        dev: &candle_core::Device,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<Trained, TrainError> {
+        let mut r = rng::rng(rng::derive(seed, 2));
+        // Training in slices, so a server stopping mid-round is not held up for long.
+        let train_started = Instant::now();
+        let mut logs: Vec<TrainLog> = Vec::new();
+        let slice = self.cfg.log_every.max(1);
+        let mut done = 0;
+        // A round trains for a minute or more: say where it is, every ten seconds, in the log.
+        let mut last_line = Instant::now();
+        info!(round = job.round, steps, algo = self.cfg.algo.name(), sessions = job.sessions.len(), "training");
+        while done < steps {
+            if job.cancel.is_cancelled() {
+                return Err(TrainError::Cancelled);
+            }
+            let k = slice.min(steps - done);
+            let batch_sessions = learner.batch_sessions();
+            logs.extend(fit(&mut learner, data, k, batch_sessions, self.cfg.log_every, &mut r, |_| {}).map_err(failed("training"))?);
+            done += k;
+            if last_line.elapsed().as_secs() >= 10 && done < steps {
+                last_line = Instant::now();
+                info!(round = job.round, "training: step {done} of {steps} after {:.0} s", train_started.elapsed().as_secs_f64());
+            }
+        }
+        let train_s = train_started.elapsed().as_secs_f64();
+        let label = format!("irec round {} ({}, {} sessions)", job.round, self.cfg.algo.title(), job.sessions.len());
+        let candidate_ck = learner.recommender().export(&label, learner.steps());
+        let candidate = candidate_ck.to_bytes().map_err(failed("encoding the candidate"))?;
+        let state = learner.training_state(&label).map_err(failed("the learner state"))?.to_bytes().map_err(failed("encoding the learner"))?;
+        write_atomic(&self.learner_path(job.round), &state).map_err(failed("saving the learner"))?;
+        // The round's curves for d3rlpy's tools; a failure to write them costs no round.
+        let params = serde_json::json!({
+            "algo": self.cfg.algo.name(), "round": job.round, "steps": steps, "sessions": job.sessions.len(),
+            "objective": self.cfg.objective, "sac": self.cfg.sac, "cql": self.cfg.cql, "bcq": self.cfg.bcq, "iql": self.cfg.iql,
+        });
+        if let Err(e) = crate::curves::write_d3rlpy(&self.curves_dir(job.round), &params, &logs) {
+            tracing::warn!(round = job.round, "training curves not written: {e}");
+        }
+
+        let eval_started = Instant::now();
+        info!(round = job.round, "trained in {train_s:.0} s; fitted Q evaluation and {} test sessions for the candidate", self.cfg.eval_sessions);
+        let model = PolicyModel::from_checkpoint(&candidate_ck, dev).map_err(failed("reloading the candidate"))?;
+        let (evaluated, timing) =
+            self.evaluate_policy(lab, &model, &candidate_ck, data, rng::derive(seed, 3), dev, keep_going, "the candidate")?.ok_or(TrainError::Cancelled)?;
+        Ok(Trained { candidate, evaluated, logs, train_s, evaluate_s: eval_started.elapsed().as_secs_f64(), timing })
+    }
+
+    /// The deployed policy's gate evidence and simulator verdict on this round's D; `None` when
+    /// there is none, or its blob cannot be read (the gate then publishes).
+    fn evaluate_deployed(
+        &self,
+        job: &TrainJob,
+        lab: &Lab,
+        data: &SessionDataset,
+        fqe_seed: u64,
+        dev: &candle_core::Device,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<Option<(Evaluated, EvalTiming)>, TrainError> {
+        let Some(d) = &job.deployed else { return Ok(None) };
+        let (model, ck) = match Checkpoint::from_bytes(&d.blob, dev).and_then(|ck| Ok((PolicyModel::from_checkpoint(&ck, dev)?, ck))) {
+            Ok(x) => x,
+            Err(e) => {
+                info!(version = d.version, "deployed policy not evaluated: {e}");
+                return Ok(None);
+            }
+        };
+        let own;
+        let data_for = if same_perception(&lab.perception, &ck) {
+            data
+        } else {
+            let f = Featurizer::new(model.perception.clone(), &lab.world.features).map_err(failed("the deployed policy's featurizer"))?;
+            own = SessionDataset::new(&job.sessions, &f, model.heads()).map_err(failed("featurizing D for the deployed policy"))?.with_objective(&self.cfg.objective);
+            &own
+        };
+        info!(round = job.round, version = d.version, "fitted Q evaluation and {} test sessions for the deployed policy", self.cfg.eval_sessions);
+        self.evaluate_policy(lab, &model, &ck, data_for, fqe_seed, dev, keep_going, "the deployed policy")
+    }
+
+    /// FQE on `data` and the simulated test sessions, for one policy; `None` when stopped.
+    #[allow(clippy::too_many_arguments)]
+    fn evaluate_policy(
+        &self,
+        lab: &Lab,
+        model: &PolicyModel,
+        ck: &Checkpoint,
+        data: &SessionDataset,
+        fqe_seed: u64,
+        dev: &candle_core::Device,
+        keep_going: &dyn Fn() -> bool,
+        what: &str,
+    ) -> Result<Option<(Evaluated, EvalTiming)>, TrainError> {
+        let mut timing = EvalTiming::default();
+        let mut fr = rng::rng(fqe_seed);
+        let fqe = timed(&mut timing.fqe, || fqe::evaluate(model, data, &self.cfg.fqe, fqe_seed, &mut fr, dev, keep_going))
+            .map_err(failed(&format!("FQE of {what}")))?;
+        let Some(fqe) = fqe else { return Ok(None) };
+        let metrics = timed(&mut timing.simulate, || lab.evaluate_checkpoint(ck, self.cfg.eval_sessions, self.cfg.eval_seed))
+            .map_err(failed(&format!("evaluating {what}")))?;
+        Ok(Some((Evaluated { metrics, fqe }, timing)))
+    }
+}
+
+/// A trained candidate with its evidence.
+struct Trained {
+    candidate: Vec<u8>,
+    evaluated: Evaluated,
+    logs: Vec<TrainLog>,
+    train_s: f64,
+    /// Wall time from the end of training to the candidate's evidence.
+    evaluate_s: f64,
+    timing: EvalTiming,
+}
+
+/// Seconds spent in each part of the evaluation, summed over policies.
+#[derive(Clone, Copy, Debug, Default)]
+struct EvalTiming {
+    fqe: f64,
+    simulate: f64,
+}
+
+impl EvalTiming {
+    fn add(&mut self, other: EvalTiming) {
+        self.fqe += other.fqe;
+        self.simulate += other.simulate;
+    }
+}
+
 /// Writes via a temporary file and a rename: a crash leaves the old file or the new one.
 fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, path)
+}
+
+/// Runs `f`, adding its wall time to `acc`.
+fn timed<T>(acc: &mut f64, f: impl FnOnce() -> T) -> T {
+    let t = Instant::now();
+    let out = f();
+    *acc += t.elapsed().as_secs_f64();
+    out
 }
 
 /// Whether `ck` carries exactly this perception (then D's features apply to it as they are).
@@ -243,88 +392,36 @@ impl RoundTrainer for LearnedTrainer {
         let previous = self.previous_learner(job.round, &dev)?;
         let steps = if previous.is_some() { self.cfg.round_steps } else { self.cfg.first_round_steps };
         let seed = job.seed;
-        let mut learner = Learner::new(self.cfg.algo, &lab.perception, rng::derive(seed, 1), self.settings(), previous.as_ref().map(|p| &p.1)).map_err(failed("building the learner"))?;
-        let mut r = rng::rng(rng::derive(seed, 2));
+        let learner = Learner::new(self.cfg.algo, &lab.perception, rng::derive(seed, 1), self.settings(), previous.as_ref().map(|p| &p.1)).map_err(failed("building the learner"))?;
         let featurize_s = prepared.elapsed().as_secs_f64();
 
-        // Training in slices, so a server stopping mid-round is not held up for long.
-        let train_started = Instant::now();
-        let mut logs: Vec<TrainLog> = Vec::new();
-        let slice = self.cfg.log_every.max(1);
-        let mut done = 0;
-        // A round trains for a minute or more: say where it is, every ten seconds, in the log.
-        let mut last_line = Instant::now();
-        info!(round = job.round, steps, algo = self.cfg.algo.name(), sessions = job.sessions.len(), "training");
-        while done < steps {
-            if job.cancel.is_cancelled() {
-                return Err(TrainError::Cancelled);
-            }
-            let k = slice.min(steps - done);
-            let batch_sessions = learner.batch_sessions();
-            logs.extend(fit(&mut learner, &data, k, batch_sessions, self.cfg.log_every, &mut r, |_| {}).map_err(failed("training"))?);
-            done += k;
-            if last_line.elapsed().as_secs() >= 10 && done < steps {
-                last_line = Instant::now();
-                info!(round = job.round, "training: step {done} of {steps} after {:.0} s", train_started.elapsed().as_secs_f64());
-            }
-        }
-        let train_s = train_started.elapsed().as_secs_f64();
-        let label = format!("irec round {} ({}, {} sessions)", job.round, self.cfg.algo.title(), job.sessions.len());
-        let candidate_ck = learner.recommender().export(&label, learner.steps());
-        let candidate = candidate_ck.to_bytes().map_err(failed("encoding the candidate"))?;
-        let state = learner.training_state(&label).map_err(failed("the learner state"))?.to_bytes().map_err(failed("encoding the learner"))?;
-        write_atomic(&self.learner_path(job.round), &state).map_err(failed("saving the learner"))?;
-        // The round's curves for d3rlpy's tools; a failure to write them costs no round.
-        let params = serde_json::json!({
-            "algo": self.cfg.algo.name(), "round": job.round, "steps": steps, "sessions": job.sessions.len(),
-            "objective": self.cfg.objective, "sac": self.cfg.sac, "cql": self.cfg.cql, "bcq": self.cfg.bcq, "iql": self.cfg.iql,
-        });
-        if let Err(e) = crate::curves::write_d3rlpy(&self.curves_dir(job.round), &params, &logs) {
-            tracing::warn!(round = job.round, "training curves not written: {e}");
-        }
-
-        // The gate's evidence and the simulator's verdict, for the candidate and the deployed.
-        let eval_started = Instant::now();
-        info!(round = job.round, "trained in {train_s:.0} s; fitted Q evaluation and {} test sessions for the candidate{}", self.cfg.eval_sessions, if job.deployed.is_some() { " and the deployed policy" } else { "" });
-        let eval_seed = self.cfg.eval_seed;
         let fqe_seed = rng::derive(seed, 3);
-        let candidate_model = PolicyModel::from_checkpoint(&candidate_ck, &dev).map_err(failed("reloading the candidate"))?;
-        let mut fr = rng::rng(fqe_seed);
-        let cand = Evaluated {
-            fqe: fqe::evaluate(&candidate_model, &data, &self.cfg.fqe, fqe_seed, &mut fr, &dev).map_err(failed("FQE of the candidate"))?,
-            metrics: lab.evaluate_checkpoint(&candidate_ck, self.cfg.eval_sessions, eval_seed).map_err(failed("evaluating the candidate"))?,
-        };
+
+        // The deployed policy's evidence needs D and that policy only: it is fitted beside the
+        // candidate's training (on another core), not after it. Each fit has its own seeds, so
+        // running them side by side changes no figure.
+        let abandon = AtomicBool::new(false);
+        let keep_going = || !job.cancel.is_cancelled() && !abandon.load(Ordering::Relaxed);
+        let (trained, deployed) = std::thread::scope(|scope| {
+            let deployed = std::thread::Builder::new()
+                .name(format!("irec-gate-r{}", job.round))
+                .spawn_scoped(scope, || self.evaluate_deployed(&job, lab, &data, fqe_seed, &dev, &keep_going))
+                .map_err(failed("starting the deployed policy's evaluation"))?;
+            let trained = self.train_candidate(&job, lab, &data, learner, steps, seed, &dev, &keep_going);
+            if trained.is_err() {
+                abandon.store(true, Ordering::Relaxed);
+            }
+            let deployed = deployed.join().map_err(|_| TrainError::Failed("the deployed policy's evaluation panicked".into()))?;
+            Ok::<_, TrainError>((trained?, deployed?))
+        })?;
         if job.cancel.is_cancelled() {
             return Err(TrainError::Cancelled);
         }
-        let deployed = match &job.deployed {
-            None => None,
-            Some(d) => match Checkpoint::from_bytes(&d.blob, &dev).and_then(|ck| Ok((PolicyModel::from_checkpoint(&ck, &dev)?, ck))) {
-                // A deployed blob the trainer cannot read has no estimate; the gate then publishes.
-                Err(e) => {
-                    info!(version = d.version, "deployed policy not evaluated: {e}");
-                    None
-                }
-                Ok((model, ck)) => {
-                    let own;
-                    let data_for = if same_perception(&lab.perception, &ck) {
-                        &data
-                    } else {
-                        let f = Featurizer::new(model.perception.clone(), &lab.world.features).map_err(failed("the deployed policy's featurizer"))?;
-                        own = SessionDataset::new(&job.sessions, &f, model.heads())
-                            .map_err(failed("featurizing D for the deployed policy"))?
-                            .with_objective(&self.cfg.objective);
-                        &own
-                    };
-                    let mut fr = rng::rng(fqe_seed);
-                    Some(Evaluated {
-                        fqe: fqe::evaluate(&model, data_for, &self.cfg.fqe, fqe_seed, &mut fr, &dev).map_err(failed("FQE of the deployed policy"))?,
-                        metrics: lab.evaluate_checkpoint(&ck, self.cfg.eval_sessions, eval_seed).map_err(failed("evaluating the deployed policy"))?,
-                    })
-                }
-            },
-        };
-        let eval_s = eval_started.elapsed().as_secs_f64();
+        let Trained { candidate, evaluated: cand, logs, train_s, evaluate_s, mut timing } = trained;
+        let deployed = deployed.map(|(d, t)| {
+            timing.add(t);
+            d
+        });
         let last_losses: BTreeMap<String, f32> = logs.last().map(|l| l.losses.clone()).unwrap_or_default();
         let metrics = RoundMetrics {
             candidate: Some(cand),
@@ -337,7 +434,14 @@ impl RoundTrainer for LearnedTrainer {
             continued_from_round: previous.as_ref().map(|p| p.0),
             losses: last_losses,
             log: logs,
-            seconds: Seconds { featurize: featurize_s, train: train_s, evaluate: eval_s, total: started.elapsed().as_secs_f64() },
+            seconds: Seconds {
+                featurize: featurize_s,
+                train: train_s,
+                evaluate: evaluate_s,
+                fqe: timing.fqe,
+                simulate: timing.simulate,
+                total: started.elapsed().as_secs_f64(),
+            },
         };
         info!(round = job.round, steps, sr30 = cand.metrics.sr30, ni = cand.metrics.ni.mean, fqe = cand.fqe.value, "round trained");
         Ok(TrainOutcome {

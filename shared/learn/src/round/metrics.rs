@@ -20,7 +20,13 @@ pub struct Evaluated {
 pub struct Seconds {
     pub featurize: f64,
     pub train: f64,
+    /// From the end of training to the candidate's evidence (the deployed policy's is fitted
+    /// beside training, so it adds to this only where it takes longer).
     pub evaluate: f64,
+    /// Fitting the off-policy estimates, summed over the candidate and the deployed policy.
+    pub fqe: f64,
+    /// Simulating the test sessions, summed over the candidate and the deployed policy.
+    pub simulate: f64,
     pub total: f64,
 }
 
