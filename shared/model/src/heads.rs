@@ -137,3 +137,34 @@ impl MultiHead {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::ParamStore;
+    use candle_core::Device;
+
+    #[test]
+    fn the_copy_path_adds_each_heads_scale_times_the_remembered_request_to_its_slot() {
+        // Two heads of 3 and 2 slots: memory classes 0,1 → head 0 slots 1,2; class 2 → head 1 slot 1.
+        let store = ParamStore::new(5, &Device::Cpu);
+        let cfg = HeadsConfig { input: 4 + 4, hidden: vec![3], heads: vec![3, 2], copy: Some(CopyPath { from: 4, init: 2.0 }) };
+        let heads = MultiHead::new(&cfg, store.builder().pp("h")).unwrap();
+        let plain = MultiHead { copy: None, ..heads.clone() };
+        let state: Vec<f32> = vec![0.1, -0.2, 0.3, 0.4, 0.5, 0.25, 1.0, 9.0, -0.3, 0.2, 0.0, 0.6, 0.0, 0.75, 0.5, 9.0];
+        let state = Tensor::from_vec(state, (2, 8), &Device::Cpu).unwrap();
+        let added = (heads.forward(&state).unwrap() - plain.forward(&state).unwrap()).unwrap().to_vec2::<f32>().unwrap();
+        // The memory's last column (class 3) has no slot: its 9.0 must go nowhere.
+        let want = [[0.0, 1.0, 0.5, 0.0, 2.0], [0.0, 0.0, 1.5, 0.0, 1.0]];
+        for (got, want) in added.iter().zip(&want) {
+            for (g, w) in got.iter().zip(want) {
+                assert!((g - w).abs() < 1e-6, "{added:?} vs {want:?}");
+            }
+        }
+        // The scales learn: d(sum of outputs)/d(scale_d) is head d's remembered mass.
+        let grads = heads.forward(&state).unwrap().sum_all().unwrap().backward().unwrap();
+        let scale = store.named_vars("h.").into_iter().find(|(k, _)| k.ends_with("copy_scale")).unwrap().1;
+        let g = grads.get(scale.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+        assert!((g[0] - 1.5).abs() < 1e-6 && (g[1] - 1.5).abs() < 1e-6, "{g:?}");
+    }
+}
