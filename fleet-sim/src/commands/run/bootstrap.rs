@@ -12,9 +12,9 @@ use irec_world::world_file::{self, WorldFingerprint};
 use rand::Rng as _;
 use irec_learn::experiment::behaviour::{train_on_policy, BehaviourDevice, Learner};
 use irec_learn::experiment::compare::behaviour_on_test;
-use irec_learn::experiment::{ExperimentConfig, Lab, Progress};
+use irec_learn::experiment::{cache_key, ExperimentConfig, Lab, Progress};
 use irec_world::metrics::Metrics;
-use irec_model::PolicyModel;
+use irec_model::{Checkpoint, PolicyModel};
 use irec_world::policy::{evaluate_metrics, DeviceProfile, TrackerPolicy};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,6 +49,38 @@ pub fn device_config(cfg: &ExperimentConfig, i: u64) -> DeviceConfig {
     DeviceConfig { seed, noise_sigma, ..DeviceConfig::default() }
 }
 
+/// The on-policy learner's snapshots that become the behaviour policies, or the ones a previous
+/// run with the same world, perception, on-policy settings and seed left in `cache` (the same
+/// checkpoints: the learner is deterministic for its seed).
+fn behaviour_policies(cfg: &ExperimentConfig, lab: &Lab, device: &candle_core::Device, cache: Option<&Path>, bars: &Bars) -> anyhow::Result<Vec<Checkpoint>> {
+    let key = cache_key(&(&cfg.world, &cfg.pretrain, &cfg.on_policy, cfg.seed, irec_model::checkpoint::FORMAT_VERSION));
+    let file = |dir: &Path, k: usize| dir.join(format!("behaviour-{key:016x}-{k}.ckpt"));
+    let list = cache.map(|dir| dir.join(format!("behaviour-{key:016x}.json")));
+    let cached = list.as_ref().zip(cache).and_then(|(list, dir)| {
+        let n: usize = serde_json::from_slice(&std::fs::read(list).ok()?).ok()?;
+        (0..n).map(|k| Checkpoint::from_bytes(&std::fs::read(file(dir, k)).ok()?, device).ok()).collect::<Option<Vec<_>>>()
+    });
+    if let Some(snapshots) = cached.filter(|s| !s.is_empty()) {
+        bars.message("behaviour policies loaded from cache");
+        return Ok(snapshots);
+    }
+    let onp = train_on_policy(lab, &cfg.on_policy, cfg.seed, Learner::Behaviour, bars)?;
+    let snapshots: Vec<Checkpoint> = onp.snapshots.into_iter().map(|(_, ck)| ck).collect();
+    if let (Some(list), Some(dir)) = (&list, cache) {
+        // A cache that cannot be written costs the next run time, not this one its result.
+        let written = std::fs::create_dir_all(dir).and_then(|()| {
+            for (k, ck) in snapshots.iter().enumerate() {
+                std::fs::write(file(dir, k), ck.to_bytes().map_err(std::io::Error::other)?)?;
+            }
+            std::fs::write(list, serde_json::to_vec(&snapshots.len()).unwrap_or_default())
+        });
+        if let Err(e) = written {
+            bars.message(&format!("behaviour policies not cached in {}: {e}", dir.display()));
+        }
+    }
+    Ok(snapshots)
+}
+
 #[allow(clippy::too_many_arguments)]
 pub fn bootstrap(
     cfg: &ExperimentConfig,
@@ -63,7 +95,7 @@ pub fn bootstrap(
     let started = Instant::now();
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let lab = Lab::build(&cfg.world, &cfg.pretrain, device, cache, bars)?;
-    let onp = train_on_policy(&lab, &cfg.on_policy, cfg.seed, Learner::Behaviour, bars)?;
+    let snapshots = behaviour_policies(cfg, &lab, device, cache, bars)?;
     let perception = dir.join("perception.ckpt");
     std::fs::write(&perception, lab.perception.to_checkpoint().to_bytes()?).with_context(|| format!("writing {}", perception.display()))?;
     let world_file = dir.join(WORLD_FILE);
@@ -71,7 +103,7 @@ pub fn bootstrap(
     world_file::write(&world_file, &lab.world, fingerprint, &[lab.featurizer.world_file_section()])?;
     let mut behaviour = Vec::new();
     let mut models = Vec::new();
-    for (k, (_, ck)) in onp.snapshots.iter().enumerate() {
+    for (k, ck) in snapshots.iter().enumerate() {
         let path = dir.join(format!("behaviour-{k}.ckpt"));
         std::fs::write(&path, ck.to_bytes()?).with_context(|| format!("writing {}", path.display()))?;
         behaviour.push(path);

@@ -166,7 +166,8 @@ pub struct Lab {
     pub device: Device,
 }
 
-fn hash_of<T: Serialize>(value: &T) -> u64 {
+/// A stable key for files cached under a configuration (FNV-1a of its JSON).
+pub fn cache_key<T: Serialize>(value: &T) -> u64 {
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ *b as u64).wrapping_mul(0x0100_0000_01b3))
 }
@@ -176,7 +177,7 @@ impl Lab {
     /// run with the same world and pretraining settings left it there.
     pub fn build(world_cfg: &WorldConfig, pretrain_cfg: &PretrainConfig, device: &Device, cache: Option<&Path>, progress: &dyn Progress) -> Result<Lab> {
         let world = Arc::new(World::build(world_cfg)?);
-        let key = hash_of(&(world_cfg, pretrain_cfg, irec_model::checkpoint::FORMAT_VERSION));
+        let key = cache_key(&(world_cfg, pretrain_cfg, irec_model::checkpoint::FORMAT_VERSION));
         let files = cache.map(|dir| (dir.join(format!("perception-{key:016x}.ckpt")), dir.join(format!("perception-{key:016x}.json"))));
         let cached = files.as_ref().and_then(|(ck, rep)| {
             let bytes = std::fs::read(ck).ok()?;
