@@ -51,14 +51,25 @@ noise_sigma = [0.3, 1.0]
 /// alive by the caller), the run's report folder, and the JSON line it printed last. A failed run
 /// fails the test with its stderr and the tail of the server's log.
 fn run_tiny(args: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, serde_json::Value) {
+    let (dir, out, last, _) = run_tiny_cached(args, None);
+    (dir, out, last)
+}
+
+/// [`run_tiny`] with the bootstrap's cache in `cache` (`None`: `--no-cache`); also its stderr.
+fn run_tiny_cached(args: &[&str], cache: Option<&Path>) -> (tempfile::TempDir, std::path::PathBuf, serde_json::Value, String) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("tiny.toml");
     std::fs::write(&cfg, TINY).unwrap();
     let out = dir.path().join("run");
+    let cache_args = match cache {
+        Some(c) => vec!["--cache".to_string(), c.display().to_string()],
+        None => vec!["--no-cache".to_string()],
+    };
     let output = Command::new(env!("CARGO_BIN_EXE_fleet-sim"))
         .arg("run")
         .args(args)
-        .args(["--no-cache", "--json", "--config"])
+        .args(&cache_args)
+        .args(["--json", "--config"])
         .arg(&cfg)
         .arg("--out")
         .arg(&out)
@@ -74,7 +85,7 @@ fn run_tiny(args: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, serde_json
         &logs[logs.len().saturating_sub(3000)..]
     );
     let last = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
-    (dir, out, last)
+    (dir, out, last, String::from_utf8_lossy(&output.stderr).into_owned())
 }
 
 fn regenerate(config: &AgentConfig, env: &Environment, n: u64) -> Vec<ExperienceSession> {
@@ -244,4 +255,27 @@ fn a_sampled_population_ingests_exactly_once_and_devices_resume_from_their_recor
     assert_eq!(records.iter().map(|r| r.next_session).sum::<u64>(), 40);
     assert!(records.iter().all(|r| r.next_session % 2 == 0 && r.next_session > 0));
     assert!(records.iter().any(|r| r.next_session == 4), "some device took part twice");
+}
+
+#[test]
+fn a_second_run_takes_the_bootstrap_from_the_cache_and_gives_the_same_rounds() {
+    let cache = tempfile::tempdir().unwrap();
+    let args = ["--agents", "2", "--rounds", "1", "--sessions-per-round", "10", "--steps", "5", "5", "--eval-sessions", "10", "--fqe-steps", "5"];
+    let (_a, first, first_json, first_err) = run_tiny_cached(&args, Some(cache.path()));
+    let (_b, second, second_json, second_err) = run_tiny_cached(&args, Some(cache.path()));
+    assert!(!first_err.contains("behaviour policies loaded from cache"), "{first_err}");
+    assert!(second_err.contains("pretrained perception loaded from cache"), "{second_err}");
+    assert!(second_err.contains("behaviour policies loaded from cache"), "{second_err}");
+    // The very checkpoints the learner made, and so the same round.
+    let policies = |out: &Path| irec_testkit::files_under(&out.join("fleet/bootstrap")).into_iter().filter(|p| p.extension().is_some_and(|e| e == "ckpt")).count();
+    assert!(policies(&first) >= 2, "perception and at least one behaviour policy");
+    assert_eq!(policies(&first), policies(&second));
+    for k in 0.. {
+        let name = format!("fleet/bootstrap/behaviour-{k}.ckpt");
+        let Ok(a) = std::fs::read(first.join(&name)) else { break };
+        assert_eq!(a, std::fs::read(second.join(&name)).unwrap(), "{name} differs");
+    }
+    let figures = |v: &serde_json::Value| v["rounds"].as_array().unwrap().iter().map(|r| (r["gate"].clone(), r["sr30"].clone(), r["ni"].clone())).collect::<Vec<_>>();
+    assert_eq!(figures(&first_json), figures(&second_json));
+    assert_eq!(first_json["behaviour"], second_json["behaviour"]);
 }

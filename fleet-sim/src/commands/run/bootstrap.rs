@@ -68,11 +68,17 @@ fn behaviour_policies(cfg: &ExperimentConfig, lab: &Lab, device: &candle_core::D
     let snapshots: Vec<Checkpoint> = onp.snapshots.into_iter().map(|(_, ck)| ck).collect();
     if let (Some(list), Some(dir)) = (&list, cache) {
         // A cache that cannot be written costs the next run time, not this one its result.
+        // Each file whole or not at all (a rename), the list last: runs sharing the cache never
+        // read a half-written one.
+        let put = |path: &Path, bytes: &[u8]| {
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path))
+        };
         let written = std::fs::create_dir_all(dir).and_then(|()| {
             for (k, ck) in snapshots.iter().enumerate() {
-                std::fs::write(file(dir, k), ck.to_bytes().map_err(std::io::Error::other)?)?;
+                put(&file(dir, k), &ck.to_bytes().map_err(std::io::Error::other)?)?;
             }
-            std::fs::write(list, serde_json::to_vec(&snapshots.len()).unwrap_or_default())
+            put(list, &serde_json::to_vec(&snapshots.len()).unwrap_or_default())
         });
         if let Err(e) = written {
             bars.message(&format!("behaviour policies not cached in {}: {e}", dir.display()));
