@@ -22,7 +22,7 @@ struct Climbing;
 
 impl RoundTrainer for Climbing {
     fn train(&self, job: TrainJob) -> Result<TrainOutcome, TrainError> {
-        let eval = |sr30: f64| Evaluated { metrics: Metrics { sessions: 10, sr10: sr30 / 2.0, sr20: sr30 * 0.8, sr30, ni: MeanSe { mean: 10.0, se: 1.0 }, nv: MeanSe::default() }, fqe: FqeEstimate::default() };
+        let eval = |sr30: f64| Evaluated { metrics: Metrics { sessions: 10, sr10: sr30 / 2.0, sr20: sr30 * 0.8, sr30, ni: MeanSe { mean: 10.0, se: 1.0 }, nv: MeanSe::default() }, fqe: Some(FqeEstimate::default()) };
         Ok(TrainOutcome {
             candidate: format!("round {}", job.round).into_bytes(),
             metrics: RoundMetrics { candidate: Some(eval(0.5 + 0.1 * f64::from(job.round))), steps: 10, sessions_in_d: job.sessions.len(), ..RoundMetrics::default() },

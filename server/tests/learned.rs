@@ -50,7 +50,9 @@ fn rounds_repeat_after_a_restart_continue_the_learner_and_can_be_cancelled() {
     let out0 = first.train(job(0, d0.clone(), d0.len(), None)).unwrap();
     assert!(!out0.candidate.is_empty());
     assert_eq!(out0.deployed_estimate, None);
-    assert!(out0.candidate_estimate.is_finite());
+    // Nothing deployed: the gate publishes whatever the estimate says, so none is fitted.
+    assert_eq!(out0.candidate_estimate, None);
+    assert!(out0.metrics.candidate.is_some_and(|c| c.fqe.is_none()));
     let m = &out0.metrics;
     assert_eq!(m.steps, 12);
     assert_eq!(m.continued_from_round, None);
@@ -63,11 +65,14 @@ fn rounds_repeat_after_a_restart_continue_the_learner_and_can_be_cancelled() {
     let critic = std::fs::read_to_string(curves.join("critic.csv")).unwrap_or_else(|e| panic!("{}: {e}", curves.display()));
     assert!(critic.lines().all(|l| l.split(',').count() == 3), "{critic}");
 
-    // A restarted server trains the same round again: the same candidate, byte for byte.
-    let restarted = LearnedTrainer::new(config(dir.path()), world(), dir.path());
+    // A restarted server trains the same round again: the same candidate, byte for byte (asked,
+    // this time, to estimate it even with nothing deployed).
+    let mut asked = config(dir.path());
+    asked.fqe.when_nothing_deployed = true;
+    let restarted = LearnedTrainer::new(asked, world(), dir.path());
     let again = restarted.train(job(0, d0.clone(), d0.len(), None)).unwrap();
     assert_eq!(again.candidate, out0.candidate, "retraining round 0 after a restart must repeat it");
-    assert_eq!(again.candidate_estimate, out0.candidate_estimate);
+    assert!(again.candidate_estimate.is_some_and(f64::is_finite));
 
     // Round 1 continues round 0's learner on D ∪ D′ and evaluates the deployed policy too.
     let mut d1 = d0.clone();
@@ -78,6 +83,7 @@ fn rounds_repeat_after_a_restart_continue_the_learner_and_can_be_cancelled() {
     assert_eq!(out1.metrics.steps, 6);
     assert_eq!(out1.metrics.sessions_in_d, 60);
     assert!(out1.deployed_estimate.is_some_and(f64::is_finite));
+    assert!(out1.candidate_estimate.is_some_and(f64::is_finite));
     assert!(out1.metrics.deployed.is_some_and(|d| d.metrics.sr30.is_finite()));
     assert_ne!(out1.candidate, out0.candidate);
 

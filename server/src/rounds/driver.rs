@@ -155,7 +155,7 @@ async fn finish(shared: &Arc<Shared>, config: &DriverConfig, mut rec: RoundRecor
     let rule = GateRule { tolerance: config.gate_tolerance, z: config.gate_confidence_z };
     let verdict = decide(out.candidate_estimate, deployed_estimate, out.estimate_se, rule);
     info!(round, decision = ?verdict.decision, reason = %verdict.reason, "gate");
-    rec.candidate_estimate = Some(out.candidate_estimate);
+    rec.candidate_estimate = out.candidate_estimate;
     rec.deployed_estimate = deployed_estimate;
     rec.estimate_se = deployed_estimate.map(|_| out.estimate_se);
     rec.metrics = Some(out.metrics);
@@ -192,7 +192,7 @@ mod tests {
     use super::*;
 
     fn outcome(bytes: usize) -> TrainOutcome {
-        TrainOutcome { candidate: vec![7; bytes], metrics: Default::default(), candidate_estimate: 1.0, deployed_estimate: None, estimate_se: 0.0 }
+        TrainOutcome { candidate: vec![7; bytes], metrics: Default::default(), candidate_estimate: Some(1.0), deployed_estimate: None, estimate_se: 0.0 }
     }
 
     #[test]

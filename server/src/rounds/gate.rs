@@ -38,25 +38,24 @@ pub struct GateRule {
 /// - A non-finite candidate estimate is refused: a broken evaluation must not ship a policy.
 /// - With no deployed policy, or no usable estimate for it, the candidate is published.
 /// - Otherwise it is published iff `candidate ≥ deployed − tolerance − z·se`.
-pub fn decide(candidate: f64, deployed: Option<f64>, se: f64, rule: GateRule) -> GateVerdict {
+pub fn decide(candidate: Option<f64>, deployed: Option<f64>, se: f64, rule: GateRule) -> GateVerdict {
     let se = if se.is_finite() && se > 0.0 { se } else { 0.0 };
     let margin = rule.tolerance + rule.z * se;
     let verdict = |decision, reason: String| GateVerdict { decision, reason };
-    if !candidate.is_finite() {
-        return verdict(Decision::Refused, format!("candidate estimate {candidate} is not finite"));
+    if let Some(c) = candidate.filter(|c| !c.is_finite()) {
+        return verdict(Decision::Refused, format!("candidate estimate {c} is not finite"));
     }
-    match deployed {
-        None => verdict(Decision::Published, "no deployed policy to compare with".to_string()),
-        Some(d) if !d.is_finite() => {
-            verdict(Decision::Published, format!("deployed estimate {d} is not finite; nothing to compare with"))
-        }
-        Some(d) if candidate >= d - margin => verdict(
+    match (candidate, deployed) {
+        (_, None) => verdict(Decision::Published, "no deployed policy to compare with".to_string()),
+        (_, Some(d)) if !d.is_finite() => verdict(Decision::Published, format!("deployed estimate {d} is not finite; nothing to compare with")),
+        (None, Some(_)) => verdict(Decision::Refused, "the candidate has no estimate to set against the deployed policy's".to_string()),
+        (Some(c), Some(d)) if c >= d - margin => verdict(
             Decision::Published,
-            format!("candidate {candidate:.4} ≥ deployed {d:.4} − {margin:.4} (tolerance {} + {} × se {se:.4})", rule.tolerance, rule.z),
+            format!("candidate {c:.4} ≥ deployed {d:.4} − {margin:.4} (tolerance {} + {} × se {se:.4})", rule.tolerance, rule.z),
         ),
-        Some(d) => verdict(
+        (Some(c), Some(d)) => verdict(
             Decision::Refused,
-            format!("candidate {candidate:.4} < deployed {d:.4} − {margin:.4} (tolerance {} + {} × se {se:.4})", rule.tolerance, rule.z),
+            format!("candidate {c:.4} < deployed {d:.4} − {margin:.4} (tolerance {} + {} × se {se:.4})", rule.tolerance, rule.z),
         ),
     }
 }
@@ -68,26 +67,29 @@ mod tests {
     #[test]
     fn publishes_unless_estimated_worse_beyond_the_tolerance() {
         let tol = |tolerance| GateRule { tolerance, z: 2.0 };
-        assert_eq!(decide(1.0, None, 0.0, tol(0.0)).decision, Decision::Published);
-        assert_eq!(decide(1.0, Some(0.5), 0.0, tol(0.0)).decision, Decision::Published);
-        assert_eq!(decide(1.0, Some(1.0), 0.0, tol(0.0)).decision, Decision::Published);
-        assert_eq!(decide(0.9, Some(1.0), 0.0, tol(0.0)).decision, Decision::Refused);
-        assert_eq!(decide(0.9, Some(1.0), 0.0, tol(0.1)).decision, Decision::Published);
-        assert_eq!(decide(0.89, Some(1.0), 0.0, tol(0.1)).decision, Decision::Refused);
-        assert_eq!(decide(f64::NAN, None, 0.0, tol(0.0)).decision, Decision::Refused);
-        assert_eq!(decide(f64::INFINITY, Some(0.0), 0.0, tol(0.0)).decision, Decision::Refused);
-        assert_eq!(decide(-5.0, Some(f64::NAN), 0.0, tol(0.0)).decision, Decision::Published);
-        assert!(decide(0.9, Some(1.0), 0.0, tol(0.0)).reason.contains("0.9000 < deployed 1.0000"));
+        assert_eq!(decide(Some(1.0), None, 0.0, tol(0.0)).decision, Decision::Published);
+        assert_eq!(decide(Some(1.0), Some(0.5), 0.0, tol(0.0)).decision, Decision::Published);
+        assert_eq!(decide(Some(1.0), Some(1.0), 0.0, tol(0.0)).decision, Decision::Published);
+        assert_eq!(decide(Some(0.9), Some(1.0), 0.0, tol(0.0)).decision, Decision::Refused);
+        assert_eq!(decide(Some(0.9), Some(1.0), 0.0, tol(0.1)).decision, Decision::Published);
+        assert_eq!(decide(Some(0.89), Some(1.0), 0.0, tol(0.1)).decision, Decision::Refused);
+        assert_eq!(decide(Some(f64::NAN), None, 0.0, tol(0.0)).decision, Decision::Refused);
+        assert_eq!(decide(Some(f64::INFINITY), Some(0.0), 0.0, tol(0.0)).decision, Decision::Refused);
+        assert_eq!(decide(Some(-5.0), Some(f64::NAN), 0.0, tol(0.0)).decision, Decision::Published);
+        assert!(decide(Some(0.9), Some(1.0), 0.0, tol(0.0)).reason.contains("0.9000 < deployed 1.0000"));
+        // Not estimated: fine with nothing deployed, refused against a deployed estimate.
+        assert_eq!(decide(None, None, 0.0, tol(0.0)).decision, Decision::Published);
+        assert_eq!(decide(None, Some(1.0), 0.0, tol(0.0)).decision, Decision::Refused);
     }
 
     #[test]
     fn refuses_only_what_is_confidently_worse() {
         let rule = GateRule { tolerance: 0.0, z: 2.0 };
         // 0.1 below with a standard error of 0.1: within noise, published.
-        assert_eq!(decide(0.9, Some(1.0), 0.1, rule).decision, Decision::Published);
+        assert_eq!(decide(Some(0.9), Some(1.0), 0.1, rule).decision, Decision::Published);
         // 0.3 below, 3 standard errors: refused.
-        assert_eq!(decide(0.7, Some(1.0), 0.1, rule).decision, Decision::Refused);
+        assert_eq!(decide(Some(0.7), Some(1.0), 0.1, rule).decision, Decision::Refused);
         // An unusable standard error counts as none.
-        assert_eq!(decide(0.9, Some(1.0), f64::NAN, rule).decision, Decision::Refused);
+        assert_eq!(decide(Some(0.9), Some(1.0), f64::NAN, rule).decision, Decision::Refused);
     }
 }

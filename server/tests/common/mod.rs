@@ -51,7 +51,7 @@ impl RoundTrainer for FixedTrainer {
         Ok(TrainOutcome {
             candidate,
             metrics: RoundMetrics { sessions_in_d: job.sessions.len(), new_sessions: job.new_sessions, ..RoundMetrics::default() },
-            candidate_estimate: self.candidate_estimate,
+            candidate_estimate: Some(self.candidate_estimate),
             deployed_estimate: job.deployed.as_ref().map(|_| self.deployed_estimate),
             estimate_se: 0.0,
         })

@@ -32,11 +32,15 @@ pub struct FqeConfig {
     /// Hidden widths of each member's MLP: the same for every policy evaluated, so the candidate
     /// and the deployed policy are estimated by equal means whatever their own critics were.
     pub q_hidden: Vec<usize>,
+    /// Fit the candidate's estimate also when no policy is deployed. The gate then has nothing to
+    /// compare it with and publishes whatever it says, so by default the round skips it (its value
+    /// on the next round's D appears there as the deployed policy's estimate).
+    pub when_nothing_deployed: bool,
 }
 
 impl Default for FqeConfig {
     fn default() -> Self {
-        FqeConfig { optim: OptimConfig::default(), steps: 600, tau: 0.01, trace_lambda: 0.9, ensemble: 5, q_hidden: vec![64, 64] }
+        FqeConfig { optim: OptimConfig::default(), steps: 600, tau: 0.01, trace_lambda: 0.9, ensemble: 5, q_hidden: vec![64, 64], when_nothing_deployed: false }
     }
 }
 

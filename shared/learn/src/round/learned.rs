@@ -262,10 +262,17 @@ impl LearnedTrainer {
         }
 
         let eval_started = Instant::now();
-        info!(round = job.round, "trained in {train_s:.0} s; fitted Q evaluation and {} test sessions for the candidate", self.cfg.eval_sessions);
+        // With nothing deployed the gate publishes whatever the estimate says: fit it only if asked.
+        let fit = job.deployed.is_some() || self.cfg.fqe.when_nothing_deployed;
+        info!(
+            round = job.round,
+            "trained in {train_s:.0} s; {}{} test sessions for the candidate",
+            if fit { "fitted Q evaluation and " } else { "" },
+            self.cfg.eval_sessions
+        );
         let model = PolicyModel::from_checkpoint(&candidate_ck, dev).map_err(failed("reloading the candidate"))?;
         let (evaluated, timing) =
-            self.evaluate_policy(lab, &model, &candidate_ck, data, rng::derive(seed, 3), dev, keep_going, "the candidate")?.ok_or(TrainError::Cancelled)?;
+            self.evaluate_policy(lab, &model, &candidate_ck, data, rng::derive(seed, 3), dev, fit, keep_going, "the candidate")?.ok_or(TrainError::Cancelled)?;
         Ok(Trained { candidate, evaluated, logs, train_s, evaluate_s: eval_started.elapsed().as_secs_f64(), timing })
     }
 
@@ -297,10 +304,10 @@ impl LearnedTrainer {
             &own
         };
         info!(round = job.round, version = d.version, "fitted Q evaluation and {} test sessions for the deployed policy", self.cfg.eval_sessions);
-        self.evaluate_policy(lab, &model, &ck, data_for, fqe_seed, dev, keep_going, "the deployed policy")
+        self.evaluate_policy(lab, &model, &ck, data_for, fqe_seed, dev, true, keep_going, "the deployed policy")
     }
 
-    /// FQE on `data` and the simulated test sessions, for one policy; `None` when stopped.
+    /// FQE on `data` (if `fit`) and the simulated test sessions, for one policy; `None` when stopped.
     #[allow(clippy::too_many_arguments)]
     fn evaluate_policy(
         &self,
@@ -310,14 +317,20 @@ impl LearnedTrainer {
         data: &SessionDataset,
         fqe_seed: u64,
         dev: &candle_core::Device,
+        fit: bool,
         keep_going: &dyn Fn() -> bool,
         what: &str,
     ) -> Result<Option<(Evaluated, EvalTiming)>, TrainError> {
         let mut timing = EvalTiming::default();
-        let mut fr = rng::rng(fqe_seed);
-        let fqe = timed(&mut timing.fqe, || fqe::evaluate(model, data, &self.cfg.fqe, fqe_seed, &mut fr, dev, keep_going))
-            .map_err(failed(&format!("FQE of {what}")))?;
-        let Some(fqe) = fqe else { return Ok(None) };
+        let fqe = if fit {
+            let mut fr = rng::rng(fqe_seed);
+            let fqe = timed(&mut timing.fqe, || fqe::evaluate(model, data, &self.cfg.fqe, fqe_seed, &mut fr, dev, keep_going))
+                .map_err(failed(&format!("FQE of {what}")))?;
+            let Some(fqe) = fqe else { return Ok(None) };
+            Some(fqe)
+        } else {
+            None
+        };
         let metrics = timed(&mut timing.simulate, || lab.evaluate_checkpoint(ck, self.cfg.eval_sessions, self.cfg.eval_seed))
             .map_err(failed(&format!("evaluating {what}")))?;
         Ok(Some((Evaluated { metrics, fqe }, timing)))
@@ -443,14 +456,17 @@ impl RoundTrainer for LearnedTrainer {
                 total: started.elapsed().as_secs_f64(),
             },
         };
-        info!(round = job.round, steps, sr30 = cand.metrics.sr30, ni = cand.metrics.ni.mean, fqe = cand.fqe.value, "round trained");
+        info!(round = job.round, steps, sr30 = cand.metrics.sr30, ni = cand.metrics.ni.mean, fqe = ?cand.fqe.map(|f| f.value), "round trained");
         Ok(TrainOutcome {
             candidate,
             metrics,
-            candidate_estimate: cand.fqe.value,
-            deployed_estimate: deployed.as_ref().map(|d| d.fqe.value),
+            candidate_estimate: cand.fqe.map(|f| f.value),
+            deployed_estimate: deployed.as_ref().and_then(|d| d.fqe).map(|f| f.value),
             // The two ensembles are fitted independently: their variances add.
-            estimate_se: deployed.as_ref().map_or(0.0, |d| (cand.fqe.se.powi(2) + d.fqe.se.powi(2)).sqrt()),
+            estimate_se: match (cand.fqe, deployed.as_ref().and_then(|d| d.fqe)) {
+                (Some(c), Some(d)) => (c.se.powi(2) + d.se.powi(2)).sqrt(),
+                _ => 0.0,
+            },
         })
     }
 }

@@ -11,7 +11,9 @@ use std::collections::BTreeMap;
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Evaluated {
     pub metrics: Metrics,
-    pub fqe: FqeEstimate,
+    /// `None`: not fitted (a round-0 candidate with nothing deployed, see `FqeConfig`).
+    #[serde(default)]
+    pub fqe: Option<FqeEstimate>,
 }
 
 /// Wall time of a round's phases, in seconds.

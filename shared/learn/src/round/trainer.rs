@@ -63,8 +63,8 @@ pub struct TrainOutcome {
     /// Evaluation results to record with the round (simulator SR@K/NI/NV, losses).
     pub metrics: RoundMetrics,
     /// Off-policy value estimate of the candidate on the logged data (e.g. fitted Q evaluation),
-    /// in expected return per session.
-    pub candidate_estimate: f64,
+    /// in expected return per session; `None` when not fitted (nothing deployed to compare with).
+    pub candidate_estimate: Option<f64>,
     /// The same estimate for the deployed policy; `None` when none is deployed (or it cannot be
     /// evaluated), in which case the gate publishes.
     pub deployed_estimate: Option<f64>,
