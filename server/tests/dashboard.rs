@@ -26,7 +26,7 @@ impl RoundTrainer for Climbing {
         Ok(TrainOutcome {
             candidate: format!("round {}", job.round).into_bytes(),
             metrics: RoundMetrics { candidate: Some(eval(0.5 + 0.1 * f64::from(job.round))), steps: 10, sessions_in_d: job.sessions.len(), ..RoundMetrics::default() },
-            candidate_estimate: 1.0,
+            candidate_estimate: Some(1.0),
             deployed_estimate: job.deployed.as_ref().map(|_| 0.0),
             estimate_se: 0.0,
         })

@@ -37,7 +37,7 @@ impl RoundTrainer for Trainer {
         Ok(TrainOutcome {
             candidate: format!("round {} on {} sessions", job.round, job.sessions.len()).into_bytes(),
             metrics: RoundMetrics::default(),
-            candidate_estimate: 1.0,
+            candidate_estimate: Some(1.0),
             deployed_estimate: Some(0.0),
             estimate_se: 0.0,
         })
