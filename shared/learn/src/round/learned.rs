@@ -207,9 +207,7 @@ impl LearnedTrainer {
         }
         Ok(None)
     }
-}
 
-impl LearnedTrainer {
     /// Trains the round's candidate from `learner`, saves the learner's state and curves, and
     /// gathers the candidate's gate evidence and simulator verdict.
     #[allow(clippy::too_many_arguments)]
