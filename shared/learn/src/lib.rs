@@ -6,6 +6,7 @@
 //! - [`experiment`]: the lab (world + pretrained perception), behaviour policies, the paper's
 //!   Table 2 and offline-learner ablations.
 //! - [`round`]: the round trainer the server is handed, and the typed metrics of a round.
+//! - [`files`]: whole-or-nothing file writes for learner states and caches.
 //! - [`curves`]: training curves in d3rlpy's file layout (`d3rlpy plot` reads them).
 //! - [`bench`]: the training-step benchmark against the PyTorch reference workload.
 
@@ -13,4 +14,5 @@ pub mod algo;
 pub mod bench;
 pub mod curves;
 pub mod experiment;
+pub mod files;
 pub mod round;

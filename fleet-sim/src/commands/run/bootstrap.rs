@@ -13,6 +13,7 @@ use rand::Rng as _;
 use irec_learn::experiment::behaviour::{train_on_policy, BehaviourDevice, Learner};
 use irec_learn::experiment::compare::behaviour_on_test;
 use irec_learn::experiment::{cache_key, ExperimentConfig, Lab, Progress};
+use irec_learn::files::write_atomic;
 use irec_world::metrics::Metrics;
 use irec_model::{Checkpoint, PolicyModel};
 use irec_world::policy::{evaluate_metrics, DeviceProfile, TrackerPolicy};
@@ -67,18 +68,13 @@ fn behaviour_policies(cfg: &ExperimentConfig, lab: &Lab, device: &candle_core::D
     let onp = train_on_policy(lab, &cfg.on_policy, cfg.seed, Learner::Behaviour, bars)?;
     let snapshots: Vec<Checkpoint> = onp.snapshots.into_iter().map(|(_, ck)| ck).collect();
     if let (Some(list), Some(dir)) = (&list, cache) {
-        // A cache that cannot be written costs the next run time, not this one its result.
-        // Each file whole or not at all (a rename), the list last: runs sharing the cache never
-        // read a half-written one.
-        let put = |path: &Path, bytes: &[u8]| {
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&tmp, bytes).and_then(|()| std::fs::rename(&tmp, path))
-        };
+        // A cache that cannot be written costs the next run time, not this one its result. Each
+        // file whole or not at all, the list last: runs sharing the cache never read half of one.
         let written = std::fs::create_dir_all(dir).and_then(|()| {
             for (k, ck) in snapshots.iter().enumerate() {
-                put(&file(dir, k), &ck.to_bytes().map_err(std::io::Error::other)?)?;
+                write_atomic(&file(dir, k), &ck.to_bytes().map_err(std::io::Error::other)?)?;
             }
-            put(list, &serde_json::to_vec(&snapshots.len()).unwrap_or_default())
+            write_atomic(list, &serde_json::to_vec(&snapshots.len()).unwrap_or_default())
         });
         if let Err(e) = written {
             bars.message(&format!("behaviour policies not cached in {}: {e}", dir.display()));

@@ -25,6 +25,7 @@ use crate::algo::pretrain::{PretrainConfig, PretrainReport};
 use crate::algo::sac::SacConfig;
 use crate::algo::{fit, Objective, OfflineAlgorithm, PerceptionWeights, SessionDataset, TrainLog};
 use crate::experiment::{Lab, Silent};
+use crate::files::write_atomic;
 use irec_model::{device, Checkpoint, Featurizer, PolicyModel};
 use irec_world::rng;
 use irec_world::sim::{World, WorldConfig};
@@ -358,14 +359,6 @@ impl EvalTiming {
         self.fqe += other.fqe;
         self.simulate += other.simulate;
     }
-}
-
-/// Writes via a temporary file and a rename: a crash leaves the old file or the new one.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, bytes)?;
-    std::fs::File::open(&tmp)?.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// Runs `f`, adding its wall time to `acc`.
