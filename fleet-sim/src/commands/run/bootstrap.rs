@@ -119,7 +119,7 @@ pub fn bootstrap(
 
     bars.start("reference figures (behaviour devices, tracker)", 2);
     let fleet: Vec<BehaviourDevice> =
-        profiles.into_iter().enumerate().map(|(i, profile)| BehaviourDevice { profile, policy: models[i % models.len()].clone() }).collect();
+        profiles.into_iter().enumerate().map(|(i, profile)| BehaviourDevice { profile, policy: models[i % models.len()].clone(), sample: false }).collect();
     let behaviour_metrics = behaviour_on_test(&lab, &fleet, eval_sessions, eval_seed)?;
     bars.advance(1);
     let lexicon = Arc::new(lab.world.lexicon.clone());

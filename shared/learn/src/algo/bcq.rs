@@ -208,6 +208,11 @@ impl Bcq {
         critic::training_state(&self.rec, label, self.steps, &["q1.", "target.", "bcq."], &[("opt.critic", &self.critic_opt), ("opt.policy", &self.policy_opt)])
     }
 
+    /// The critic (the ablation evaluates its greedy policy).
+    pub fn critic(&self) -> &QCritic {
+        &self.critic
+    }
+
     /// The critic's per-head outputs on given states (diagnostics and tests).
     pub fn q_values(&self, states: &Tensor) -> Result<Tensor> {
         self.critic.q.forward(states)

@@ -7,6 +7,7 @@ use super::cql::{cql_sac, CqlConfig};
 use super::iql::{Iql, IqlConfig};
 use super::sac::{DiscreteSac, SacConfig};
 use super::{Batch, LossRecord, OfflineAlgorithm, PerceptionWeights, Recommender};
+use irec_model::heads::MultiHead;
 use irec_model::Checkpoint;
 use candle_core::Result;
 use serde::{Deserialize, Serialize};
@@ -103,6 +104,15 @@ impl Learner {
             Learner::CqlSac(l) => l.training_state(label),
             Learner::Bcq(l) => l.training_state(label),
             Learner::Iql(l) => l.training_state(label),
+        }
+    }
+
+    /// The critic's per-head Q (its greedy policy is a diagnostic beside the deployed actor).
+    pub fn critic_heads(&self) -> &MultiHead {
+        match self {
+            Learner::CqlSac(l) => l.critic(),
+            Learner::Bcq(l) => &l.critic().q,
+            Learner::Iql(l) => &l.critic().q,
         }
     }
 

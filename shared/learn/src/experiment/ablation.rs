@@ -7,8 +7,7 @@ use super::behaviour::{behaviour_devices, collect, train_on_policy, Learner};
 use super::compare::{behaviour_on_test, OfflineConfig};
 use super::{ExperimentConfig, Lab, Progress, Result};
 use crate::algo::bc::BehaviourCloning;
-use crate::algo::cql::cql_sac;
-use crate::algo::{fit, OfflineAlgorithm, SessionDataset};
+use crate::algo::{fit, Learner as OfflineLearner, LearnerSettings, OfflineAlgorithm, SessionDataset};
 use irec_world::metrics::Metrics;
 use irec_model::PolicyModel;
 use irec_world::rng;
@@ -102,20 +101,25 @@ pub fn run(cfg: &ExperimentConfig, variants: &[Variant], iterate: bool, device: 
         let oc: &OfflineConfig = &v.offline;
         let data = raw.clone().with_objective(&oc.objective);
         let mut r = rng::rng(rng::derive(cfg.seed, rng::stream::TRAINING));
-        let mut cql = cql_sac(&lab.perception, rng::derive(cfg.seed, 33), &oc.sac, &oc.cql, None)?;
+        let settings = LearnerSettings { sac: &oc.sac, cql: &oc.cql, bcq: &oc.bcq, iql: &oc.iql };
+        let mut learner = OfflineLearner::new(oc.algo, &lab.perception, rng::derive(cfg.seed, 33), settings, None)?;
+        let bs = learner.batch_sessions();
         progress.start(&format!("variant {}", v.name), oc.steps as u64);
-        fit(&mut cql, &data, oc.steps, oc.sac.optim.batch_sessions, oc.log_every, &mut r, |_| {})?;
+        fit(&mut learner, &data, oc.steps, bs, oc.log_every, &mut r, |_| {})?;
         progress.finish();
-        let (offline, transcripts) = lab.evaluate_parts(&cql.recommender().tracker, &cql.recommender().policy, n_eval, eval_seed)?;
+        let (offline, transcripts) = lab.evaluate_parts(&learner.recommender().tracker, &learner.recommender().policy, n_eval, eval_seed)?;
         let failures = transcripts.iter().filter(|t| !t.success || t.turns.len() > 20).map(|t| t.render()).collect();
-        let critic_greedy = lab.evaluate_parts(&cql.recommender().tracker, cql.critic(), n_eval, eval_seed)?.0;
+        let critic_greedy = lab.evaluate_parts(&learner.recommender().tracker, learner.critic_heads(), n_eval, eval_seed)?.0;
         let mut rounds = Vec::new();
         if iterate {
             let mut devs = devices.clone();
             let mut all = d.clone();
             for round in 1..=oc.rounds as u32 {
-                let deployed = Arc::new(PolicyModel::from_checkpoint(&cql.recommender().export(&v.name, cql.steps()), &lab.device)?);
-                devs.iter_mut().for_each(|dev| dev.policy = deployed.clone());
+                let deployed = Arc::new(PolicyModel::from_checkpoint(&learner.recommender().export(&v.name, learner.steps()), &lab.device)?);
+                devs.iter_mut().for_each(|dev| {
+                    dev.policy = deployed.clone();
+                    dev.sample = cfg.behaviour.sample_deployed;
+                });
                 let new = collect(&lab, &mut devs, oc.round_sessions, cfg.behaviour.session_batch, round, cfg.seed, progress)?.sessions;
                 let fresh = SessionDataset::new(&new, &lab.featurizer, lab.heads())?;
                 let all_new: Vec<usize> = (0..fresh.len()).collect();
@@ -123,8 +127,8 @@ pub fn run(cfg: &ExperimentConfig, variants: &[Variant], iterate: bool, device: 
                 progress.message(&format!("round {round}: D′ agrees with the deployed greedy policy on {:.1}% of heads, {:.1}% of turns", 100.0 * per_head, 100.0 * per_turn));
                 all.extend(new);
                 let data = SessionDataset::new(&all, &lab.featurizer, lab.heads())?.with_objective(&oc.objective).favour_newest(oc.newest_share);
-                fit(&mut cql, &data, oc.round_steps, oc.sac.optim.batch_sessions, oc.log_every, &mut r, |_| {})?;
-                rounds.push(lab.evaluate(cql.recommender(), n_eval, eval_seed)?);
+                fit(&mut learner, &data, oc.round_steps, bs, oc.log_every, &mut r, |_| {})?;
+                rounds.push(lab.evaluate(learner.recommender(), n_eval, eval_seed)?);
             }
         }
         let row = VariantRow { name: v.name.clone(), offline, critic_greedy, rounds, failures, seconds: started.elapsed().as_secs_f64() };

@@ -70,6 +70,10 @@ pub struct BehaviourConfig {
     pub session_batch: usize,
     /// The world devices collect in and the on-policy learner trains in.
     pub world: CollectionWorld,
+    /// In iterative rounds, devices running the deployed (learned) policy draw each slot from
+    /// the softmax of its noisy, biased logits instead of taking the argmax, so they explore
+    /// where the policy is unsure and not where it is sure.
+    pub sample_deployed: bool,
 }
 
 /// Where experience is collected.
@@ -86,7 +90,7 @@ pub enum CollectionWorld {
 
 impl BehaviourConfig {
     pub fn quick() -> BehaviourConfig {
-        BehaviourConfig { devices: 8, sessions: 2_000, noise_sigma: (0.3, 1.5), session_batch: 25, world: CollectionWorld::Train }
+        BehaviourConfig { devices: 8, sessions: 2_000, noise_sigma: (0.3, 1.5), session_batch: 25, world: CollectionWorld::Train, sample_deployed: false }
     }
 
     pub fn paper() -> BehaviourConfig {
@@ -187,6 +191,8 @@ pub fn train_on_policy(lab: &Lab, cfg: &OnPolicyConfig, seed: u64, learner: Lear
 pub struct BehaviourDevice {
     pub profile: DeviceProfile,
     pub policy: Arc<PolicyModel>,
+    /// Draw slots from the policy's softmax instead of its argmax (see `sample_deployed`).
+    pub sample: bool,
 }
 
 /// `cfg.devices` devices; device i runs `policies[i % len]`.
@@ -201,6 +207,7 @@ pub fn behaviour_devices(lab: &Lab, policies: &[Checkpoint], cfg: &BehaviourConf
         .map(|i| BehaviourDevice {
             profile: DeviceProfile::draw(seed, i as u64, cfg.noise_sigma, pool, &lab.world.truth, &lab.world.catalog.schema),
             policy: models[i % models.len()].clone(),
+            sample: false,
         })
         .collect())
 }
@@ -260,7 +267,7 @@ fn run_device(lab: &Lab, dev: &mut BehaviourDevice, n: usize, session_batch: usi
                 SessionSpec { target, seed: rand::Rng::random(&mut r) }
             })
             .collect();
-        let acting = Acting { noise_sigma: dev.profile.noise_sigma, bias: dev.profile.bias.values(), sample: false };
+        let acting = Acting { noise_sigma: dev.profile.noise_sigma, bias: dev.profile.bias.values(), sample: dev.sample };
         let ts = rollout(env, &dev.policy.tracker, &dev.policy.policy, &lab.featurizer, dev.policy.heads(), &specs, &acting)?;
         for t in &ts {
             dev.profile.bias.learn(t.turns.iter().map(|x| x.observation.utterance.as_str()), &lab.world.lexicon);

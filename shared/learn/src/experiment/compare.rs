@@ -392,6 +392,7 @@ fn iterative(
         let deployed = Arc::new(PolicyModel::from_checkpoint(&learner.recommender().export("iterative offline", learner.steps()), &lab.device)?);
         for dev in devices.iter_mut() {
             dev.policy = deployed.clone();
+            dev.sample = cfg.behaviour.sample_deployed;
         }
         let c = collect(lab, devices, oc.round_sessions, cfg.behaviour.session_batch, round, cfg.seed, progress)?;
         d.extend(c.sessions);
