@@ -48,8 +48,9 @@ fn sizes(preset: Preset) -> LoopSizes {
 /// this process and the server and agents it starts. A fleet's work runs side by side (agents,
 /// and the trainer's two fits: the candidate and the deployed policy's off-policy estimate), and
 /// candle's kernels at these sizes gain nothing from a second thread: on a 2-core machine the
-/// quick run took 143 s with one thread per process against 186 s with candle's default of two
-/// (docs/benchmarks.md). Called before any kernel has run.
+/// quick run took 143 s with one thread per process against 186 s with candle's default of two,
+/// and the 100,000-device study 182 s against 232 s (docs/benchmarks.md). Called before any
+/// kernel has run.
 fn pin_candle_threads() {
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {
         let half = (std::thread::available_parallelism().map_or(1, |n| n.get()) / 2).max(1);
@@ -63,9 +64,7 @@ pub fn run(a: RunArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.sessions_per_round != Some(0), "--sessions-per-round must be at least 1");
     anyhow::ensure!((0.0..=1.0).contains(&a.slow_agents), "--slow-agents is a share of the agents, from 0 to 1");
     anyhow::ensure!(a.round_deadline_s.is_none_or(|s| s > 0.0), "--round-deadline-s must be positive");
-    if a.population.is_none() {
-        pin_candle_threads();
-    }
+    pin_candle_threads();
     let started = Instant::now();
     let (preset, name) = match a.preset {
         PresetArg::Quick => (Preset::Quick, "quick"),
