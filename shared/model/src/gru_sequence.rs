@@ -6,78 +6,9 @@
 //! input projection of all turns stays one matmul outside (its gradient comes back whole), and the
 //! recurrence — h·W_hhᵀ with `gemm`, then the fused cell — runs in one loop each way.
 
+use super::dense::{matmul, View};
 use super::kernels::{sigmoid, tanh};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-
-/// A row-major or transposed view of a matrix inside a slice.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rows: usize,
-    cols: usize,
-    /// Strides between rows and between columns, in elements.
-    rs: usize,
-    cs: usize,
-}
-
-impl View<'_> {
-    fn row_major(data: &[f32], rows: usize, cols: usize) -> View<'_> {
-        View { data, rows, cols, rs: cols, cs: 1 }
-    }
-
-    fn t(self) -> Self {
-        View { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
-    }
-
-    fn fits(&self) -> bool {
-        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
-    }
-}
-
-/// `dst (m×n, row-major) = [dst +] a (m×k) · b (k×n)`, on one thread.
-fn matmul(dst: &mut [f32], a: View, b: View, accumulate: bool) -> Result<()> {
-    let (m, k, n) = (a.rows, a.cols, b.cols);
-    if b.rows != k || dst.len() < m * n || !a.fits() || !b.fits() {
-        candle_core::bail!("gru-sequence: matmul shapes do not fit their buffers");
-    }
-    if m == 0 || n == 0 {
-        return Ok(());
-    }
-    if k == 0 {
-        if !accumulate {
-            dst[..m * n].iter_mut().for_each(|x| *x = 0.0);
-        }
-        return Ok(());
-    }
-    // SAFETY: every index gemm touches is (i·rs + j·cs) for i < rows, j < cols of each view,
-    // which `fits` checked to be inside the borrowed slices; dst holds m·n row-major elements;
-    // the mutable and shared borrows cannot alias.
-    #[allow(unsafe_code)]
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            accumulate,
-            a.data.as_ptr(),
-            a.cs as isize,
-            a.rs as isize,
-            b.data.as_ptr(),
-            b.cs as isize,
-            b.rs as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
-    Ok(())
-}
 
 fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let data = s.as_slice::<f32>()?;

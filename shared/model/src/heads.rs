@@ -4,7 +4,7 @@
 //! log Σ_a exp Q(s, a) = Σ_d logsumexp_a Q_d(s, a).
 //! Both output one (N, Σ heads) matrix, all heads side by side.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -122,9 +122,9 @@ impl MultiHead {
     pub fn forward(&self, state: &Tensor) -> Result<Tensor> {
         let mut x = state.clone();
         for l in &self.trunk {
-            x = l.forward(&x)?.relu()?;
+            x = crate::dense::linear(&x, l)?.relu()?;
         }
-        let out = self.out.forward(&x)?;
+        let out = crate::dense::linear(&x, &self.out)?;
         match &self.copy {
             None => Ok(out),
             Some(c) => {

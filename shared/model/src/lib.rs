@@ -18,6 +18,7 @@
 pub mod acting;
 pub mod attrnet;
 pub mod checkpoint;
+pub mod dense;
 pub mod device;
 pub mod gru_sequence;
 pub mod heads;

@@ -3,7 +3,7 @@
 
 use super::gru_sequence::gru_sequence;
 use super::kernels::gru_cell;
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Result, Tensor};
 use candle_nn::{linear, Linear, VarBuilder};
 use serde::{Deserialize, Serialize};
 
@@ -72,7 +72,7 @@ impl StateTracker {
     /// One turn for a batch: features (B, F), state (B, H) → next state (B, H).
     pub fn step(&self, features: &Tensor, state: &Tensor) -> Result<Tensor> {
         let h = state.narrow(1, 0, self.cfg.hidden)?;
-        let next = gru_cell(&self.w_ih.forward(features)?, &self.w_hh.forward(&h)?, &h)?;
+        let next = gru_cell(&crate::dense::linear(features, &self.w_ih)?, &crate::dense::linear(&h, &self.w_hh)?, &h)?;
         match &self.cfg.memory {
             None => Ok(next),
             Some(m) => {
@@ -120,7 +120,7 @@ impl StateTracker {
     fn gru_unroll(&self, features: &Tensor) -> Result<Tensor> {
         let (t, b, f) = features.dims3()?;
         if matches!(features.device(), candle_core::Device::Cpu) {
-            let gi = self.w_ih.forward(&features.reshape((t * b, f))?)?.reshape((t, b, 3 * self.cfg.hidden))?;
+            let gi = crate::dense::linear(&features.reshape((t * b, f))?, &self.w_ih)?.reshape((t, b, 3 * self.cfg.hidden))?;
             let bias = match self.w_hh.bias() {
                 Some(bias) => bias.clone(),
                 None => Tensor::zeros(3 * self.cfg.hidden, features.dtype(), features.device())?,

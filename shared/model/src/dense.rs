@@ -1,0 +1,178 @@
+//! Dense layers on the CPU without candle's per-product thread split.
+//!
+//! candle's CPU matmul hands every product to gemm's rayon parallelism whenever more than one
+//! thread is configured, whatever its size. At the recommender's sizes (a few hundred rows × 160 ×
+//! 128) the split costs more than it saves: `bench-train --mode flat` took 6.15 ms a step with two
+//! threads against 4.08 ms with one (docs/benchmarks.md). [`linear`] runs the same gemm call on the
+//! calling thread below [`PARALLEL_MACS`] multiply-adds and splits it above, forward and backward.
+//! gemm splits the output, not the reduction, so the sums are the same either way.
+
+use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
+use candle_nn::{Linear, Module};
+
+/// Products with at least this many multiply-adds use every configured thread.
+pub const PARALLEL_MACS: usize = 1 << 24;
+
+/// A row-major or transposed view of a matrix inside a slice.
+#[derive(Clone, Copy)]
+pub(crate) struct View<'a> {
+    data: &'a [f32],
+    rows: usize,
+    cols: usize,
+    /// Strides between rows and between columns, in elements.
+    rs: usize,
+    cs: usize,
+}
+
+impl View<'_> {
+    pub(crate) fn row_major(data: &[f32], rows: usize, cols: usize) -> View<'_> {
+        View { data, rows, cols, rs: cols, cs: 1 }
+    }
+
+    pub(crate) fn t(self) -> Self {
+        View { rows: self.cols, cols: self.rows, rs: self.cs, cs: self.rs, ..self }
+    }
+
+    fn fits(&self) -> bool {
+        self.rows == 0 || self.cols == 0 || (self.rows - 1) * self.rs + (self.cols - 1) * self.cs < self.data.len()
+    }
+}
+
+/// `dst (m×n, row-major) = [dst +] a (m×k) · b (k×n)`, on one thread.
+pub(crate) fn matmul(dst: &mut [f32], a: View, b: View, accumulate: bool) -> Result<()> {
+    matmul_with(dst, a, b, accumulate, gemm::Parallelism::None)
+}
+
+fn matmul_with(dst: &mut [f32], a: View, b: View, accumulate: bool, parallelism: gemm::Parallelism) -> Result<()> {
+    let (m, k, n) = (a.rows, a.cols, b.cols);
+    if b.rows != k || dst.len() < m * n || !a.fits() || !b.fits() {
+        candle_core::bail!("dense: matmul shapes do not fit their buffers");
+    }
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].iter_mut().for_each(|x| *x = 0.0);
+        }
+        return Ok(());
+    }
+    // SAFETY: every index gemm touches is (i·rs + j·cs) for i < rows, j < cols of each view,
+    // which `fits` checked to be inside the borrowed slices; dst holds m·n row-major elements;
+    // the mutable and shared borrows cannot alias.
+    #[allow(unsafe_code)]
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            a.data.as_ptr(),
+            a.cs as isize,
+            a.rs as isize,
+            b.data.as_ptr(),
+            b.cs as isize,
+            b.rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+    Ok(())
+}
+
+
+/// A strided 2-D view of a tensor's storage (no copy).
+fn view<'a>(s: &'a CpuStorage, l: &Layout) -> Result<View<'a>> {
+    let data = &s.as_slice::<f32>()?[l.start_offset()..];
+    match (l.dims(), l.stride()) {
+        ([rows, cols], [rs, cs]) => Ok(View { data, rows: *rows, cols: *cols, rs: *rs, cs: *cs }),
+        _ => candle_core::bail!("dense: matmul takes 2-D operands, got {:?}", l.dims()),
+    }
+}
+
+/// `a · b` for 2-D f32 operands of any strides.
+struct Product;
+
+impl CustomOp2 for Product {
+    fn name(&self) -> &'static str {
+        "irec-dense-matmul"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (a, b) = (view(s1, l1)?, view(s2, l2)?);
+        let (m, k, n) = (a.rows, a.cols, b.cols);
+        let threads = candle_core::utils::get_num_threads();
+        let parallelism = if threads > 1 && m * k * n >= PARALLEL_MACS { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        let mut out = vec![0f32; m * n];
+        matmul_with(&mut out, a, b, false, parallelism)?;
+        Ok((CpuStorage::F32(out), Shape::from((m, n))))
+    }
+
+    fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        Ok((Some(grad.apply_op2_no_bwd(&b.t()?, &Product)?), Some(a.t()?.apply_op2_no_bwd(grad, &Product)?)))
+    }
+}
+
+/// `x · Wᵀ + b`, as `candle_nn::Linear` computes it; on the CPU through [`Product`].
+pub fn linear(x: &Tensor, layer: &Linear) -> Result<Tensor> {
+    if !matches!(x.device(), Device::Cpu) || x.rank() != 2 || x.dtype() != candle_core::DType::F32 {
+        return layer.forward(x);
+    }
+    let y = x.apply_op2(&layer.weight().t()?, Product)?;
+    match layer.bias() {
+        Some(b) => y.broadcast_add(b),
+        None => Ok(y),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::ParamStore;
+
+    fn close(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    }
+
+    #[test]
+    fn linear_matches_candles_layer_in_value_and_gradients() {
+        let store = ParamStore::new(3, &Device::Cpu);
+        let layer = candle_nn::linear(7, 5, store.builder().pp("l")).unwrap();
+        // A strided input: the middle 7 of 10 columns.
+        let wide = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (4, 10), &Device::Cpu).unwrap()).unwrap();
+        let x = wide.as_tensor().narrow(1, 2, 7).unwrap();
+        let ours = linear(&x, &layer).unwrap();
+        let theirs = layer.forward(&x.contiguous().unwrap()).unwrap();
+        assert!(close(&ours, &theirs) < 1e-6);
+        let g_ours = (ours.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
+        let g_theirs = (theirs.sqr().unwrap().sum_all().unwrap()).backward().unwrap();
+        for (name, v) in store.named_vars("l.") {
+            let (a, b) = (g_ours.get(v.as_tensor()).unwrap(), g_theirs.get(v.as_tensor()).unwrap());
+            assert!(close(a, b) < 1e-5, "{name}");
+        }
+        // The input's gradient comes back through the strided view, to the right columns.
+        let (a, b) = (g_ours.get(wide.as_tensor()).unwrap(), g_theirs.get(wide.as_tensor()).unwrap());
+        assert!(close(a, b) < 1e-5);
+    }
+
+    #[test]
+    fn large_products_give_the_same_sums_as_small_ones() {
+        // Above PARALLEL_MACS the product may split across threads; the split is over the output,
+        // so each entry's sum is the one the single-threaded call computes.
+        let a = Tensor::randn(0f32, 1.0, (512, 256), &Device::Cpu).unwrap();
+        let b = Tensor::randn(0f32, 1.0, (256, 160), &Device::Cpu).unwrap();
+        assert!(512 * 256 * 160 >= PARALLEL_MACS);
+        let ours = a.apply_op2_no_bwd(&b, &Product).unwrap();
+        let mut want = vec![0f32; 512 * 160];
+        let (av, bv) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+        matmul(&mut want, View::row_major(&av, 512, 256), View::row_major(&bv, 256, 160), false).unwrap();
+        assert_eq!(ours.flatten_all().unwrap().to_vec1::<f32>().unwrap(), want);
+    }
+}
