@@ -168,7 +168,7 @@ mod tests {
         // so each entry's sum is the one the single-threaded call computes.
         let a = Tensor::randn(0f32, 1.0, (512, 256), &Device::Cpu).unwrap();
         let b = Tensor::randn(0f32, 1.0, (256, 160), &Device::Cpu).unwrap();
-        assert!(512 * 256 * 160 >= PARALLEL_MACS);
+        const { assert!(512 * 256 * 160 >= PARALLEL_MACS) };
         let ours = a.apply_op2_no_bwd(&b, &Product).unwrap();
         let mut want = vec![0f32; 512 * 160];
         let (av, bv) = (a.flatten_all().unwrap().to_vec1::<f32>().unwrap(), b.flatten_all().unwrap().to_vec1::<f32>().unwrap());
