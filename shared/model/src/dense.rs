@@ -87,7 +87,6 @@ fn matmul_with(dst: &mut [f32], a: View, b: View, accumulate: bool, parallelism:
     Ok(())
 }
 
-
 /// A strided 2-D view of a tensor's storage (no copy).
 fn view<'a>(s: &'a CpuStorage, l: &Layout) -> Result<View<'a>> {
     let data = &s.as_slice::<f32>()?[l.start_offset()..];

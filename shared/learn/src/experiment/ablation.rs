@@ -3,7 +3,7 @@
 //! learner's settings. Each variant reports its deployed policy (the actor, greedy) and, as a
 //! diagnostic, its critic's own greedy policy (argmax_d Q_1,d per head).
 
-use super::behaviour::{behaviour_devices, collect, train_on_policy, Learner};
+use super::behaviour::{behaviour_devices, collect, deploy, train_on_policy, Learner};
 use super::compare::{behaviour_on_test, OfflineConfig};
 use super::{ExperimentConfig, Lab, Progress, Result};
 use crate::algo::bc::BehaviourCloning;
@@ -116,10 +116,7 @@ pub fn run(cfg: &ExperimentConfig, variants: &[Variant], iterate: bool, device: 
             let mut all = d.clone();
             for round in 1..=oc.rounds as u32 {
                 let deployed = Arc::new(PolicyModel::from_checkpoint(&learner.recommender().export(&v.name, learner.steps()), &lab.device)?);
-                devs.iter_mut().for_each(|dev| {
-                    dev.policy = deployed.clone();
-                    dev.sample = cfg.behaviour.sample_deployed;
-                });
+                deploy(&mut devs, &deployed, cfg.behaviour.sample_deployed);
                 let new = collect(&lab, &mut devs, oc.round_sessions, cfg.behaviour.session_batch, round, cfg.seed, progress)?.sessions;
                 let fresh = SessionDataset::new(&new, &lab.featurizer, lab.heads())?;
                 let all_new: Vec<usize> = (0..fresh.len()).collect();

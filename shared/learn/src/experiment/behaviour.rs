@@ -70,9 +70,11 @@ pub struct BehaviourConfig {
     pub session_batch: usize,
     /// The world devices collect in and the on-policy learner trains in.
     pub world: CollectionWorld,
-    /// In iterative rounds, devices running the deployed (learned) policy draw each slot from
-    /// the softmax of its noisy, biased logits instead of taking the argmax, so they explore
-    /// where the policy is unsure and not where it is sure.
+    /// In `compare`'s and `ablate`'s iterative rounds, devices running the deployed (learned)
+    /// policy draw each slot from the softmax of its noisy, biased logits instead of taking the
+    /// argmax, so they explore where the policy is unsure and not where it is sure. Off by
+    /// default (docs/results.md: within noise for IQL, worse for CQL(H) + SAC); `fleet-sim run`'s
+    /// agents always take the argmax.
     pub sample_deployed: bool,
 }
 
@@ -193,6 +195,14 @@ pub struct BehaviourDevice {
     pub policy: Arc<PolicyModel>,
     /// Draw slots from the policy's softmax instead of its argmax (see `sample_deployed`).
     pub sample: bool,
+}
+
+/// Installs the deployed policy on every device, sampling its softmax when `sample`.
+pub fn deploy(devices: &mut [BehaviourDevice], policy: &Arc<PolicyModel>, sample: bool) {
+    for dev in devices {
+        dev.policy = policy.clone();
+        dev.sample = sample;
+    }
 }
 
 /// `cfg.devices` devices; device i runs `policies[i % len]`.

@@ -2,7 +2,7 @@
 //! Learning, Iterative Offline, and the rule-based tracker, all evaluated on the same test-split
 //! sessions with AttrNet's attributes.
 
-use super::behaviour::{behaviour_devices, collect, train_on_policy, BehaviourDevice, Learner};
+use super::behaviour::{behaviour_devices, collect, deploy, train_on_policy, BehaviourDevice, Learner};
 use super::{ExperimentConfig, Lab, Progress, Result};
 use crate::algo::bc::{BcConfig, BehaviourCloning};
 use crate::algo::cql::{off_policy_sac, CqlConfig};
@@ -390,10 +390,7 @@ fn iterative(
     let mut round_logs = Vec::new();
     for round in 1..=oc.rounds as u32 {
         let deployed = Arc::new(PolicyModel::from_checkpoint(&learner.recommender().export("iterative offline", learner.steps()), &lab.device)?);
-        for dev in devices.iter_mut() {
-            dev.policy = deployed.clone();
-            dev.sample = cfg.behaviour.sample_deployed;
-        }
+        deploy(devices, &deployed, cfg.behaviour.sample_deployed);
         let c = collect(lab, devices, oc.round_sessions, cfg.behaviour.session_batch, round, cfg.seed, progress)?;
         d.extend(c.sessions);
         let data = SessionDataset::new(d, &lab.featurizer, lab.heads())?.with_objective(&oc.objective).favour_newest(oc.newest_share);
