@@ -8,6 +8,7 @@
 //!   state at each turn is [h_t ; 32 context features]; the critic loss backpropagates through the
 //!   GRU; targets use a soft-updated target GRU and critic; the last turn of a session is terminal.
 
+use crate::algo::concurrent::{backward_apart, side_by_side};
 use crate::algo::sac::{Rows, SacNets};
 use crate::algo::{Adam, OptimConfig};
 use irec_model::heads::{HeadsConfig, MultiHead};
@@ -226,9 +227,9 @@ pub fn run(cfg: &BenchConfig, device: &Device) -> Result<BenchResult> {
                 let zeros = Tensor::zeros((sb, STATE - GRU_HID), candle_core::DType::F32, device)?;
                 let ctx_next = Tensor::cat(&[ctx.narrow(0, sb, (l - 1) * sb)?, zeros], 0)?;
                 assembled = Some(Instant::now());
-                let h = gru.unroll(&ev)?; // (L+1, B, H)
+                let (h, ht) = side_by_side(device, || gru.unroll(&ev), || tgru.unroll(&ev)); // (L+1, B, H)
+                let (h, ht) = (h?, ht?.detach());
                 let s = Tensor::cat(&[h.narrow(0, 1, l)?.reshape((l * sb, GRU_HID))?, ctx.clone()], D::Minus1)?;
-                let ht = tgru.unroll(&ev)?.detach();
                 let hn = |x: &Tensor| -> Result<Tensor> {
                     let next = Tensor::cat(&[x.narrow(0, 2, l - 1)?, x.narrow(0, 0, 1)?.zeros_like()?], 0)?;
                     Tensor::cat(&[next.reshape((l * sb, GRU_HID))?, ctx_next.clone()], D::Minus1)
@@ -246,7 +247,7 @@ pub fn run(cfg: &BenchConfig, device: &Device) -> Result<BenchResult> {
         let tf = Instant::now();
         let (critic, pol, losses) = nets.losses(&s, &s_next, &s_next_t, &rows)?;
         let tb = Instant::now();
-        let mut grads = (&critic + &pol)?.backward()?;
+        let mut grads = backward_apart(&critic, &pol, q_opt.vars().chain(pi_opt.vars()))?;
         let to = Instant::now();
         q_opt.step(&mut grads)?;
         pi_opt.step(&mut grads)?;

@@ -115,18 +115,69 @@ impl CustomOp2 for Product {
     }
 
     fn bwd(&self, a: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        Ok((Some(grad.apply_op2_no_bwd(&b.t()?, &Product)?), Some(a.t()?.apply_op2_no_bwd(grad, &Product)?)))
+        // candle asks for both gradients whatever the operands are; an operand that is plain data
+        // (a detached state, the tracker's turn features) needs none, and skipping it saves a
+        // product as large as the forward one.
+        let da = if a.track_op() { Some(grad.apply_op2_no_bwd(&b.t()?, &Product)?) } else { None };
+        let db = if b.track_op() { Some(a.t()?.apply_op2_no_bwd(grad, &Product)?) } else { None };
+        Ok((da, db))
     }
 }
 
-/// `x · Wᵀ + b`, as `candle_nn::Linear` computes it; on the CPU through [`Product`].
+/// `y + b` for y (m×n) and b (n), row by row. candle's gradient of a broadcast add sums the rows
+/// through its generic reduction (a division per element to find its column), a tenth of the gru
+/// training step; here the bias's gradient is one pass over the rows, in the same order.
+struct AddBias;
+
+impl CustomOp2 for AddBias {
+    fn name(&self) -> &'static str {
+        "irec-dense-add-bias"
+    }
+
+    fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
+        let (y, b) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        let n = b.len();
+        if n == 0 || y.len() % n != 0 {
+            candle_core::bail!("dense: a bias of {n} does not fit rows of {:?}", l1.dims());
+        }
+        let mut out = Vec::with_capacity(y.len());
+        for row in y.chunks_exact(n) {
+            out.extend(row.iter().zip(b).map(|(v, c)| v + c));
+        }
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(&self, _y: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let db = if b.track_op() {
+            let n = b.elem_count();
+            let g = grad.flatten_all()?.to_vec1::<f32>()?;
+            let mut sums = vec![0f32; n];
+            for row in g.chunks_exact(n) {
+                sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+            }
+            Some(Tensor::from_vec(sums, b.shape(), b.device())?)
+        } else {
+            None
+        };
+        Ok((Some(grad.clone()), db))
+    }
+}
+
+fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
+        None => candle_core::bail!("dense: the bias add takes contiguous operands"),
+    }
+}
+
+/// `x · Wᵀ + b`, as `candle_nn::Linear` computes it; on the CPU through [`Product`] and [`AddBias`].
 pub fn linear(x: &Tensor, layer: &Linear) -> Result<Tensor> {
     if !matches!(x.device(), Device::Cpu) || x.rank() != 2 || x.dtype() != candle_core::DType::F32 {
         return layer.forward(x);
     }
     let y = x.apply_op2(&layer.weight().t()?, Product)?;
     match layer.bias() {
-        Some(b) => y.broadcast_add(b),
+        Some(b) => y.apply_op2(&b.contiguous()?, AddBias),
         None => Ok(y),
     }
 }
@@ -159,6 +210,22 @@ mod tests {
         // The input's gradient comes back through the strided view, to the right columns.
         let (a, b) = (g_ours.get(wide.as_tensor()).unwrap(), g_theirs.get(wide.as_tensor()).unwrap());
         assert!(close(a, b) < 1e-5);
+    }
+
+    #[test]
+    fn the_bias_add_is_candles_broadcast_add_to_the_bit() {
+        let y = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, (300, 7), &Device::Cpu).unwrap()).unwrap();
+        let b = candle_core::Var::from_tensor(&Tensor::randn(0f32, 1.0, 7, &Device::Cpu).unwrap()).unwrap();
+        let w = Tensor::randn(0f32, 1.0, (300, 7), &Device::Cpu).unwrap();
+        let ours = y.as_tensor().apply_op2(b.as_tensor(), AddBias).unwrap();
+        let theirs = y.as_tensor().broadcast_add(b.as_tensor()).unwrap();
+        let bits = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(bits(&ours), bits(&theirs));
+        let g_ours = (&ours * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        let g_theirs = (&theirs * &w).unwrap().sum_all().unwrap().backward().unwrap();
+        for v in [&y, &b] {
+            assert_eq!(bits(g_ours.get(v.as_tensor()).unwrap()), bits(g_theirs.get(v.as_tensor()).unwrap()));
+        }
     }
 
     #[test]

@@ -27,7 +27,12 @@ fn hidden_projection(h: &[f32], w: &[f32], bias: &[f32], batch: usize, hidden: u
     matmul(out, View::row_major(h, batch, hidden), View::row_major(w, three, hidden).t(), true)
 }
 
-pub(crate) struct GruSequence;
+/// One unroll. It keeps the forward pass's hidden projections (h·W_hhᵀ + b_hh of every turn) for
+/// its backward pass, which would otherwise recompute them: a third of the unroll's products.
+#[derive(Default)]
+pub(crate) struct GruSequence {
+    projections: std::sync::Mutex<Vec<f32>>,
+}
 
 impl CustomOp3 for GruSequence {
     fn name(&self) -> &'static str {
@@ -39,11 +44,12 @@ impl CustomOp3 for GruSequence {
         let (t, b, three) = l1.shape().dims3()?;
         let hidden = three / 3;
         let mut states = vec![0f32; (t + 1) * b * hidden];
-        let mut gh = vec![0f32; b * three];
+        let mut projections = vec![0f32; t * b * three];
         for step in 0..t {
             let (done, rest) = states.split_at_mut((step + 1) * b * hidden);
             let h_prev = &done[step * b * hidden..];
-            hidden_projection(h_prev, w, bias, b, hidden, &mut gh)?;
+            let gh = &mut projections[step * b * three..(step + 1) * b * three];
+            hidden_projection(h_prev, w, bias, b, hidden, gh)?;
             let gi_t = &gi[step * b * three..(step + 1) * b * three];
             let out = &mut rest[..b * hidden];
             for r in 0..b {
@@ -55,6 +61,9 @@ impl CustomOp3 for GruSequence {
                     out[r * hidden + j] = (1.0 - z) * n + z * hp[j];
                 }
             }
+        }
+        if let Ok(mut kept) = self.projections.lock() {
+            *kept = projections;
         }
         Ok((CpuStorage::F32(states), Shape::from((t + 1, b, hidden))))
     }
@@ -69,12 +78,18 @@ impl CustomOp3 for GruSequence {
         let mut d_w = vec![0f32; w_v.len()];
         let mut d_b = vec![0f32; three];
         let mut dh = g[t * bh..(t + 1) * bh].to_vec();
-        let mut gh = vec![0f32; b * three];
+        let kept = self.projections.lock().map_err(|_| candle_core::Error::Msg("gru-sequence: a poisoned lock".into()))?;
+        let mut scratch = vec![0f32; if kept.len() == t * b * three { 0 } else { b * three }];
         let mut d_gh = vec![0f32; b * three];
         let mut dh_prev = vec![0f32; bh];
         for step in (0..t).rev() {
             let h_prev = &states[step * bh..(step + 1) * bh];
-            hidden_projection(h_prev, &w_v, &b_v, b, hidden, &mut gh)?;
+            let gh: &[f32] = if scratch.is_empty() {
+                &kept[step * b * three..(step + 1) * b * three]
+            } else {
+                hidden_projection(h_prev, &w_v, &b_v, b, hidden, &mut scratch)?;
+                &scratch
+            };
             let gi_t = &gi_v[step * b * three..(step + 1) * b * three];
             let dgi_t = &mut d_gi[step * b * three..(step + 1) * b * three];
             for r in 0..b {
@@ -117,5 +132,5 @@ impl CustomOp3 for GruSequence {
 
 /// All states of a GRU over `gi` (T, B, 3H) = x·W_ihᵀ + b_ih: (T + 1, B, H), row 0 the zero state.
 pub fn gru_sequence(gi: &Tensor, w_hh: &Tensor, b_hh: &Tensor) -> Result<Tensor> {
-    gi.contiguous()?.apply_op3_arc(&w_hh.contiguous()?, &b_hh.contiguous()?, std::sync::Arc::new(Box::new(GruSequence)))
+    gi.contiguous()?.apply_op3_arc(&w_hh.contiguous()?, &b_hh.contiguous()?, std::sync::Arc::new(Box::new(GruSequence::default())))
 }

@@ -10,6 +10,7 @@
 //! policy head alone. G is trained through the state tracker, so the tracker also gets a
 //! supervised signal, not only the TD error.
 
+use super::concurrent::backward_apart;
 use super::critic::{self, per_head, QCritic};
 use super::{scalar, Adam, Batch, LossRecord, OfflineAlgorithm, OptimConfig, PerceptionWeights, Recommender};
 use irec_model::heads::MultiHead;
@@ -224,7 +225,7 @@ impl OfflineAlgorithm for Bcq {
 
     fn update(&mut self, batch: &Batch) -> Result<BcqLosses> {
         let (critic, policy, mut losses) = self.compute_loss(batch)?;
-        let mut grads = (critic + policy)?.backward()?;
+        let mut grads = backward_apart(&critic, &policy, self.critic_opt.vars().chain(self.policy_opt.vars()))?;
         losses.critic_grad_norm = self.critic_opt.step(&mut grads)?;
         self.policy_opt.step(&mut grads)?;
         QCritic::soft_update(&self.rec, self.cfg.tau)?;

@@ -57,8 +57,8 @@ impl QCritic {
 
     pub fn states(&self, rec: &Recommender, batch: &Batch) -> Result<States> {
         let flat = |states: &Tensor, from: usize| states.narrow(0, from, batch.steps)?.reshape((batch.steps * batch.sessions, rec.tracker.hidden()));
-        let online = rec.tracker.unroll(&batch.features)?;
-        let target = self.target_tracker.unroll(&batch.features)?.detach();
+        let (online, target) = super::concurrent::side_by_side(batch.features.device(), || rec.tracker.unroll(&batch.features), || self.target_tracker.unroll(&batch.features));
+        let (online, target) = (online?, target?.detach());
         Ok(States { s: flat(&online, 0)?, s_next: flat(&online, 1)?.detach(), s_next_target: flat(&target, 1)?, s_target: flat(&target, 0)? })
     }
 

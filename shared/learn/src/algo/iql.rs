@@ -9,6 +9,7 @@
 //! min(exp(β·(Q′_d(s, a_d) − V(s))), w_max). κ = 0.5 is SARSA (the data's own value), β = 0
 //! behaviour cloning.
 
+use super::concurrent::backward_apart;
 use super::critic::{self, QCritic};
 use super::{scalar, Adam, Batch, LossRecord, OfflineAlgorithm, OptimConfig, PerceptionWeights, Recommender};
 use irec_model::heads::{HeadsConfig, MultiHead};
@@ -203,8 +204,10 @@ impl OfflineAlgorithm for Iql {
 
     fn update(&mut self, batch: &Batch) -> Result<IqlLosses> {
         let (critic, value, policy, mut losses) = self.compute_loss(batch)?;
-        // Parameter groups are disjoint (V and the actor see detached states): one backward.
-        let mut grads = ((critic + value)? + policy)?.backward()?;
+        // Parameter groups are disjoint (V and the actor see detached states): the critic's
+        // backward pass runs beside the other two.
+        let vars = self.critic_opt.vars().chain(self.value_opt.vars()).chain(self.policy_opt.vars());
+        let mut grads = backward_apart(&critic, &(value + policy)?, vars)?;
         losses.critic_grad_norm = self.critic_opt.step(&mut grads)?;
         self.value_opt.step(&mut grads)?;
         self.policy_opt.step(&mut grads)?;

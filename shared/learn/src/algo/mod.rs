@@ -12,10 +12,12 @@
 //! - [`learner`]: which offline learner trains ([`Algo`], `--algo`), behind one type.
 //! - [`ppo`]: the on-policy learner against the simulator (upper bound; behaviour policies).
 //! - [`objective`]: the reward the learners optimise (the paper's as logged, or a per-turn cost).
+//! - [`concurrent`]: the independent halves of a training step side by side on two threads.
 //! - [`fqe`]: fitted Q evaluation, the off-policy value estimate behind the deployment gate.
 
 pub mod bc;
 pub mod bcq;
+pub mod concurrent;
 pub mod critic;
 pub mod cql;
 pub mod dataset;
@@ -155,6 +157,11 @@ impl Adam {
     pub fn named(vars: Vec<(String, Var)>, cfg: &OptimConfig) -> Result<Adam> {
         let moments = vars.iter().map(|(_, v)| Ok((v.zeros_like()?, v.zeros_like()?))).collect::<Result<_>>()?;
         Ok(Adam { vars, moments, t: 0, lr: cfg.lr, max_grad_norm: cfg.max_grad_norm })
+    }
+
+    /// The variables this optimizer updates.
+    pub fn vars(&self) -> impl Iterator<Item = &Var> {
+        self.vars.iter().map(|(_, v)| v)
     }
 
     /// Applies the gradients of this optimizer's variables; returns their global norm before clipping.

@@ -8,6 +8,7 @@
 //! detached states. Because policy and Q factorize, every expectation over the joint action is a
 //! sum of per-head expectations, computed exactly.
 
+use super::concurrent::{backward_apart, side_by_side};
 use super::cql::CqlConfig;
 use super::{scalar, Adam, Batch, LossRecord, OfflineAlgorithm, OptimConfig, PerceptionWeights, Recommender};
 use irec_model::heads::MultiHead;
@@ -258,8 +259,18 @@ impl SacNets<'_> {
     /// Critic and policy losses (scalars) with diagnostics. `s` carries gradients into whatever
     /// produced it (the state tracker); the actor sees it detached.
     pub fn losses(&self, s: &Tensor, s_next: &Tensor, s_next_target: &Tensor, rows: &Rows) -> Result<(Tensor, Tensor, SacLosses)> {
-        let y = self.compute_target(s_next, s_next_target, rows)?;
-        let critics: Vec<Tensor> = std::iter::once(self.q1).chain(self.q2).map(|q| q.forward(s)).collect::<Result<_>>()?;
+        // The backup target and the online forward passes share nothing: side by side.
+        let (y, online) = side_by_side(
+            s.device(),
+            || self.compute_target(s_next, s_next_target, rows),
+            || -> Result<(Vec<Tensor>, Tensor)> {
+                let critics = std::iter::once(self.q1).chain(self.q2).map(|q| q.forward(s)).collect::<Result<_>>()?;
+                // The actor on detached states.
+                let logp = seg_log_softmax(&self.policy.forward(&s.detach())?, self.heads)?;
+                Ok((critics, logp))
+            },
+        );
+        let (y, (critics, logp)) = (y?, online?);
         let k = critics.len() as f64;
         let mut td_sum: Option<Tensor> = None;
         let mut pen_sum: Option<Tensor> = None;
@@ -287,8 +298,7 @@ impl SacNets<'_> {
             critic_rows = (critic_rows + (pen * alpha)?)?;
         }
         let critic = rows.mean(&critic_rows)?;
-        // Actor on detached states against the detached pessimistic per-head critic.
-        let logp = seg_log_softmax(&self.policy.forward(&s.detach())?, self.heads)?;
+        // The actor against the detached pessimistic per-head critic.
         let p = logp.exp()?;
         let qmin = match critics.get(1) {
             Some(q2) => critics[0].minimum(q2)?.detach(),
@@ -472,10 +482,10 @@ impl DiscreteSac {
 
     /// Critic and policy losses (scalars) with their diagnostics.
     pub fn compute_loss(&self, batch: &Batch) -> Result<(Tensor, Tensor, SacLosses)> {
-        let states = self.rec.tracker.unroll(&batch.features)?;
+        let (states, target_states) = side_by_side(batch.features.device(), || self.rec.tracker.unroll(&batch.features), || self.target_tracker.unroll(&batch.features));
+        let (states, target_states) = (states?, target_states?.detach());
         let s = self.flat(&states, 0, batch)?;
         let s_next = self.flat(&states, 1, batch)?.detach();
-        let target_states = self.target_tracker.unroll(&batch.features)?.detach();
         let s_next_target = self.flat(&target_states, 1, batch)?;
         let nets = SacNets {
             q1: &self.q1,
@@ -516,8 +526,8 @@ impl OfflineAlgorithm for DiscreteSac {
 
     fn update(&mut self, batch: &Batch) -> Result<SacLosses> {
         let (critic, policy, mut losses) = self.compute_loss(batch)?;
-        // Critic and actor parameters are disjoint: one backward serves both.
-        let mut grads = (critic + policy)?.backward()?;
+        // Critic and actor parameters are disjoint: their backward passes run side by side.
+        let mut grads = backward_apart(&critic, &policy, self.critic_opt.vars().chain(self.policy_opt.vars()))?;
         losses.critic_grad_norm = self.critic_opt.step(&mut grads)?;
         self.policy_opt.step(&mut grads)?;
         losses.temperature = self.temperature()? as f32;

@@ -1,0 +1,86 @@
+//! The independent halves of a training step, side by side.
+//!
+//! At the recommender's sizes each product runs on one thread (`irec_model::dense`), so a second
+//! core helps only if two pieces of work run at once. A step has such pieces: the online and the
+//! target tracker's unrolls, the critic's backup target and its forward pass, the critic's and the
+//! actor's backward passes (the actor sees detached states, so the two graphs share no
+//! parameters). Each piece computes exactly what it computes alone, so the step's numbers are the
+//! same at any thread count.
+
+use candle_core::backprop::GradStore;
+use candle_core::{Device, Result, Tensor, Var};
+
+/// Keeps candle's own pool for large elementwise ops (its barrier pool, sized once from
+/// `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`) at one thread, unless the caller chose, for this
+/// process and those it starts. irec spreads its work over the threads itself ([`side_by_side`],
+/// the large products in `irec_model::dense`, the fleet's session shards); candle's pool on top
+/// adds a spinning thread and serialises the two halves of a step on its lock. `bench-train --mode
+/// gru` at two threads: 45.7 ms a step with the pool, 23–25 ms without (docs/benchmarks.md). The
+/// numbers computed are the same either way. Call before any kernel has run.
+pub fn keep_candle_elementwise_inline() {
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
+}
+
+/// `(a(), b())`, on two threads when candle has more than one on the CPU; in order otherwise.
+pub fn side_by_side<A: Send, B: Send>(device: &Device, a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+    pair(two_threads(device), a, b)
+}
+
+fn two_threads(device: &Device) -> bool {
+    matches!(device, Device::Cpu) && candle_core::utils::get_num_threads() > 1
+}
+
+fn pair<A: Send, B: Send>(parallel: bool, a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
+    if parallel {
+        rayon::join(a, b)
+    } else {
+        let x = a();
+        (x, b())
+    }
+}
+
+/// The gradients of `a + b` for `vars`, with the two backward passes side by side. A variable both
+/// losses reach gets the sum of its two gradients.
+pub fn backward_apart<'v>(a: &Tensor, b: &Tensor, vars: impl IntoIterator<Item = &'v Var>) -> Result<GradStore> {
+    apart(two_threads(a.device()), a, b, vars)
+}
+
+fn apart<'v>(parallel: bool, a: &Tensor, b: &Tensor, vars: impl IntoIterator<Item = &'v Var>) -> Result<GradStore> {
+    let (ga, gb) = pair(parallel, || a.backward(), || b.backward());
+    let (mut ga, mut gb) = (ga?, gb?);
+    for v in vars {
+        if let Some(g) = gb.remove(v.as_tensor()) {
+            let sum = match ga.remove(v.as_tensor()) {
+                Some(x) => (x + g)?,
+                None => g,
+            };
+            ga.insert(v.as_tensor(), sum);
+        }
+    }
+    Ok(ga)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apart_gives_the_gradients_of_the_sum() {
+        let dev = Device::Cpu;
+        let (x, y) = (Var::new(&[1f32, -2.0, 3.0], &dev).unwrap(), Var::new(&[0.5f32, 4.0], &dev).unwrap());
+        // a reaches x only, b reaches both: x's gradient is the sum of two parts.
+        let a = x.as_tensor().sqr().unwrap().sum_all().unwrap();
+        let b = ((x.as_tensor() * 3.0).unwrap().sum_all().unwrap() + y.as_tensor().sqr().unwrap().sum_all().unwrap()).unwrap();
+        let joint = (&a + &b).unwrap().backward().unwrap();
+        for parallel in [false, true] {
+            let grads = apart(parallel, &a, &b, [&x, &y]).unwrap();
+            for v in [&x, &y] {
+                let want = joint.get(v.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+                assert_eq!(grads.get(v.as_tensor()).unwrap().to_vec1::<f32>().unwrap(), want);
+            }
+            assert_eq!(grads.get(x.as_tensor()).unwrap().to_vec1::<f32>().unwrap(), vec![5.0, -1.0, 9.0]);
+        }
+    }
+}
