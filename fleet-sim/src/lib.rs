@@ -30,8 +30,11 @@ use std::process::ExitCode;
 
 /// Parses the command line, runs the command, and maps errors to a non-zero exit.
 pub fn main() -> ExitCode {
-    irec_learn::algo::concurrent::keep_candle_elementwise_inline();
+    irec_learn::host::keep_candle_elementwise_inline();
     let cli = cli::Cli::parse();
+    if matches!(cli.command, cli::Command::Compare(_) | cli::Command::Ablate(_) | cli::Command::BenchTrain(_) | cli::Command::Server(_)) {
+        irec_learn::host::keep_freed_memory();
+    }
     // Chaos campaigns run an in-process server against hostile peers: its per-refusal warnings
     // would bury the report. The server and agents that `run` starts log what they do (into the
     // run's log files).

@@ -3,7 +3,8 @@ use irec_server::cli::{execute, Cli};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    irec_learn::algo::concurrent::keep_candle_elementwise_inline();
+    irec_learn::host::keep_candle_elementwise_inline();
+    irec_learn::host::keep_freed_memory();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();

@@ -9,10 +9,12 @@
 //! - [`files`]: whole-or-nothing file writes for learner states and caches.
 //! - [`curves`]: training curves in d3rlpy's file layout (`d3rlpy plot` reads them).
 //! - [`bench`]: the training-step benchmark against the PyTorch reference workload.
+//! - [`host`]: how a training process sets up its threads and allocator.
 
 pub mod algo;
 pub mod bench;
 pub mod curves;
 pub mod experiment;
 pub mod files;
+pub mod host;
 pub mod round;

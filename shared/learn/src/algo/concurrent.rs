@@ -10,19 +10,6 @@
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor, Var};
 
-/// Keeps candle's own pool for large elementwise ops (its barrier pool, sized once from
-/// `CANDLE_NUM_THREADS`, else `RAYON_NUM_THREADS`) at one thread, unless the caller chose, for this
-/// process and those it starts. irec spreads its work over the threads itself ([`side_by_side`],
-/// the large products in `irec_model::dense`, the fleet's session shards); candle's pool on top
-/// adds a spinning thread and serialises the two halves of a step on its lock. `bench-train --mode
-/// gru` at two threads: 45.7 ms a step with the pool, 23–25 ms without (docs/benchmarks.md). The
-/// numbers computed are the same either way. Call before any kernel has run.
-pub fn keep_candle_elementwise_inline() {
-    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
-        std::env::set_var("CANDLE_NUM_THREADS", "1");
-    }
-}
-
 /// `(a(), b())`, on two threads when candle has more than one on the CPU; in order otherwise.
 pub fn side_by_side<A: Send, B: Send>(device: &Device, a: impl FnOnce() -> A + Send, b: impl FnOnce() -> B + Send) -> (A, B) {
     pair(two_threads(device), a, b)
