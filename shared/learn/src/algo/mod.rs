@@ -179,6 +179,10 @@ impl Adam {
         let c2 = 1.0 - ADAM_BETA2.powi(self.t as i32);
         for ((_, v), (m, s)) in self.vars.iter().zip(self.moments.iter_mut()) {
             let Some(g) = grads.get(v.as_tensor()) else { continue };
+            if matches!(v.device(), candle_core::Device::Cpu) {
+                Self::update_on_host(self.lr, v, m, s, g, scale, c1, c2)?;
+                continue;
+            }
             let g = if scale < 1.0 { (g * scale)? } else { g.clone() };
             *m = ((&*m * ADAM_BETA1)? + (&g * (1.0 - ADAM_BETA1))?)?;
             *s = ((&*s * ADAM_BETA2)? + (g.sqr()? * (1.0 - ADAM_BETA2))?)?;
@@ -186,6 +190,29 @@ impl Adam {
             v.set(&(v.as_tensor() - (update * self.lr)?)?)?;
         }
         Ok(norm)
+    }
+
+    /// The tensor update above in one pass per variable, for the CPU, where each of its dozen
+    /// tensor ops is an allocation and a sweep. Each line repeats candle's arithmetic exactly
+    /// (`t * c` is `t·c + 0` in f32, `t / c` is `t·(1/c) + 0`, `t + c` is `t·1 + c`), so the
+    /// parameters come out the same to the bit.
+    #[allow(clippy::too_many_arguments)]
+    fn update_on_host(lr: f64, v: &Var, m: &mut Tensor, s: &mut Tensor, g: &Tensor, scale: f64, c1: f64, c2: f64) -> Result<()> {
+        let host = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        let (g, mut mv, mut sv, mut p) = (host(g)?, host(m)?, host(s)?, host(v.as_tensor())?);
+        let (b1, nb1, b2, nb2) = (ADAM_BETA1 as f32, (1.0 - ADAM_BETA1) as f32, ADAM_BETA2 as f32, (1.0 - ADAM_BETA2) as f32);
+        let (ic1, ic2, eps, lr, sc) = ((1.0 / c1) as f32, (1.0 / c2) as f32, ADAM_EPS as f32, lr as f32, scale as f32);
+        for (((gi, mi), si), pi) in g.iter().zip(mv.iter_mut()).zip(sv.iter_mut()).zip(p.iter_mut()) {
+            let gi = if scale < 1.0 { *gi * sc + 0.0 } else { *gi };
+            *mi = (*mi * b1 + 0.0) + (gi * nb1 + 0.0);
+            *si = (*si * b2 + 0.0) + ((gi * gi) * nb2 + 0.0);
+            let update = (*mi * ic1 + 0.0) / ((*si * ic2 + 0.0).sqrt() * 1.0 + eps);
+            *pi -= update * lr + 0.0;
+        }
+        let (shape, dev) = (v.shape().clone(), v.device().clone());
+        *m = Tensor::from_vec(mv, &shape, &dev)?;
+        *s = Tensor::from_vec(sv, &shape, &dev)?;
+        v.set(&Tensor::from_vec(p, &shape, &dev)?)
     }
 
     /// The moments and step count, as tensors named `<prefix>.m.<var>`, `<prefix>.v.<var>` and
