@@ -5,7 +5,9 @@
 //! target tracker's unrolls, the critic's backup target and its forward pass, the critic's and the
 //! actor's backward passes (the actor sees detached states, so the two graphs share no
 //! parameters). Each piece computes exactly what it computes alone, so the step's numbers are the
-//! same at any thread count.
+//! same at any thread count. It pays only with candle's elementwise pool kept inline
+//! ([`crate::host::keep_candle_elementwise_inline`], which fleet-sim and irec-server call first):
+//! otherwise both halves queue on that pool and the step is slower than on one thread.
 
 use candle_core::backprop::GradStore;
 use candle_core::{Device, Result, Tensor, Var};
