@@ -7,6 +7,7 @@
 //! calling thread below [`PARALLEL_MACS`] multiply-adds and splits it above, forward and backward.
 //! gemm splits the output, not the reduction, so the sums are the same either way.
 
+use crate::kernels::{host, slice};
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
 use candle_nn::{Linear, Module};
 
@@ -135,7 +136,7 @@ impl CustomOp2 for AddBias {
     }
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (y, b) = (contiguous(s1, l1)?, contiguous(s2, l2)?);
+        let (y, b) = (slice(s1, l1)?, slice(s2, l2)?);
         let n = b.len();
         if n == 0 || y.len() % n != 0 {
             candle_core::bail!("dense: a bias of {n} does not fit rows of {:?}", l1.dims());
@@ -150,7 +151,7 @@ impl CustomOp2 for AddBias {
     fn bwd(&self, _y: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let db = if b.track_op() {
             let n = b.elem_count();
-            let g = grad.flatten_all()?.to_vec1::<f32>()?;
+            let g = host(grad)?;
             let mut sums = vec![0f32; n];
             for row in g.chunks_exact(n) {
                 sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
@@ -160,13 +161,6 @@ impl CustomOp2 for AddBias {
             None
         };
         Ok((Some(grad.clone()), db))
-    }
-}
-
-fn contiguous<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&s.as_slice::<f32>()?[a..b]),
-        None => candle_core::bail!("dense: the bias add takes contiguous operands"),
     }
 }
 

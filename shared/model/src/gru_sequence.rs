@@ -7,16 +7,8 @@
 //! recurrence — h·W_hhᵀ with `gemm`, then the fused cell — runs in one loop each way.
 
 use super::dense::{matmul, View};
-use super::kernels::{sigmoid, tanh};
+use super::kernels::{host, sigmoid, slice, tanh};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
-
-fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
-    let data = s.as_slice::<f32>()?;
-    match l.contiguous_offsets() {
-        Some((a, b)) => Ok(&data[a..b]),
-        None => candle_core::bail!("gru-sequence needs contiguous inputs"),
-    }
-}
 
 /// gh = h·W_hhᵀ + b_hh for one step.
 fn hidden_projection(h: &[f32], w: &[f32], bias: &[f32], batch: usize, hidden: usize, out: &mut [f32]) -> Result<()> {
@@ -28,10 +20,14 @@ fn hidden_projection(h: &[f32], w: &[f32], bias: &[f32], batch: usize, hidden: u
 }
 
 /// One unroll. It keeps the forward pass's hidden projections (h·W_hhᵀ + b_hh of every turn) for
-/// its backward pass, which would otherwise recompute them: a third of the unroll's products.
+/// its backward pass, which used to recompute them: a third of the unroll's products.
 #[derive(Default)]
 pub(crate) struct GruSequence {
     projections: std::sync::Mutex<Vec<f32>>,
+}
+
+fn poisoned() -> candle_core::Error {
+    candle_core::Error::Msg("gru-sequence: a poisoned lock".into())
 }
 
 impl CustomOp3 for GruSequence {
@@ -62,34 +58,28 @@ impl CustomOp3 for GruSequence {
                 }
             }
         }
-        if let Ok(mut kept) = self.projections.lock() {
-            *kept = projections;
-        }
+        *self.projections.lock().map_err(|_| poisoned())? = projections;
         Ok((CpuStorage::F32(states), Shape::from((t + 1, b, hidden))))
     }
 
     fn bwd(&self, gi: &Tensor, w: &Tensor, bias: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (t, b, three) = gi.dims3()?;
         let hidden = three / 3;
-        let host = |x: &Tensor| -> Result<Vec<f32>> { x.flatten_all()?.to_vec1::<f32>() };
-        let (gi_v, w_v, b_v, states, g) = (host(gi)?, host(w)?, host(bias)?, host(res)?, host(grad)?);
+        let (gi_v, w_v, states, g) = (host(gi)?, host(w)?, host(res)?, host(grad)?);
         let bh = b * hidden;
         let mut d_gi = vec![0f32; gi_v.len()];
         let mut d_w = vec![0f32; w_v.len()];
         let mut d_b = vec![0f32; three];
         let mut dh = g[t * bh..(t + 1) * bh].to_vec();
-        let kept = self.projections.lock().map_err(|_| candle_core::Error::Msg("gru-sequence: a poisoned lock".into()))?;
-        let mut scratch = vec![0f32; if kept.len() == t * b * three { 0 } else { b * three }];
+        let kept = self.projections.lock().map_err(|_| poisoned())?;
+        if kept.len() != t * b * three {
+            candle_core::bail!("gru-sequence: backward without its forward pass's projections");
+        }
         let mut d_gh = vec![0f32; b * three];
         let mut dh_prev = vec![0f32; bh];
         for step in (0..t).rev() {
             let h_prev = &states[step * bh..(step + 1) * bh];
-            let gh: &[f32] = if scratch.is_empty() {
-                &kept[step * b * three..(step + 1) * b * three]
-            } else {
-                hidden_projection(h_prev, &w_v, &b_v, b, hidden, &mut scratch)?;
-                &scratch
-            };
+            let gh = &kept[step * b * three..(step + 1) * b * three];
             let gi_t = &gi_v[step * b * three..(step + 1) * b * three];
             let dgi_t = &mut d_gi[step * b * three..(step + 1) * b * three];
             for r in 0..b {

@@ -87,7 +87,7 @@ impl ParamStore {
                 } else if matches!(dst.device(), Device::Cpu) {
                     // In one pass on the CPU, with the tensor ops' exact arithmetic (`t * c` is
                     // `t·c + 0` in f32).
-                    let host = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+                    let host = crate::kernels::host;
                     let (keep, take) = ((1.0 - tau) as f32, tau as f32);
                     let d: Vec<f32> = host(dst.as_tensor())?.iter().zip(host(src.as_tensor())?).map(|(d, s)| (d * keep + 0.0) + (s * take + 0.0)).collect();
                     Tensor::from_vec(d, dst.shape(), dst.device())?
