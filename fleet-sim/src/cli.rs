@@ -21,6 +21,9 @@ pub enum Command {
     Compare(CompareArgs),
     /// Offline-learner variants trained on one D (same behaviour data, same test sessions).
     Ablate(AblateArgs),
+    /// The deployment gate checked against the simulator: a pool of policies of differing
+    /// strength estimated by FQE on one D, every ordered pair decided by the server's gate rule.
+    GateCheck(GateCheckArgs),
     /// Time one CQL(H) + discrete SAC gradient step with the reference workload's shapes.
     BenchTrain(BenchArgs),
     /// Simulated turns per second with the neural policy (batched inference across sessions).
@@ -391,6 +394,32 @@ pub struct AblateArgs {
     /// Write each variant's long (> 20 turns) or failed test sessions, rendered, into DIR.
     #[arg(long, value_name = "DIR")]
     pub failures: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", default_value = "runs/cache")]
+    pub cache: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GateCheckArgs {
+    #[arg(long, value_enum, default_value_t = PresetArg::Quick)]
+    pub preset: PresetArg,
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// A TOML file overriding the preset's settings (world, behaviour, offline).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The offline learner whose training stages join the pool (the server's by default).
+    #[arg(long, default_value = "iql", value_parser = irec_learn::algo::Algo::parse)]
+    pub algo: irec_learn::algo::Algo,
+    /// FQE gradient steps per policy (unset: the server trainer's).
+    #[arg(long)]
+    pub fqe_steps: Option<usize>,
+    /// FQE soft target-update rate per step (unset: the server trainer's).
+    #[arg(long)]
+    pub fqe_tau: Option<f64>,
     #[arg(long, value_name = "DIR", default_value = "runs/cache")]
     pub cache: PathBuf,
     #[arg(long, default_value = "cpu")]

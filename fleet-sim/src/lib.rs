@@ -32,7 +32,7 @@ use std::process::ExitCode;
 pub fn main() -> ExitCode {
     irec_learn::host::keep_candle_elementwise_inline();
     let cli = cli::Cli::parse();
-    if matches!(cli.command, cli::Command::Compare(_) | cli::Command::Ablate(_) | cli::Command::BenchTrain(_) | cli::Command::Server(_)) {
+    if matches!(cli.command, cli::Command::Compare(_) | cli::Command::Ablate(_) | cli::Command::GateCheck(_) | cli::Command::BenchTrain(_) | cli::Command::Server(_)) {
         irec_learn::host::keep_freed_memory();
     }
     // Chaos campaigns run an in-process server against hostile peers: its per-refusal warnings

@@ -15,6 +15,7 @@ mod catalog;
 pub mod chaos;
 mod compare;
 mod export;
+mod gate_check;
 mod world_file;
 mod model_check;
 mod run;
@@ -26,6 +27,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Catalog(a) => catalog::run(a),
         Command::Compare(a) => compare::run(a),
         Command::Ablate(a) => ablate::run(a),
+        Command::GateCheck(a) => gate_check::run(a),
         Command::BenchTrain(a) => bench::run(a),
         Command::BenchIngest(a) => bench_ingest::run(a),
         Command::BenchSim(a) => bench_sim::run(a),

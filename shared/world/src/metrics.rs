@@ -60,6 +60,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The simulator's verdict on a policy against another on the same sessions: worse when its
+    /// NI is higher by more than two standard errors of the difference.
+    pub fn confidently_worse_than(&self, other: &Metrics) -> bool {
+        let se = (self.ni.se.powi(2) + other.ni.se.powi(2)).sqrt();
+        self.ni.mean - other.ni.mean > 2.0 * se
+    }
+
     /// `max_turns` is what NI counts for a failed session (paper: 50).
     pub fn of(outcomes: &[SessionOutcome], max_turns: u32) -> Metrics {
         let n = outcomes.len();

@@ -48,12 +48,6 @@ pub struct RoundRow {
     pub train_s: Option<f64>,
 }
 
-/// Whether `candidate` is confidently worse than `reference` on NI (two standard errors).
-pub fn simulator_says_worse(candidate: &Metrics, reference: &Metrics) -> bool {
-    let se = (candidate.ni.se.powi(2) + reference.ni.se.powi(2)).sqrt();
-    candidate.ni.mean - reference.ni.mean > 2.0 * se
-}
-
 /// Uploads of the sessions collected for one round (by the policy deployed for it), fleet-wide.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct FleetRow {
@@ -117,7 +111,7 @@ impl Report {
                     _ => (r.deployed_version, deployed),
                 };
                 let reference = deployed.unwrap_or(boot.behaviour_metrics);
-                let worse = candidate.map(|c| simulator_says_worse(&c, &reference));
+                let worse = candidate.map(|c| c.confidently_worse_than(&reference));
                 let gate_correct = match (r.status, worse) {
                     (RoundStatus::Published, Some(w)) => Some(!w),
                     (RoundStatus::Refused, Some(w)) => Some(w),

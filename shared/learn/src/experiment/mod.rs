@@ -6,12 +6,15 @@
 //! - [`behaviour`]: on-policy training, behaviour devices, experience collection.
 //! - [`compare`]: the paper's Table 2, in-process.
 //! - [`ablation`]: offline-learner variants trained on one D.
+//! - [`gate_check`]: the deployment gate's evidence (FQE) against the simulator, over a pool of
+//!   policies of differing strength.
 //! - [`throughput`]: simulated turns per second with the neural policy (`fleet-sim bench-sim`).
 //! - [`Progress`]: how long steps report; [`LogLines`] writes it as periodic log lines.
 
 pub mod ablation;
 pub mod behaviour;
 pub mod compare;
+pub mod gate_check;
 pub mod throughput;
 mod log_lines;
 

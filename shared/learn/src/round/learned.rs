@@ -9,10 +9,11 @@
 //!   and kept, so a restarted server featurizes D exactly as before.
 //! - `curves/round-NNNNNN/`: the round's training curves in d3rlpy's layout (`params.json`,
 //!   one `<loss>.csv` each), for `d3rlpy plot`.
-//! - `learner-rNNNNNN.ckpt`: the learner (tracker, policy, twin critics) after round N. Round N+1
-//!   continues from it, so D ∪ D′ refines one learner as the paper's iterative offline loop does;
-//!   a round trained again after a crash starts from the same file and repeats exactly (CPU).
-//!   Optimiser moments, target networks and the temperature restart each round.
+//! - `learner-rNNNNNN.ckpt`: the learner's whole training state after round N (tracker, policy,
+//!   critics, target networks, SAC's temperature or IQL's value network, and the optimisers'
+//!   moments and step count). Round N+1 continues from it, so D ∪ D′ refines one learner as the
+//!   paper's iterative offline loop does; a round trained again after a crash starts from the
+//!   same file and repeats exactly (CPU).
 
 use super::metrics::{Evaluated, RoundMetrics, Seconds};
 use super::trainer::{RoundTrainer, TrainError, TrainJob, TrainOutcome};
