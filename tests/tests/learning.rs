@@ -1,6 +1,6 @@
 //! Acceptance tests of the learning core: model shapes, checkpoint round trip, the factorized
 //! log-sum-exp, the CQL loss against a hand computation, conservatism on a tiny MDP, behaviour
-//! cloning of a deterministic policy, and same seed → same metrics. Small and deterministic: one
+//! cloning of a deterministic policy, same seed → same metrics, and the gate check. Small and deterministic: one
 //! shared pretrained 1,000-item world, the whole file in about ten seconds on two cores.
 //!
 //! Run: `RAYON_NUM_THREADS=1 cargo test -p irec-tests --test learning`.
@@ -1029,4 +1029,58 @@ fn the_throughput_benchmark_runs_every_session_on_every_thread() {
     let one = run(&fx.lab, &policy, &ThroughputConfig { threads: 1, session_batch: 30, ..cfg }).unwrap();
     assert_eq!(one.turns, r.turns);
     assert!(r.turns >= 30 && r.turns <= 30 * 50, "{r:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// 9. The gate check
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn the_gate_check_estimates_a_pool_of_every_stage_the_same_way_each_time() {
+    use irec_learn::algo::fqe::FqeConfig;
+    use irec_learn::algo::ppo::PpoConfig;
+    use irec_learn::experiment::gate_check::{run_in, GateCheckConfig};
+    use irec_learn::experiment::{BehaviourConfig, ExperimentConfig, OnPolicyConfig, OfflineConfig, Silent};
+    let fx = fixture();
+    let quick = ExperimentConfig::quick();
+    let small_batches = OptimConfig { batch_sessions: 8, ..OptimConfig::default() };
+    let cfg = ExperimentConfig {
+        on_policy: OnPolicyConfig {
+            ppo: PpoConfig { warm_start_steps: 20, warm_start_sessions: 40, sessions_per_iteration: 16, epochs: 1, minibatch_sessions: 8, optim: small_batches.clone(), ..PpoConfig::default() },
+            iterations: 1,
+            warm_start_snapshots: vec![0.5, 1.0],
+            snapshot_stages: vec![1.0],
+            ..quick.on_policy.clone()
+        },
+        behaviour: BehaviourConfig { devices: 2, sessions: 40, session_batch: 10, ..quick.behaviour.clone() },
+        offline: OfflineConfig {
+            algo: irec_learn::algo::Algo::Iql,
+            steps: 20,
+            bc: BcConfig { optim: small_batches.clone() },
+            iql: irec_learn::algo::iql::IqlConfig { optim: small_batches.clone(), ..Default::default() },
+            ..quick.offline.clone()
+        },
+        eval_sessions: 20,
+        ..quick
+    };
+    let fqe = FqeConfig { steps: 10, ensemble: 3, optim: small_batches.clone(), ..FqeConfig::default() };
+    let check = GateCheckConfig::for_budget(20, fqe);
+    assert_eq!((check.imitation_stages.clone(), check.offline_stages.clone()), (vec![1, 2, 20], vec![0, 2, 7, 20]));
+    let a = run_in(fx.lab.clone(), &cfg, &check, &Silent).unwrap();
+    // Three behaviour stages (two warm-start snapshots, one PPO), three imitation, four offline.
+    let names: Vec<&str> = a.policies.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names.len(), 10, "{names:?}");
+    assert!(names[..3].iter().all(|n| n.starts_with("behaviour source")) && names[3] == "imitation, 1 steps" && names[9] == "offline (iql), 20 steps", "{names:?}");
+    assert_eq!(a.sessions_in_d, 40);
+    for p in &a.policies {
+        assert_eq!(p.metrics.sessions, 20, "{}", p.name);
+        assert!(p.fqe.value.is_finite() && p.fqe.se.is_finite() && p.fqe.se > 0.0, "{}: {:?}", p.name, p.fqe);
+    }
+    // The server fits every policy with one seed: the same pool gets the same evidence again.
+    let b = run_in(fx.lab.clone(), &cfg, &check, &Silent).unwrap();
+    let evidence = |r: &irec_learn::experiment::gate_check::GateCheckReport| r.policies.iter().map(|p| (p.metrics, p.fqe)).collect::<Vec<_>>();
+    assert_eq!(evidence(&a), evidence(&b));
+    // A stage list that is not increasing is refused by name.
+    let bad = GateCheckConfig { offline_stages: vec![0, 5, 5], ..check };
+    assert!(run_in(fx.lab.clone(), &cfg, &bad, &Silent).unwrap_err().to_string().contains("gate_check.offline_stages"));
 }

@@ -20,7 +20,9 @@ pub struct FqeConfig {
     pub optim: OptimConfig,
     /// Gradient steps.
     pub steps: usize,
-    /// Target-network soft-update rate per step.
+    /// Target-network soft-update rate per step. 0.05, not the critics' 0.005–0.01: with 300 steps
+    /// a slower target carried so little of a session's cost back that a policy finishing in 22
+    /// turns and one finishing in 8 got the same estimate (`fleet-sim gate-check`, docs/results.md).
     pub tau: f64,
     /// λ of the Retrace-style target: the logged continuation is followed while its action is
     /// the one the evaluated (greedy) policy would take, cut where it is not (0: one-step). A
@@ -40,7 +42,7 @@ pub struct FqeConfig {
 
 impl Default for FqeConfig {
     fn default() -> Self {
-        FqeConfig { optim: OptimConfig::default(), steps: 600, tau: 0.01, trace_lambda: 0.9, ensemble: 5, q_hidden: vec![64, 64], when_nothing_deployed: false }
+        FqeConfig { optim: OptimConfig::default(), steps: 600, tau: 0.05, trace_lambda: 0.9, ensemble: 5, q_hidden: vec![64, 64], when_nothing_deployed: false }
     }
 }
 

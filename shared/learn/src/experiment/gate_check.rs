@@ -42,7 +42,11 @@ impl GateCheckConfig {
     /// The server's estimator, and stages spread over the experiment's offline budget.
     pub fn for_budget(steps: usize, fqe: FqeConfig) -> GateCheckConfig {
         let at = |f: f64| ((steps as f64 * f).round() as usize).max(1);
-        GateCheckConfig { fqe, imitation_stages: vec![at(0.02), at(0.1), steps], offline_stages: vec![0, at(0.1), at(0.33), steps] }
+        let stages = |mut v: Vec<usize>| {
+            v.dedup();
+            v
+        };
+        GateCheckConfig { fqe, imitation_stages: stages(vec![at(0.02), at(0.1), steps]), offline_stages: stages(vec![0, at(0.1), at(0.33), steps]) }
     }
 
     /// Refuses a pool that cannot be built, naming the field.
@@ -75,10 +79,17 @@ pub struct GateCheckReport {
     pub policies: Vec<PooledPolicy>,
 }
 
-/// Builds D and the pool, and gathers each policy's evidence.
+/// Builds the world, D and the pool, and gathers each policy's evidence.
 pub fn run(cfg: &ExperimentConfig, check: &GateCheckConfig, device: &candle_core::Device, cache: Option<&Path>, progress: &dyn Progress) -> Result<GateCheckReport> {
     check.validate().map_err(super::ExperimentError::Config)?;
-    let lab = Lab::build(&cfg.world, &cfg.pretrain, device, cache, progress)?.collecting_in(cfg.behaviour.world);
+    let lab = Lab::build(&cfg.world, &cfg.pretrain, device, cache, progress)?;
+    run_in(lab, cfg, check, progress)
+}
+
+/// The same in a world already built (`cfg.world` and `cfg.pretrain` are not read).
+pub fn run_in(lab: Lab, cfg: &ExperimentConfig, check: &GateCheckConfig, progress: &dyn Progress) -> Result<GateCheckReport> {
+    check.validate().map_err(super::ExperimentError::Config)?;
+    let lab = lab.collecting_in(cfg.behaviour.world);
     let onp = train_on_policy(&lab, &cfg.on_policy, cfg.seed, Learner::Behaviour, progress)?;
     let snapshots: Vec<Checkpoint> = onp.snapshots.iter().map(|(_, ck)| ck.clone()).collect();
     let mut devices = behaviour_devices(&lab, &snapshots, &cfg.behaviour, cfg.seed)?;
