@@ -25,7 +25,7 @@ fn judge(candidate: &PooledPolicy, deployed: &PooledPolicy, rule: GateRule) -> P
     let published = decide(Some(candidate.fqe.value), Some(deployed.fqe.value), se, rule).decision == Decision::Published;
     let simulator_worse = candidate.metrics.confidently_worse_than(&deployed.metrics);
     let simulator_better = deployed.metrics.confidently_worse_than(&candidate.metrics);
-    let ranked_alike = (simulator_worse || simulator_better).then(|| (candidate.fqe.value < deployed.fqe.value) == simulator_worse);
+    let ranked_alike = (simulator_worse || simulator_better).then_some((candidate.fqe.value < deployed.fqe.value) == simulator_worse);
     PairVerdict { published, simulator_worse, ranked_alike }
 }
 
