@@ -434,7 +434,7 @@ fn per_head_lambda_targets_equal_hand_computation() {
     let n = b * t;
     let store = ParamStore::new(22, &CPU);
     let vb = store.builder();
-    let cfg = HeadsConfig { input, hidden: vec![8], heads: heads.to_vec(), copy: None };
+    let cfg = HeadsConfig { input, hidden: vec![8], heads: heads.to_vec(), copy: None, zero_output: false };
     let [q1, q2, tq1, tq2, policy] = ["q1", "q2", "tq1", "tq2", "policy"].map(|p| MultiHead::new(&cfg, vb.pp(p)).unwrap());
     let state = |seed| Tensor::from_vec(values(n * input, seed, 2.0), (n, input), &CPU).unwrap();
     let (s, s_next, s_next_target) = (state(4), state(5), state(6));
@@ -515,7 +515,7 @@ fn cql_loss_equals_hand_computation() {
     let (n, input) = (5, 4);
     let store = ParamStore::new(21, &CPU);
     let vb = store.builder();
-    let cfg = HeadsConfig { input, hidden: vec![8], heads: heads.to_vec(), copy: None };
+    let cfg = HeadsConfig { input, hidden: vec![8], heads: heads.to_vec(), copy: None, zero_output: false };
     let q1 = MultiHead::new(&cfg, vb.pp("q1")).unwrap();
     let q2 = MultiHead::new(&cfg, vb.pp("q2")).unwrap();
     let tq1 = MultiHead::new(&cfg, vb.pp("tq1")).unwrap();

@@ -118,7 +118,7 @@ pub fn run(cfg: &BenchConfig, device: &Device) -> Result<BenchResult> {
     let mut r = rng::rng(cfg.seed);
     let store = ParamStore::new(cfg.seed, device);
     let vb = store.builder();
-    let qcfg = HeadsConfig { input: STATE, hidden: vec![128], heads: HEADS.to_vec(), copy: None };
+    let qcfg = HeadsConfig { input: STATE, hidden: vec![128], heads: HEADS.to_vec(), copy: None, zero_output: false };
     let q = MultiHead::new(&qcfg, vb.pp("q"))?;
     let tq = MultiHead::new(&qcfg, vb.pp("target").pp("q"))?;
     let policy = MultiHead::new(&qcfg, vb.pp("policy"))?;

@@ -20,6 +20,11 @@ pub struct HeadsConfig {
     /// A copy path from the tracker's request memory to the matching action slots (none: the
     /// MLP alone).
     pub copy: Option<CopyPath>,
+    /// Start the output layer at zero (weights and bias), so a fresh head outputs its copy path
+    /// alone whatever the seed; false: random like every other layer. Not written when false, so
+    /// older configs and cache keys read and hash as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub zero_output: bool,
 }
 
 /// Adds `scale_d · memory(d, v)` to the output of slot v + 1 of head d, the request memory being
@@ -36,24 +41,24 @@ pub struct CopyPath {
 
 impl Default for HeadsConfig {
     fn default() -> Self {
-        HeadsConfig { input: 128, hidden: vec![128], heads: Vec::new(), copy: None }
+        HeadsConfig { input: 128, hidden: vec![128], heads: Vec::new(), copy: None, zero_output: false }
     }
 }
 
 impl HeadsConfig {
     /// The paper's policy network: MLP 128.
     pub fn policy(input: usize, heads: &[usize]) -> HeadsConfig {
-        HeadsConfig { input, hidden: vec![128], heads: heads.to_vec(), copy: None }
+        HeadsConfig { input, hidden: vec![128], heads: heads.to_vec(), copy: None, zero_output: false }
     }
 
     /// The paper's reward-correction (Q) network: two layers of width 32.
     pub fn q(input: usize, heads: &[usize]) -> HeadsConfig {
-        HeadsConfig { input, hidden: vec![32, 32], heads: heads.to_vec(), copy: None }
+        HeadsConfig { input, hidden: vec![32, 32], heads: heads.to_vec(), copy: None, zero_output: false }
     }
 
     /// A state-value head (one output) for the on-policy learner.
     pub fn value(input: usize) -> HeadsConfig {
-        HeadsConfig { input, hidden: vec![64], heads: vec![1], copy: None }
+        HeadsConfig { input, hidden: vec![64], heads: vec![1], copy: None, zero_output: false }
     }
 
     pub fn width(&self) -> usize {
@@ -116,7 +121,14 @@ impl MultiHead {
                 })
             }
         };
-        Ok(MultiHead { trunk, out: linear(d, cfg.width(), vb.pp("out"))?, copy })
+        let out = if cfg.zero_output {
+            let vb = vb.pp("out");
+            let weight = vb.get_with_hints((cfg.width(), d), "weight", candle_nn::Init::Const(0.0))?;
+            Linear::new(weight, Some(vb.get_with_hints(cfg.width(), "bias", candle_nn::Init::Const(0.0))?))
+        } else {
+            linear(d, cfg.width(), vb.pp("out"))?
+        };
+        Ok(MultiHead { trunk, out, copy })
     }
 
     pub fn forward(&self, state: &Tensor) -> Result<Tensor> {
@@ -148,7 +160,7 @@ mod tests {
     fn the_copy_path_adds_each_heads_scale_times_the_remembered_request_to_its_slot() {
         // Two heads of 3 and 2 slots: memory classes 0,1 → head 0 slots 1,2; class 2 → head 1 slot 1.
         let store = ParamStore::new(5, &Device::Cpu);
-        let cfg = HeadsConfig { input: 4 + 4, hidden: vec![3], heads: vec![3, 2], copy: Some(CopyPath { from: 4, init: 2.0 }) };
+        let cfg = HeadsConfig { input: 4 + 4, hidden: vec![3], heads: vec![3, 2], copy: Some(CopyPath { from: 4, init: 2.0 }), zero_output: false };
         let heads = MultiHead::new(&cfg, store.builder().pp("h")).unwrap();
         let plain = MultiHead { copy: None, ..heads.clone() };
         let state: Vec<f32> = vec![0.1, -0.2, 0.3, 0.4, 0.5, 0.25, 1.0, 9.0, -0.3, 0.2, 0.0, 0.6, 0.0, 0.75, 0.5, 9.0];
@@ -166,5 +178,27 @@ mod tests {
         let scale = store.named_vars("h.").into_iter().find(|(k, _)| k.ends_with("copy_scale")).unwrap().1;
         let g = grads.get(scale.as_tensor()).unwrap().to_vec1::<f32>().unwrap();
         assert!((g[0] - 1.5).abs() < 1e-6 && (g[1] - 1.5).abs() < 1e-6, "{g:?}");
+    }
+
+    #[test]
+    fn a_zero_output_head_starts_as_its_copy_path_alone_and_still_learns() {
+        let cfg = HeadsConfig { input: 4 + 4, hidden: vec![16], heads: vec![3, 2], copy: Some(CopyPath { from: 4, init: 2.0 }), zero_output: true };
+        let state: Vec<f32> = vec![0.1, -0.2, 0.3, 0.4, 0.5, 0.25, 1.0, 9.0];
+        let state = Tensor::from_vec(state, (1, 8), &Device::Cpu).unwrap();
+        // Any seed: the memory (0.5, 0.25 | 1.0) times the scale 2, nothing else.
+        for seed in [1, 2] {
+            let store = ParamStore::new(seed, &Device::Cpu);
+            let heads = MultiHead::new(&cfg, store.builder().pp("h")).unwrap();
+            let out = heads.forward(&state).unwrap();
+            assert_eq!(out.to_vec2::<f32>().unwrap(), vec![vec![0.0, 1.0, 0.5, 0.0, 2.0]]);
+            // The output layer gets gradients (bias: one per slot; weights: the trunk's
+            // activations), so training moves the head off its prior.
+            let grads = out.sum_all().unwrap().backward().unwrap();
+            let var = |name: &str| store.named_vars("h.out.").into_iter().find(|(k, _)| k.ends_with(name)).unwrap().1;
+            let gb = grads.get(var("bias").as_tensor()).unwrap().to_vec1::<f32>().unwrap();
+            assert_eq!(gb, vec![1.0; 5]);
+            let gw = grads.get(var("weight").as_tensor()).unwrap().to_vec2::<f32>().unwrap();
+            assert!(gw.iter().flatten().any(|x| *x != 0.0), "{gw:?}");
+        }
     }
 }

@@ -77,6 +77,8 @@ impl PerceptionWeights {
         c.tracker.memory = None;
         c.policy.copy = None;
         c.q.copy = None;
+        // A zero output layer only makes sense beside a copy path to carry the policy.
+        c.policy.zero_output = false;
         c.policy.input = c.tracker.hidden;
         c.q.input = c.tracker.hidden;
         out

@@ -45,6 +45,12 @@ pub struct PretrainConfig {
     /// Give the state tracker a request memory (a running maximum of those probabilities) and
     /// the heads a copy path from it (needs `text_classes_in_features`).
     pub request_memory: bool,
+    /// With the request memory: start the policy's output layer at zero, so a fresh recommender
+    /// is exactly its copy path and "no preference" prior (a soft rule-based tracker) whatever
+    /// its seed (docs/results.md, "Learning from D adds little to the recommender's own prior").
+    /// Off by default. Not written when off, so cache keys are as before.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub policy_starts_as_prior: bool,
     /// Passes over the train split for AttrNet.
     pub attr_epochs: usize,
     pub attr_batch: usize,
@@ -64,6 +70,7 @@ impl Default for PretrainConfig {
             text_lr: 1e-3,
             text_classes_in_features: true,
             request_memory: true,
+            policy_starts_as_prior: false,
             attr_epochs: 12,
             attr_batch: 256,
             attr_lr: 1e-3,
@@ -258,6 +265,7 @@ pub fn pretrain(world: &World, cfg: &PretrainConfig, device: &Device) -> Result<
     };
     let mut tensors = store.tensors("text.");
     tensors.extend(store.tensors("attrnet."));
-    let config = ModelConfig::with_memory(text_cfg, attr_cfg, &schema.head_sizes(), cfg.request_memory);
+    let mut config = ModelConfig::with_memory(text_cfg, attr_cfg, &schema.head_sizes(), cfg.request_memory);
+    config.policy.zero_output = cfg.policy_starts_as_prior && config.policy.copy.is_some();
     Ok((PerceptionWeights { perception: Arc::new(perception), tensors, config }, report))
 }
