@@ -375,15 +375,29 @@ pub struct CompareArgs {
     pub json: bool,
 }
 
+/// What every in-process experiment on one D takes (`ablate`, `gate-check`).
 #[derive(Debug, Args)]
-pub struct AblateArgs {
+pub struct ExperimentArgs {
     #[arg(long, value_enum, default_value_t = PresetArg::Quick)]
     pub preset: PresetArg,
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
-    /// A TOML file overriding the preset's settings for the shared parts (world, behaviour).
+    /// A TOML file overriding the preset's settings (`[world]`, `[pretrain]`, `[behaviour]`,
+    /// `[offline]`, …; ablate's variants override `[offline]` on top).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+    #[arg(long, value_name = "DIR", default_value = "runs/cache")]
+    pub cache: PathBuf,
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct AblateArgs {
+    #[command(flatten)]
+    pub exp: ExperimentArgs,
     /// A TOML file of variants: `[[variant]]` tables with `name` and an `[variant.offline]`
     /// table overriding the preset's `[offline]` settings.
     #[arg(long, value_name = "FILE")]
@@ -394,23 +408,12 @@ pub struct AblateArgs {
     /// Write each variant's long (> 20 turns) or failed test sessions, rendered, into DIR.
     #[arg(long, value_name = "DIR")]
     pub failures: Option<PathBuf>,
-    #[arg(long, value_name = "DIR", default_value = "runs/cache")]
-    pub cache: PathBuf,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct GateCheckArgs {
-    #[arg(long, value_enum, default_value_t = PresetArg::Quick)]
-    pub preset: PresetArg,
-    #[arg(long, default_value_t = 1)]
-    pub seed: u64,
-    /// A TOML file overriding the preset's settings (world, behaviour, offline).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub exp: ExperimentArgs,
     /// The offline learner whose training stages join the pool (the server's by default).
     #[arg(long, default_value = "iql", value_parser = irec_learn::algo::Algo::parse)]
     pub algo: irec_learn::algo::Algo,
@@ -420,12 +423,6 @@ pub struct GateCheckArgs {
     /// FQE soft target-update rate per step (unset: the server trainer's).
     #[arg(long)]
     pub fqe_tau: Option<f64>,
-    #[arg(long, value_name = "DIR", default_value = "runs/cache")]
-    pub cache: PathBuf,
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]

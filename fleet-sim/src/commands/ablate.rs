@@ -1,21 +1,15 @@
 //! `fleet-sim ablate`: offline-learner variants trained on one D, side by side.
 
-use super::{device, merge, metrics_json, print_json};
-use crate::cli::{AblateArgs, PresetArg};
+use super::{merge, metrics_json, print_json};
+use crate::cli::AblateArgs;
 use crate::progress::Bars;
 use anyhow::Context;
 use irec_learn::experiment::ablation::{self, Variant};
 use irec_learn::experiment::compare::OfflineConfig;
-use irec_learn::experiment::Preset;
 use serde_json::json;
 
 pub fn run(a: AblateArgs) -> anyhow::Result<()> {
-    let preset = match a.preset {
-        PresetArg::Quick => Preset::Quick,
-        PresetArg::Paper => Preset::Paper,
-    };
-    let mut cfg = super::experiment_config(preset, a.config.as_deref())?;
-    cfg.seed = a.seed;
+    let (cfg, dev) = super::experiment(&a.exp)?;
     let text = std::fs::read_to_string(&a.variants).with_context(|| format!("reading {}", a.variants.display()))?;
     let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", a.variants.display()))?;
     let list = table.get("variant").and_then(|v| v.as_array()).context("the variants file has no [[variant]] table")?;
@@ -30,8 +24,7 @@ pub fn run(a: AblateArgs) -> anyhow::Result<()> {
         let offline: OfflineConfig = toml::from_str(&toml::to_string(&merged)?).with_context(|| format!("variant {name}"))?;
         variants.push(Variant { name: name.to_string(), offline });
     }
-    let dev = device(&a.device)?;
-    let report = ablation::run(&cfg, &variants, a.iterate, &dev, Some(&a.cache), &Bars::default())?;
+    let report = ablation::run(&cfg, &variants, a.iterate, &dev, Some(&a.exp.cache), &Bars::default())?;
     if let Some(dir) = &a.failures {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         for r in &report.rows {
@@ -51,7 +44,7 @@ pub fn run(a: AblateArgs) -> anyhow::Result<()> {
         .iter()
         .map(|r| json!({"name": r.name, "offline": metrics_json(&r.offline), "critic_greedy": metrics_json(&r.critic_greedy), "rounds": r.rounds.iter().map(metrics_json).collect::<Vec<_>>(), "seconds": r.seconds}))
         .collect();
-    print_json(a.json, &json!({"seed": a.seed, "behaviour_test": metrics_json(&report.behaviour_on_test), "imitation": metrics_json(&report.imitation), "rows": rows}));
+    print_json(a.exp.json, &json!({"seed": a.exp.seed, "behaviour_test": metrics_json(&report.behaviour_on_test), "imitation": metrics_json(&report.imitation), "rows": rows}));
     Ok(())
 }
 

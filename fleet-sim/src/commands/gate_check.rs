@@ -2,11 +2,10 @@
 //! pair (candidate, deployed) of a pool of policies of differing strength (docs/results.md, "The
 //! gate against the simulator").
 
-use super::{device, metrics_json, print_json};
-use crate::cli::{GateCheckArgs, PresetArg};
+use super::{metrics_json, print_json};
+use crate::cli::GateCheckArgs;
 use crate::progress::Bars;
 use irec_learn::experiment::gate_check::{self, GateCheckConfig, PooledPolicy};
-use irec_learn::experiment::Preset;
 use irec_learn::round::TrainerConfig;
 use irec_server::rounds::gate::{decide, Decision, GateRule};
 use irec_server::ServerConfig;
@@ -30,12 +29,7 @@ fn judge(candidate: &PooledPolicy, deployed: &PooledPolicy, rule: GateRule) -> P
 }
 
 pub fn run(a: GateCheckArgs) -> anyhow::Result<()> {
-    let preset = match a.preset {
-        PresetArg::Quick => Preset::Quick,
-        PresetArg::Paper => Preset::Paper,
-    };
-    let mut cfg = super::experiment_config(preset, a.config.as_deref())?;
-    cfg.seed = a.seed;
+    let (mut cfg, dev) = super::experiment(&a.exp)?;
     cfg.offline.algo = a.algo;
     let mut fqe = TrainerConfig::default().fqe;
     fqe.steps = a.fqe_steps.unwrap_or(fqe.steps);
@@ -43,8 +37,7 @@ pub fn run(a: GateCheckArgs) -> anyhow::Result<()> {
     let check = GateCheckConfig::for_budget(cfg.offline.steps, fqe);
     let server = ServerConfig::default();
     let rule = GateRule { tolerance: server.gate_tolerance, z: server.gate_confidence_z };
-    let dev = device(&a.device)?;
-    let report = gate_check::run(&cfg, &check, &dev, Some(&a.cache), &Bars::default())?;
+    let report = gate_check::run(&cfg, &check, &dev, Some(&a.exp.cache), &Bars::default())?;
 
     println!("{:<34} {:>6} {:>6} {:>12} {:>18}", "policy (D: behaviour sessions)", "SR@10", "SR@30", "NI", "FQE");
     for p in &report.policies {
@@ -70,7 +63,7 @@ pub fn run(a: GateCheckArgs) -> anyhow::Result<()> {
     println!("where the simulator tells the two apart ({decided} pairs), FQE orders them the same way in {alike} ({:.0}%)", 100.0 * share(alike, decided));
     let policies: Vec<_> = pool.iter().map(|p| json!({"name": p.name, "metrics": metrics_json(&p.metrics), "fqe": p.fqe})).collect();
     print_json(
-        a.json,
+        a.exp.json,
         &json!({
             "seed": report.seed, "sessions_in_d": report.sessions_in_d, "fqe": report.fqe, "gate": {"tolerance": rule.tolerance, "z": rule.z},
             "policies": policies, "pairs": verdicts.len(), "agreement": share(agree, verdicts.len()),

@@ -94,6 +94,18 @@ pub fn experiment_config(preset: irec_learn::experiment::Preset, path: Option<&s
     Ok(ExperimentConfig::from_toml(&toml::to_string(&merged)?)?)
 }
 
+/// The preset with the file's overrides and the seed, and the device, an experiment's arguments name.
+pub fn experiment(a: &crate::cli::ExperimentArgs) -> anyhow::Result<(irec_learn::experiment::ExperimentConfig, candle_core::Device)> {
+    use irec_learn::experiment::Preset;
+    let preset = match a.preset {
+        crate::cli::PresetArg::Quick => Preset::Quick,
+        crate::cli::PresetArg::Paper => Preset::Paper,
+    };
+    let mut cfg = experiment_config(preset, a.config.as_deref())?;
+    cfg.seed = a.seed;
+    Ok((cfg, device(&a.device)?))
+}
+
 /// Overrides `base` field by field; a table naming its `kind` (a choice such as the objective)
 /// replaces the whole table, since another kind's fields would not apply to it.
 pub fn merge(base: &mut toml::Table, over: toml::Table) {
