@@ -946,6 +946,47 @@ fn iql_losses_equal_hand_computation_on_a_batch() {
     close(losses.policy as f64, policy / rows, "IQL advantage-weighted NLL");
 }
 
+#[test]
+fn iqls_reference_kl_starts_at_zero_and_holds_the_actor_near_where_it_started() {
+    use irec_learn::algo::iql::{Iql, IqlConfig};
+    use irec_model::kernels::seg_log_softmax;
+    let fx = fixture();
+    let heads = fx.perception.config.heads.clone();
+    let data = tiny_mdp(fx.perception.config.tracker.input, &heads);
+    let idx: Vec<usize> = (0..8).collect();
+    let batch = data.batch(&idx, &CPU).unwrap();
+    let base = IqlConfig { q_hidden: Some(vec![16]), ..IqlConfig::default() };
+    // Before any step the actor is its reference: no divergence, the published IQL's losses.
+    let plain = Iql::new(&fx.perception, 6, &base, None).unwrap();
+    let held = Iql::new(&fx.perception, 6, &IqlConfig { reference_kl: 10.0, ..base.clone() }, None).unwrap();
+    let (a, b) = (plain.compute_loss(&batch).unwrap().3, held.compute_loss(&batch).unwrap().3);
+    assert_eq!(b.reference_kl, 0.0);
+    assert_eq!((a.policy, a.critic, a.value), (b.policy, b.critic, b.value));
+    // After the same steps on the same batches, the held actor has moved less from where it
+    // started: KL(initial ‖ trained) on the same states, computed by hand.
+    let (mut plain, mut held) = (plain, held);
+    fit(&mut plain, &data, 20, 8, 5, &mut rng::rng(2), |_| {}).unwrap();
+    fit(&mut held, &data, 20, 8, 5, &mut rng::rng(2), |_| {}).unwrap();
+    let fresh = Iql::new(&fx.perception, 6, &base, None).unwrap();
+    let mask = batch.mask.to_vec1::<f32>().unwrap();
+    let moved = |iql: &Iql| {
+        let s = iql.critic().states(iql.recommender(), &batch).unwrap().s;
+        let now = host2(&seg_log_softmax(&iql.recommender().policy.forward(&s).unwrap(), &heads).unwrap());
+        let start = host2(&seg_log_softmax(&fresh.recommender().policy.forward(&s).unwrap(), &heads).unwrap());
+        let (mut kl, mut rows) = (0f64, 0f64);
+        for (row, m) in mask.iter().enumerate().filter(|(_, m)| **m > 0.0) {
+            kl += *m as f64 * start[row].iter().zip(&now[row]).map(|(r, p)| (r.exp() * (r - p)) as f64).sum::<f64>();
+            rows += 1.0;
+        }
+        kl / rows
+    };
+    let (plain_moved, held_moved) = (moved(&plain), moved(&held));
+    assert!(held_moved < plain_moved, "held {held_moved} vs plain {plain_moved}");
+    // The loss's own divergence is that same quantity (its reference is the initial policy).
+    close(held.compute_loss(&batch).unwrap().3.reference_kl as f64, held_moved, "KL(π_ref ‖ π)");
+    assert_eq!(plain.compute_loss(&batch).unwrap().3.reference_kl, 0.0, "the published IQL keeps no reference");
+}
+
 /// Share of real turns on which the deployed policy's most likely slot of head 0 is slot 1 (the
 /// rewarded one), and whether it ever prefers a slot the data never shows, on any head.
 fn head0_choice(rec: &irec_learn::algo::Recommender, data: &SessionDataset) -> (f64, bool) {

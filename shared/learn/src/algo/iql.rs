@@ -14,6 +14,7 @@ use super::critic::{self, QCritic};
 use super::{scalar, Adam, Batch, LossRecord, OfflineAlgorithm, OptimConfig, PerceptionWeights, Recommender};
 use irec_model::heads::{HeadsConfig, MultiHead};
 use irec_model::kernels::seg_log_softmax;
+use irec_model::params::ParamStore;
 use irec_model::Checkpoint;
 use candle_core::{Result, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -35,6 +36,11 @@ pub struct IqlConfig {
     pub td_lambda: f64,
     /// Hidden widths of the critic (unset: the model config's).
     pub q_hidden: Option<Vec<usize>>,
+    /// Weight of KL(π_ref ‖ π) per turn (summed over heads) in the actor's loss, π_ref being the
+    /// policy the actor started this fit from: the previous round's when continuing, a fresh
+    /// learner's own initial policy otherwise. A trust region around the current policy instead of
+    /// around the data. 0: off (IQL as published).
+    pub reference_kl: f64,
 }
 
 impl Default for IqlConfig {
@@ -47,6 +53,7 @@ impl Default for IqlConfig {
             tau: 0.005,
             td_lambda: 0.9,
             q_hidden: Some(vec![128, 128]),
+            reference_kl: 0.0,
         }
     }
 }
@@ -59,6 +66,9 @@ impl IqlConfig {
         }
         if !(self.beta.is_finite() && self.beta >= 0.0) {
             return Err(format!("{at}.beta must be a finite number ≥ 0 (got {})", self.beta));
+        }
+        if !(self.reference_kl.is_finite() && self.reference_kl >= 0.0) {
+            return Err(format!("{at}.reference_kl must be a finite number ≥ 0 (got {})", self.reference_kl));
         }
         if !(self.max_weight.is_finite() && self.max_weight >= 1.0) {
             return Err(format!("{at}.max_weight must be a finite number ≥ 1 (got {})", self.max_weight));
@@ -83,6 +93,8 @@ pub struct IqlLosses {
     pub advantage: f32,
     /// Mean advantage weight.
     pub weight: f32,
+    /// KL(π_ref ‖ π) per turn (0 when `reference_kl` is off).
+    pub reference_kl: f32,
     pub critic_grad_norm: f32,
 }
 
@@ -96,6 +108,7 @@ impl LossRecord for IqlLosses {
             ("v", self.v),
             ("advantage", self.advantage),
             ("weight", self.weight),
+            ("reference_kl", self.reference_kl),
             ("critic_grad_norm", self.critic_grad_norm),
         ]
     }
@@ -119,6 +132,8 @@ pub struct Iql {
     critic_opt: Adam,
     value_opt: Adam,
     policy_opt: Adam,
+    /// A frozen copy of the policy this fit started from (with `reference_kl` > 0).
+    reference: Option<MultiHead>,
     steps: u64,
 }
 
@@ -136,7 +151,15 @@ impl Iql {
         let mut value_opt = Adam::named(rec.store.named_vars("iql."), &cfg.optim)?;
         let mut policy_opt = Adam::named(rec.store.named_vars("policy."), &cfg.optim)?;
         let steps = critic::continue_optimizers(init, &mut [("opt.critic", &mut critic_opt), ("opt.value", &mut value_opt), ("opt.policy", &mut policy_opt)])?;
-        Ok(Iql { cfg: cfg.clone(), rec, critic, value, critic_opt, value_opt, policy_opt, steps })
+        let reference = if cfg.reference_kl > 0.0 {
+            let store = ParamStore::new(seed, &perception.perception.device);
+            let head = MultiHead::new(&rec.config.policy, store.builder().pp("policy"))?;
+            store.load_from(&rec.store.tensors("policy."))?;
+            Some(head)
+        } else {
+            None
+        };
+        Ok(Iql { cfg: cfg.clone(), rec, critic, value, critic_opt, value_opt, policy_opt, reference, steps })
     }
 
     /// The critic (tests recompute the losses from its outputs).
@@ -177,8 +200,15 @@ impl Iql {
         let adv = u.detach();
         let weight = ((adv * self.cfg.beta)?.exp()?.clamp(0.0, self.cfg.max_weight)? * &batch.onehot)?;
         let logp = seg_log_softmax(&self.rec.policy.forward(&s)?, heads)?;
-        let policy_rows = (&weight * logp)?.sum(D::Minus1)?.neg()?;
-        let policy = batch.masked_mean(&policy_rows)?;
+        let policy_rows = (&weight * &logp)?.sum(D::Minus1)?.neg()?;
+        let mut policy = batch.masked_mean(&policy_rows)?;
+        let mut reference_kl = 0.0;
+        if let Some(r) = &self.reference {
+            let ref_logp = seg_log_softmax(&r.forward(&s)?, heads)?.detach();
+            let kl = batch.masked_mean(&(ref_logp.exp()? * (&ref_logp - &logp)?)?.sum(D::Minus1)?)?;
+            reference_kl = scalar(&kl)?;
+            policy = (policy + (kl * self.cfg.reference_kl)?)?;
+        }
         let losses = IqlLosses {
             critic: scalar(&critic)?,
             value: scalar(&value)?,
@@ -187,6 +217,7 @@ impl Iql {
             v: scalar(&batch.masked_mean(&v)?)?,
             advantage: scalar(&batch.masked_mean(&(u.detach().sum(D::Minus1)? / n_heads)?)?)?,
             weight: scalar(&batch.masked_mean(&(weight.sum(D::Minus1)? / n_heads)?)?)?,
+            reference_kl,
             critic_grad_norm: 0.0,
         };
         Ok((critic, value, policy, losses))
