@@ -43,7 +43,7 @@ pub(crate) fn slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
 }
 
 /// A tensor's values on the host, row-major.
-pub(crate) fn host(t: &Tensor) -> Result<Vec<f32>> {
+pub fn host(t: &Tensor) -> Result<Vec<f32>> {
     t.flatten_all()?.to_vec1::<f32>()
 }
 

@@ -200,7 +200,7 @@ impl Adam {
     /// parameters come out the same to the bit.
     #[allow(clippy::too_many_arguments)]
     fn update_on_host(lr: f64, v: &Var, m: &mut Tensor, s: &mut Tensor, g: &Tensor, scale: f64, c1: f64, c2: f64) -> Result<()> {
-        let host = |t: &Tensor| t.flatten_all()?.to_vec1::<f32>();
+        use irec_model::kernels::host;
         let (g, mut mv, mut sv, mut p) = (host(g)?, host(m)?, host(s)?, host(v.as_tensor())?);
         let (b1, nb1, b2, nb2) = (ADAM_BETA1 as f32, (1.0 - ADAM_BETA1) as f32, ADAM_BETA2 as f32, (1.0 - ADAM_BETA2) as f32);
         let (ic1, ic2, eps, lr, sc) = ((1.0 / c1) as f32, (1.0 / c2) as f32, ADAM_EPS as f32, lr as f32, scale as f32);

@@ -3,7 +3,7 @@
 //! learner's settings. Each variant reports its deployed policy (the actor, greedy) and, as a
 //! diagnostic, its critic's own greedy policy (argmax_d Q_1,d per head).
 
-use super::behaviour::{behaviour_devices, collect, deploy, train_on_policy, Learner};
+use super::behaviour::{behaviour_data, collect, deploy, BehaviourData};
 use super::compare::{behaviour_on_test, OfflineConfig};
 use super::{ExperimentConfig, Lab, Progress, Result};
 use crate::algo::bc::BehaviourCloning;
@@ -81,11 +81,7 @@ pub fn run(cfg: &ExperimentConfig, variants: &[Variant], iterate: bool, device: 
     let lab = Lab::build(&cfg.world, &cfg.pretrain, device, cache, progress)?.collecting_in(cfg.behaviour.world);
     let eval_seed = rng::derive(cfg.seed, rng::stream::EVALUATION);
     let n_eval = cfg.eval_sessions;
-    let onp = train_on_policy(&lab, &cfg.on_policy, cfg.seed, Learner::Behaviour, progress)?;
-    let snapshots: Vec<_> = onp.snapshots.iter().map(|(_, ck)| ck.clone()).collect();
-    let devices = behaviour_devices(&lab, &snapshots, &cfg.behaviour, cfg.seed)?;
-    let mut collecting = devices.clone();
-    let d = collect(&lab, &mut collecting, cfg.behaviour.sessions, cfg.behaviour.session_batch, 0, cfg.seed, progress)?.sessions;
+    let BehaviourData { devices, sessions: d, .. } = behaviour_data(&lab, cfg, progress)?;
     let behaviour = behaviour_on_test(&lab, &devices, n_eval, eval_seed)?;
     let raw = SessionDataset::new(&d, &lab.featurizer, lab.heads())?;
 

@@ -205,6 +205,25 @@ pub fn deploy(devices: &mut [BehaviourDevice], policy: &Arc<PolicyModel>, sample
     }
 }
 
+/// The behaviour side of an experiment on one D: the on-policy source's snapshots, the devices
+/// that run them (as they were before collecting, which moves their biases), and D.
+pub struct BehaviourData {
+    pub source: OnPolicyOutcome,
+    pub devices: Vec<BehaviourDevice>,
+    pub sessions: Vec<ExperienceSession>,
+}
+
+/// Trains the behaviour source, installs its snapshots on `cfg.behaviour.devices` devices and
+/// collects `cfg.behaviour.sessions` sessions with them (round 0).
+pub fn behaviour_data(lab: &Lab, cfg: &super::ExperimentConfig, progress: &dyn Progress) -> Result<BehaviourData> {
+    let source = train_on_policy(lab, &cfg.on_policy, cfg.seed, Learner::Behaviour, progress)?;
+    let snapshots: Vec<Checkpoint> = source.snapshots.iter().map(|(_, ck)| ck.clone()).collect();
+    let devices = behaviour_devices(lab, &snapshots, &cfg.behaviour, cfg.seed)?;
+    let mut collecting = devices.clone();
+    let sessions = collect(lab, &mut collecting, cfg.behaviour.sessions, cfg.behaviour.session_batch, 0, cfg.seed, progress)?.sessions;
+    Ok(BehaviourData { source, devices, sessions })
+}
+
 /// `cfg.devices` devices; device i runs `policies[i % len]`.
 pub fn behaviour_devices(lab: &Lab, policies: &[Checkpoint], cfg: &BehaviourConfig, seed: u64) -> Result<Vec<BehaviourDevice>> {
     let models: Vec<Arc<PolicyModel>> =

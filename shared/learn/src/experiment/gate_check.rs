@@ -7,7 +7,7 @@
 //! the deployed policy, and run greedily on the simulator's test sessions. fleet-sim then sets
 //! every ordered pair of the pool against the server's gate rule and the simulator's verdict.
 
-use super::behaviour::{behaviour_devices, collect, train_on_policy, Learner};
+use super::behaviour::{behaviour_data, BehaviourData};
 use super::{ExperimentConfig, Lab, Progress, Result};
 use crate::algo::bc::BehaviourCloning;
 use crate::algo::fqe::{self, FqeConfig, FqeEstimate};
@@ -81,7 +81,6 @@ pub struct GateCheckReport {
 
 /// Builds the world, D and the pool, and gathers each policy's evidence.
 pub fn run(cfg: &ExperimentConfig, check: &GateCheckConfig, device: &candle_core::Device, cache: Option<&Path>, progress: &dyn Progress) -> Result<GateCheckReport> {
-    check.validate().map_err(super::ExperimentError::Config)?;
     let lab = Lab::build(&cfg.world, &cfg.pretrain, device, cache, progress)?;
     run_in(lab, cfg, check, progress)
 }
@@ -90,14 +89,11 @@ pub fn run(cfg: &ExperimentConfig, check: &GateCheckConfig, device: &candle_core
 pub fn run_in(lab: Lab, cfg: &ExperimentConfig, check: &GateCheckConfig, progress: &dyn Progress) -> Result<GateCheckReport> {
     check.validate().map_err(super::ExperimentError::Config)?;
     let lab = lab.collecting_in(cfg.behaviour.world);
-    let onp = train_on_policy(&lab, &cfg.on_policy, cfg.seed, Learner::Behaviour, progress)?;
-    let snapshots: Vec<Checkpoint> = onp.snapshots.iter().map(|(_, ck)| ck.clone()).collect();
-    let mut devices = behaviour_devices(&lab, &snapshots, &cfg.behaviour, cfg.seed)?;
-    let d = collect(&lab, &mut devices, cfg.behaviour.sessions, cfg.behaviour.session_batch, 0, cfg.seed, progress)?.sessions;
+    let BehaviourData { source, sessions: d, .. } = behaviour_data(&lab, cfg, progress)?;
     let raw = SessionDataset::new(&d, &lab.featurizer, lab.heads())?;
     let data = raw.clone().with_objective(&cfg.offline.objective);
 
-    let mut pool: Vec<(String, Checkpoint)> = onp.snapshots.iter().map(|(stage, ck)| (format!("behaviour source, stage {stage}"), ck.clone())).collect();
+    let mut pool: Vec<(String, Checkpoint)> = source.snapshots.iter().map(|(stage, ck)| (format!("behaviour source, stage {stage}"), ck.clone())).collect();
     let oc = &cfg.offline;
     let mut r = rng::rng(rng::derive(cfg.seed, rng::stream::TRAINING));
     let mut bc = BehaviourCloning::new(&lab.perception, rng::derive(cfg.seed, 31), &oc.bc)?;
