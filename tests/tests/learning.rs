@@ -946,6 +946,49 @@ fn iql_losses_equal_hand_computation_on_a_batch() {
     close(losses.policy as f64, policy / rows, "IQL advantage-weighted NLL");
 }
 
+/// With `advantage = "return"`, V is an expectile of the logged TD(λ) return and every head's
+/// logged slot is weighted by that return minus V(s), one figure per turn: the same quantities
+/// computed on the host.
+#[test]
+fn iqls_return_advantage_equals_hand_computation_on_a_batch() {
+    use irec_learn::algo::iql::{AdvantageSource, Iql, IqlConfig};
+    use irec_model::kernels::seg_log_softmax;
+    let fx = fixture();
+    let heads = fx.perception.config.heads.clone();
+    let data = tiny_mdp(fx.perception.config.tracker.input, &heads);
+    let cfg = IqlConfig { expectile: 0.8, beta: 2.0, max_weight: 5.0, q_hidden: Some(vec![16]), advantage: AdvantageSource::Return, ..IqlConfig::default() };
+    let mut iql = Iql::new(&fx.perception, 6, &cfg, None).unwrap();
+    fit(&mut iql, &data, 3, 8, 3, &mut rng::rng(2), |_| {}).unwrap();
+    let idx: Vec<usize> = (0..8).collect();
+    let batch = data.batch(&idx, &CPU).unwrap();
+    let (_, _, _, losses) = iql.compute_loss(&batch).unwrap();
+
+    let states = iql.critic().states(iql.recommender(), &batch).unwrap();
+    let y = iql.compute_target(&states.s_next, &batch).unwrap().to_vec1::<f32>().unwrap();
+    let v = iql.state_value(&states.s).unwrap().to_vec1::<f32>().unwrap();
+    let logp = host2(&seg_log_softmax(&iql.recommender().policy.forward(&states.s).unwrap(), &heads).unwrap());
+    let mask = batch.mask.to_vec1::<f32>().unwrap();
+    let (mut value, mut policy, mut advantage, mut rows) = (0f64, 0f64, 0f64, 0f64);
+    for (row, m) in mask.iter().enumerate().filter(|(_, m)| **m > 0.0) {
+        let u = (y[row] - v[row]) as f64;
+        value += *m as f64 * if u < 0.0 { 0.2 } else { 0.8 } * u * u;
+        advantage += u;
+        let mut off = 0;
+        for (d, &n) in heads.iter().enumerate() {
+            policy -= (2.0 * u).exp().min(5.0) * logp[row][off + batch.actions[row][d] as usize] as f64;
+            off += n;
+        }
+        rows += 1.0;
+    }
+    close(losses.value as f64, value / rows, "expectile loss of the logged return");
+    close(losses.policy as f64, policy / rows, "return-weighted NLL");
+    close(losses.advantage as f64, advantage / rows, "mean advantage");
+    // The published IQL is the default and its TOML spelling is refused when unknown.
+    assert_eq!(IqlConfig::default().advantage, AdvantageSource::Critic);
+    let bad = toml::from_str::<IqlConfig>("advantage = \"monte_carlo\"").unwrap_err().to_string();
+    assert!(bad.contains("advantage") && bad.contains("monte_carlo"), "{bad}");
+}
+
 #[test]
 fn iqls_reference_kl_starts_at_zero_and_holds_the_actor_near_where_it_started() {
     use irec_learn::algo::iql::{Iql, IqlConfig};

@@ -41,6 +41,32 @@ pub struct IqlConfig {
     /// learner's own initial policy otherwise. A trust region around the current policy instead of
     /// around the data. 0: off (IQL as published).
     pub reference_kl: f64,
+    /// What the actor's advantage weights measure: `critic` (IQL as published) or `return`.
+    #[serde(skip_serializing_if = "AdvantageSource::is_critic")]
+    pub advantage: AdvantageSource,
+}
+
+/// Where the actor's advantage A(s, a) comes from (`[offline.iql] advantage`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdvantageSource {
+    /// Q′_d(s, a_d) − V(s) per head, from the factorized target critic; V is an expectile of
+    /// the critic at the logged slots (IQL as published).
+    #[default]
+    Critic,
+    /// y − V(s), the session's logged TD(λ) return from this turn minus V(s), one figure for the
+    /// whole logged action (every head's slot shares it); V is an expectile of that return.
+    /// The critic is not consulted: the factorized critic leaves each head's share of the credit
+    /// unidentified (docs/results.md), while the logged return credits the action the device
+    /// actually took. This is advantage-weighted regression (Peng et al., 2019) with IQL's
+    /// expectile baseline.
+    Return,
+}
+
+impl AdvantageSource {
+    fn is_critic(&self) -> bool {
+        *self == AdvantageSource::Critic
+    }
 }
 
 impl Default for IqlConfig {
@@ -54,6 +80,7 @@ impl Default for IqlConfig {
             td_lambda: 0.9,
             q_hidden: Some(vec![128, 128]),
             reference_kl: 0.0,
+            advantage: AdvantageSource::Critic,
         }
     }
 }
@@ -187,13 +214,24 @@ impl Iql {
         let (td, q_sa) = self.critic.td(&st.s, &y, batch, heads.len())?;
         let critic = batch.masked_mean(&td)?;
 
-        // Expectile regression of V towards the target critic at every head's logged slot.
+        // Expectile regression of V towards what the advantage is measured against: the target
+        // critic at every head's logged slot, or the logged return of the whole action.
         let s = st.s.detach();
-        let q_target_sa = (self.critic.target_q.forward(&st.s_target)?.detach() * &batch.onehot)?;
         let v = self.state_value(&s)?;
-        let onehot_v = batch.onehot.broadcast_mul(&v.unsqueeze(1)?)?;
-        let u = (&q_target_sa - &onehot_v)?;
-        let value_rows = ((expectile_loss(&u, self.cfg.expectile)? * &batch.onehot)?.sum(D::Minus1)? / n_heads)?;
+        let (u, value_rows) = match self.cfg.advantage {
+            AdvantageSource::Critic => {
+                let q_target_sa = (self.critic.target_q.forward(&st.s_target)?.detach() * &batch.onehot)?;
+                let onehot_v = batch.onehot.broadcast_mul(&v.unsqueeze(1)?)?;
+                let u = (&q_target_sa - &onehot_v)?;
+                let rows = ((expectile_loss(&u, self.cfg.expectile)? * &batch.onehot)?.sum(D::Minus1)? / n_heads)?;
+                (u, rows)
+            }
+            AdvantageSource::Return => {
+                let u_row = (&y - &v)?;
+                let rows = expectile_loss(&u_row, self.cfg.expectile)?;
+                (batch.onehot.broadcast_mul(&u_row.unsqueeze(1)?)?, rows)
+            }
+        };
         let value = batch.masked_mean(&value_rows)?;
 
         // Advantage-weighted regression per head.

@@ -15,7 +15,7 @@ use crate::algo::Learner as OfflineLearner;
 use irec_protocol::experience::ExperienceSession;
 use irec_world::metrics::Metrics;
 use irec_model::PolicyModel;
-use irec_world::policy::{evaluate_metrics, TrackerPolicy};
+use irec_world::policy::{evaluate_metrics, OraclePolicy, TrackerPolicy};
 use irec_world::rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -119,6 +119,9 @@ pub enum Method {
     OfflineWith(Algo),
     IterativeOffline,
     Tracker,
+    /// Asks for exactly the user's wishes from the first turn: what the evaluation world's
+    /// retrieval (AttrNet-predicted attributes) allows any policy at best.
+    Oracle,
 }
 
 impl Method {
@@ -137,6 +140,7 @@ impl Method {
             Method::OfflineWith(Algo::Iql) => "Offline Learning (IQL)",
             Method::IterativeOffline => "Iterative Offline",
             Method::Tracker => "Rule-based tracker",
+            Method::Oracle => "Oracle (knows the wishes; retrieval's ceiling)",
         }
     }
 
@@ -154,6 +158,7 @@ impl Method {
             Method::OfflineWith(Algo::Iql) => "offline_iql",
             Method::IterativeOffline => "iterative_offline",
             Method::Tracker => "tracker",
+            Method::Oracle => "oracle",
         }
     }
 }
@@ -355,6 +360,8 @@ pub fn run(cfg: &ExperimentConfig, preset: &str, device: &candle_core::Device, c
     let m = evaluate_metrics(&lab.eval_env, || TrackerPolicy::new(lexicon.clone(), index.clone()), n_eval, eval_seed, 2);
     rows.push(MethodRow { method: Method::Tracker, metrics: m, note: "rule-based reader + conditional mode fill".into() });
     clock.lap("tracker");
+    let m = evaluate_metrics(&lab.eval_env, OraclePolicy::default, n_eval, eval_seed, 2);
+    rows.push(MethodRow { method: Method::Oracle, metrics: m, note: "asks for the user's wishes every turn".into() });
 
     rows.sort_by_key(|r| r.method);
     Ok(CompareReport {
