@@ -912,7 +912,7 @@ fn iql_losses_equal_hand_computation_on_a_batch() {
     let fx = fixture();
     let heads = fx.perception.config.heads.clone();
     let data = tiny_mdp(fx.perception.config.tracker.input, &heads);
-    let cfg = IqlConfig { expectile: 0.8, beta: 2.0, max_weight: 5.0, q_hidden: Some(vec![16]), ..IqlConfig::default() };
+    let cfg = IqlConfig { expectile: 0.8, beta: 2.0, max_weight: 5.0, q_hidden: Some(vec![16]), reference_kl: 0.0, ..IqlConfig::default() };
     let mut iql = Iql::new(&fx.perception, 6, &cfg, None).unwrap();
     fit(&mut iql, &data, 3, 8, 3, &mut rng::rng(2), |_| {}).unwrap();
     let idx: Vec<usize> = (0..8).collect();
@@ -956,7 +956,7 @@ fn iqls_return_advantage_equals_hand_computation_on_a_batch() {
     let fx = fixture();
     let heads = fx.perception.config.heads.clone();
     let data = tiny_mdp(fx.perception.config.tracker.input, &heads);
-    let cfg = IqlConfig { expectile: 0.8, beta: 2.0, max_weight: 5.0, q_hidden: Some(vec![16]), advantage: AdvantageSource::Return, ..IqlConfig::default() };
+    let cfg = IqlConfig { expectile: 0.8, beta: 2.0, max_weight: 5.0, q_hidden: Some(vec![16]), advantage: AdvantageSource::Return, reference_kl: 0.0, ..IqlConfig::default() };
     let mut iql = Iql::new(&fx.perception, 6, &cfg, None).unwrap();
     fit(&mut iql, &data, 3, 8, 3, &mut rng::rng(2), |_| {}).unwrap();
     let idx: Vec<usize> = (0..8).collect();
@@ -998,7 +998,7 @@ fn iqls_reference_kl_starts_at_zero_and_holds_the_actor_near_where_it_started() 
     let data = tiny_mdp(fx.perception.config.tracker.input, &heads);
     let idx: Vec<usize> = (0..8).collect();
     let batch = data.batch(&idx, &CPU).unwrap();
-    let base = IqlConfig { q_hidden: Some(vec![16]), ..IqlConfig::default() };
+    let base = IqlConfig { q_hidden: Some(vec![16]), reference_kl: 0.0, ..IqlConfig::default() };
     // Before any step the actor is its reference: no divergence, the published IQL's losses.
     let plain = Iql::new(&fx.perception, 6, &base, None).unwrap();
     let held = Iql::new(&fx.perception, 6, &IqlConfig { reference_kl: 10.0, ..base.clone() }, None).unwrap();
@@ -1077,7 +1077,7 @@ fn bcq_and_iql_beat_their_data_in_support_on_a_tiny_mdp() {
     let bcq_log = fit(&mut bcq, &data, steps, 16, steps, &mut rng::rng(5), |_| {}).unwrap();
     let mut strict = Bcq::new(&fx.perception, 4, &BcqConfig { threshold: 1.0, ..BcqConfig::default() }, None).unwrap();
     fit(&mut strict, &data, steps, 16, steps, &mut rng::rng(5), |_| {}).unwrap();
-    let mut iql = Iql::new(&fx.perception, 4, &IqlConfig::default(), None).unwrap();
+    let mut iql = Iql::new(&fx.perception, 4, &IqlConfig { reference_kl: 0.0, ..IqlConfig::default() }, None).unwrap();
     let iql_log = fit(&mut iql, &data, steps, 16, steps, &mut rng::rng(5), |_| {}).unwrap();
     let (bc_good, _) = head0_choice(bc.recommender(), &data);
     let (bcq_good, bcq_unseen) = head0_choice(bcq.recommender(), &data);

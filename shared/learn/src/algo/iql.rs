@@ -39,7 +39,8 @@ pub struct IqlConfig {
     /// Weight of KL(π_ref ‖ π) per turn (summed over heads) in the actor's loss, π_ref being the
     /// policy the actor started this fit from: the previous round's when continuing, a fresh
     /// learner's own initial policy otherwise. A trust region around the current policy instead of
-    /// around the data. 0: off (IQL as published).
+    /// around the data. Default 1 (docs/results.md, "A trust region around the learner's own
+    /// policy"); 0: off (IQL as published).
     pub reference_kl: f64,
     /// What the actor's advantage weights measure: `critic` (IQL as published) or `return`.
     #[serde(skip_serializing_if = "AdvantageSource::is_critic")]
@@ -79,7 +80,7 @@ impl Default for IqlConfig {
             tau: 0.005,
             td_lambda: 0.9,
             q_hidden: Some(vec![128, 128]),
-            reference_kl: 0.0,
+            reference_kl: 1.0,
             advantage: AdvantageSource::Critic,
         }
     }
