@@ -905,19 +905,29 @@ fn bcq_filter_and_iql_expectile_equal_hand_computation() {
 
 /// IQL's value and policy losses on a real batch equal the same quantities computed on the host
 /// from its networks' outputs.
-#[test]
-fn iql_losses_equal_hand_computation_on_a_batch() {
+/// The published IQL's losses (no trust region; expectile 0.8, β 2, weights ≤ 5) after three
+/// steps on the tiny MDP, with the batch of its first eight sessions they were computed on.
+fn iql_fitted_on_tiny_mdp(
+    advantage: irec_learn::algo::iql::AdvantageSource,
+) -> (Vec<usize>, irec_learn::algo::iql::Iql, irec_learn::algo::dataset::Batch, irec_learn::algo::iql::IqlLosses) {
     use irec_learn::algo::iql::{Iql, IqlConfig};
-    use irec_model::kernels::seg_log_softmax;
     let fx = fixture();
     let heads = fx.perception.config.heads.clone();
     let data = tiny_mdp(fx.perception.config.tracker.input, &heads);
-    let cfg = IqlConfig { expectile: 0.8, beta: 2.0, max_weight: 5.0, q_hidden: Some(vec![16]), reference_kl: 0.0, ..IqlConfig::default() };
+    let cfg = IqlConfig { expectile: 0.8, beta: 2.0, max_weight: 5.0, q_hidden: Some(vec![16]), advantage, reference_kl: 0.0, ..IqlConfig::default() };
     let mut iql = Iql::new(&fx.perception, 6, &cfg, None).unwrap();
     fit(&mut iql, &data, 3, 8, 3, &mut rng::rng(2), |_| {}).unwrap();
     let idx: Vec<usize> = (0..8).collect();
     let batch = data.batch(&idx, &CPU).unwrap();
     let (_, _, _, losses) = iql.compute_loss(&batch).unwrap();
+    (heads, iql, batch, losses)
+}
+
+#[test]
+fn iql_losses_equal_hand_computation_on_a_batch() {
+    use irec_learn::algo::iql::AdvantageSource;
+    use irec_model::kernels::seg_log_softmax;
+    let (heads, iql, batch, losses) = iql_fitted_on_tiny_mdp(AdvantageSource::Critic);
 
     let states = iql.critic().states(iql.recommender(), &batch).unwrap();
     let qt = host2(&iql.critic().target_q.forward(&states.s_target).unwrap());
@@ -951,17 +961,9 @@ fn iql_losses_equal_hand_computation_on_a_batch() {
 /// computed on the host.
 #[test]
 fn iqls_return_advantage_equals_hand_computation_on_a_batch() {
-    use irec_learn::algo::iql::{AdvantageSource, Iql, IqlConfig};
+    use irec_learn::algo::iql::{AdvantageSource, IqlConfig};
     use irec_model::kernels::seg_log_softmax;
-    let fx = fixture();
-    let heads = fx.perception.config.heads.clone();
-    let data = tiny_mdp(fx.perception.config.tracker.input, &heads);
-    let cfg = IqlConfig { expectile: 0.8, beta: 2.0, max_weight: 5.0, q_hidden: Some(vec![16]), advantage: AdvantageSource::Return, reference_kl: 0.0, ..IqlConfig::default() };
-    let mut iql = Iql::new(&fx.perception, 6, &cfg, None).unwrap();
-    fit(&mut iql, &data, 3, 8, 3, &mut rng::rng(2), |_| {}).unwrap();
-    let idx: Vec<usize> = (0..8).collect();
-    let batch = data.batch(&idx, &CPU).unwrap();
-    let (_, _, _, losses) = iql.compute_loss(&batch).unwrap();
+    let (heads, iql, batch, losses) = iql_fitted_on_tiny_mdp(AdvantageSource::Return);
 
     let states = iql.critic().states(iql.recommender(), &batch).unwrap();
     let y = iql.compute_target(&states.s_next, &batch).unwrap().to_vec1::<f32>().unwrap();
