@@ -362,6 +362,7 @@ pub fn run(cfg: &ExperimentConfig, preset: &str, device: &candle_core::Device, c
     clock.lap("tracker");
     let m = evaluate_metrics(&lab.eval_env, OraclePolicy::default, n_eval, eval_seed, 2);
     rows.push(MethodRow { method: Method::Oracle, metrics: m, note: "asks for the user's wishes every turn".into() });
+    clock.lap("oracle");
 
     rows.sort_by_key(|r| r.method);
     Ok(CompareReport {
