@@ -1032,6 +1032,52 @@ fn iqls_reference_kl_starts_at_zero_and_holds_the_actor_near_where_it_started() 
     assert_eq!(plain.compute_loss(&batch).unwrap().3.reference_kl, 0.0, "the published IQL keeps no reference");
 }
 
+#[test]
+fn iqls_trust_region_keeps_its_first_anchor_across_rounds_unless_told_to_follow_the_round() {
+    use irec_learn::algo::iql::{Iql, IqlConfig, ReferencePolicy};
+    use std::collections::BTreeMap;
+    let fx = fixture();
+    let heads = fx.perception.config.heads.clone();
+    let data = tiny_mdp(fx.perception.config.tracker.input, &heads);
+    let flat = |w: BTreeMap<String, candle_core::Tensor>| -> Vec<(String, Vec<f32>)> {
+        w.into_iter().map(|(k, t)| (k, t.flatten_all().unwrap().to_vec1::<f32>().unwrap())).collect()
+    };
+    let policy_of = |iql: &Iql| flat(iql.recommender().store.tensors("policy."));
+    let round_one = |reference| {
+        let cfg = IqlConfig { q_hidden: Some(vec![16]), reference_kl: 1.0, reference, ..IqlConfig::default() };
+        let mut iql = Iql::new(&fx.perception, 6, &cfg, None).unwrap();
+        let start = policy_of(&iql);
+        fit(&mut iql, &data, 10, 8, 5, &mut rng::rng(2), |_| {}).unwrap();
+        (cfg, iql, start)
+    };
+
+    // The default: a learner rebuilt from round 1's training state (as the server's next round
+    // is) keeps round 1's starting policy as π_ref, not round 1's result.
+    let (cfg, mut first, start) = round_one(ReferencePolicy::First);
+    assert_eq!(cfg.reference, IqlConfig::default().reference);
+    let trained = policy_of(&first);
+    assert_ne!(trained, start, "ten steps moved the policy");
+    let rebuilt = Iql::new(&fx.perception, 9, &cfg, Some(&first.training_state("r1").unwrap())).unwrap();
+    assert_eq!(flat(rebuilt.reference_weights().unwrap()), start);
+    assert_eq!(policy_of(&rebuilt), trained, "the policy itself continues");
+    first.start_round().unwrap();
+    assert_eq!(flat(first.reference_weights().unwrap()), start, "an in-process round keeps it too");
+
+    // `round`: π_ref is the policy each round starts from, whether the learner is rebuilt from
+    // its state or continues in process.
+    let (cfg, mut follow, _) = round_one(ReferencePolicy::Round);
+    let trained = policy_of(&follow);
+    let rebuilt = Iql::new(&fx.perception, 9, &cfg, Some(&follow.training_state("r1").unwrap())).unwrap();
+    assert_eq!(flat(rebuilt.reference_weights().unwrap()), trained);
+    follow.start_round().unwrap();
+    assert_eq!(flat(follow.reference_weights().unwrap()), trained);
+
+    let parsed: IqlConfig = toml::from_str("reference = \"round\"").unwrap();
+    assert_eq!(parsed.reference, ReferencePolicy::Round);
+    let bad = toml::from_str::<IqlConfig>("reference = \"deployed\"").unwrap_err().to_string();
+    assert!(bad.contains("reference") && bad.contains("deployed"), "{bad}");
+}
+
 /// Share of real turns on which the deployed policy's most likely slot of head 0 is slot 1 (the
 /// rewarded one), and whether it ever prefers a slot the data never shows, on any head.
 fn head0_choice(rec: &irec_learn::algo::Recommender, data: &SessionDataset) -> (f64, bool) {

@@ -16,6 +16,7 @@ use irec_model::heads::{HeadsConfig, MultiHead};
 use irec_model::kernels::seg_log_softmax;
 use irec_model::params::ParamStore;
 use irec_model::Checkpoint;
+use std::collections::BTreeMap;
 use candle_core::{Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 
@@ -36,12 +37,16 @@ pub struct IqlConfig {
     pub td_lambda: f64,
     /// Hidden widths of the critic (unset: the model config's).
     pub q_hidden: Option<Vec<usize>>,
-    /// Weight of KL(π_ref ‖ π) per turn (summed over heads) in the actor's loss, π_ref being the
-    /// policy the actor started this fit from: the previous round's when continuing, a fresh
-    /// learner's own initial policy otherwise. A trust region around the current policy instead of
-    /// around the data. Default 1 (docs/results.md, "A trust region around the learner's own
-    /// policy"); 0: off (IQL as published).
+    /// Weight of KL(π_ref ‖ π) per turn (summed over heads) in the actor's loss, π_ref chosen by
+    /// `reference`. A trust region around a policy of the learner's own instead of around the
+    /// data. Default 1 (docs/results.md, "A trust region around the learner's own policy"); 0: off
+    /// (IQL as published).
     pub reference_kl: f64,
+    /// Which policy π_ref is: `first` (default: the policy the first round started from, carried
+    /// in the training state) or `round` (the policy each round starts from, the deployed one).
+    /// docs/results.md, "The trust region's anchor".
+    #[serde(skip_serializing_if = "ReferencePolicy::is_first")]
+    pub reference: ReferencePolicy,
     /// What the actor's advantage weights measure: `critic` (IQL as published) or `return`.
     #[serde(skip_serializing_if = "AdvantageSource::is_critic")]
     pub advantage: AdvantageSource,
@@ -64,6 +69,25 @@ pub enum AdvantageSource {
     Return,
 }
 
+/// The policy IQL's trust region is around (`[offline.iql] reference`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReferencePolicy {
+    /// The policy the learner's first round started from (a fresh learner's prior), kept across
+    /// rounds: every round is held near the same anchor, so steps away from it (towards the
+    /// devices' noise in D′) do not add up from round to round.
+    #[default]
+    First,
+    /// The policy the current round started from: each round may move λ-far from the last.
+    Round,
+}
+
+impl ReferencePolicy {
+    fn is_first(&self) -> bool {
+        *self == ReferencePolicy::First
+    }
+}
+
 impl AdvantageSource {
     fn is_critic(&self) -> bool {
         *self == AdvantageSource::Critic
@@ -81,6 +105,7 @@ impl Default for IqlConfig {
             td_lambda: 0.9,
             q_hidden: Some(vec![128, 128]),
             reference_kl: 1.0,
+            reference: ReferencePolicy::First,
             advantage: AdvantageSource::Critic,
         }
     }
@@ -160,8 +185,8 @@ pub struct Iql {
     critic_opt: Adam,
     value_opt: Adam,
     policy_opt: Adam,
-    /// A frozen copy of the policy this fit started from (with `reference_kl` > 0).
-    reference: Option<MultiHead>,
+    /// π_ref, frozen (with `reference_kl` > 0), and the store holding its weights.
+    reference: Option<(ParamStore, MultiHead)>,
     steps: u64,
 }
 
@@ -182,8 +207,12 @@ impl Iql {
         let reference = if cfg.reference_kl > 0.0 {
             let store = ParamStore::new(seed, &perception.perception.device);
             let head = MultiHead::new(&rec.config.policy, store.builder().pp("policy"))?;
-            store.load_from(&rec.store.tensors("policy."))?;
-            Some(head)
+            let carried = match (cfg.reference, init) {
+                (ReferencePolicy::First, Some(ck)) => carried_reference(ck),
+                _ => BTreeMap::new(),
+            };
+            store.load_from(&if carried.is_empty() { rec.store.tensors("policy.") } else { carried })?;
+            Some((store, head))
         } else {
             None
         };
@@ -242,7 +271,7 @@ impl Iql {
         let policy_rows = (&weight * &logp)?.sum(D::Minus1)?.neg()?;
         let mut policy = batch.masked_mean(&policy_rows)?;
         let mut reference_kl = 0.0;
-        if let Some(r) = &self.reference {
+        if let Some((_, r)) = &self.reference {
             let ref_logp = seg_log_softmax(&r.forward(&s)?, heads)?.detach();
             let kl = batch.masked_mean(&(ref_logp.exp()? * (&ref_logp - &logp)?)?.sum(D::Minus1)?)?;
             reference_kl = scalar(&kl)?;
@@ -265,8 +294,34 @@ impl Iql {
     /// Everything needed to continue training later: networks, targets, V, optimiser moments.
     pub fn training_state(&self, label: &str) -> Result<Checkpoint> {
         let opts = [("opt.critic", &self.critic_opt), ("opt.value", &self.value_opt), ("opt.policy", &self.policy_opt)];
-        critic::training_state(&self.rec, label, self.steps, &["q1.", "target.", "iql."], &opts)
+        let mut ck = critic::training_state(&self.rec, label, self.steps, &["q1.", "target.", "iql."], &opts)?;
+        if let (ReferencePolicy::First, Some((store, _))) = (self.cfg.reference, &self.reference) {
+            ck.tensors.extend(store.tensors("policy.").into_iter().map(|(k, t)| (format!("{REFERENCE_PREFIX}{k}"), t)));
+        }
+        Ok(ck)
     }
+
+    /// A new round begins: with `reference = "round"` π_ref becomes the current policy (what a
+    /// learner rebuilt from its training state would start from), with `first` it stays.
+    pub fn start_round(&mut self) -> Result<()> {
+        if let (ReferencePolicy::Round, Some((store, _))) = (self.cfg.reference, &self.reference) {
+            store.load_from(&self.rec.store.tensors("policy."))?;
+        }
+        Ok(())
+    }
+
+    /// π_ref's weights, under the policy's own names (tests compare them).
+    pub fn reference_weights(&self) -> Option<BTreeMap<String, Tensor>> {
+        self.reference.as_ref().map(|(store, _)| store.tensors("policy."))
+    }
+}
+
+/// Where a training state carries π_ref (`reference = "first"`), ahead of the policy's names.
+const REFERENCE_PREFIX: &str = "iql_reference.";
+
+/// π_ref's weights from a training state, under the policy's names (empty when it has none).
+fn carried_reference(ck: &Checkpoint) -> BTreeMap<String, Tensor> {
+    ck.tensors.iter().filter_map(|(k, t)| k.strip_prefix(REFERENCE_PREFIX).map(|k| (k.to_string(), t.clone()))).collect()
 }
 
 impl OfflineAlgorithm for Iql {

@@ -107,6 +107,15 @@ impl Learner {
         }
     }
 
+    /// A new iterative round begins on D ∪ D′: what a learner rebuilt from its training state
+    /// would reset (IQL's trust region moves to the current policy unless it is anchored).
+    pub fn start_round(&mut self) -> Result<()> {
+        match self {
+            Learner::Iql(l) => l.start_round(),
+            Learner::CqlSac(_) | Learner::Bcq(_) => Ok(()),
+        }
+    }
+
     /// The critic's per-head Q (its greedy policy is a diagnostic beside the deployed actor).
     pub fn critic_heads(&self) -> &MultiHead {
         match self {

@@ -120,6 +120,7 @@ pub fn run(cfg: &ExperimentConfig, variants: &[Variant], iterate: bool, device: 
                 progress.message(&format!("round {round}: D′ agrees with the deployed greedy policy on {:.1}% of heads, {:.1}% of turns", 100.0 * per_head, 100.0 * per_turn));
                 all.extend(new);
                 let data = SessionDataset::new(&all, &lab.featurizer, lab.heads())?.with_objective(&oc.objective).favour_newest(oc.newest_share);
+                learner.start_round()?;
                 fit(&mut learner, &data, oc.round_steps, bs, oc.log_every, &mut r, |_| {})?;
                 rounds.push(lab.evaluate(learner.recommender(), n_eval, eval_seed)?);
             }

@@ -403,6 +403,7 @@ fn iterative(
         d.extend(c.sessions);
         let data = SessionDataset::new(d, &lab.featurizer, lab.heads())?.with_objective(&oc.objective).favour_newest(oc.newest_share);
         let in_d = d.len();
+        learner.start_round()?;
         let bs = learner.batch_sessions();
         round_logs.extend(train_with_curve(lab, learner, &data, oc.round_steps, oc, bs, "iterative_offline", None, r, progress)?);
         last = lab.evaluate(learner.recommender(), cfg.eval_sessions, eval_seed)?;
