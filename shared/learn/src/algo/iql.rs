@@ -207,11 +207,9 @@ impl Iql {
         let reference = if cfg.reference_kl > 0.0 {
             let store = ParamStore::new(seed, &perception.perception.device);
             let head = MultiHead::new(&rec.config.policy, store.builder().pp("policy"))?;
-            let carried = match (cfg.reference, init) {
-                (ReferencePolicy::First, Some(ck)) => carried_reference(ck),
-                _ => BTreeMap::new(),
-            };
-            store.load_from(&if carried.is_empty() { rec.store.tensors("policy.") } else { carried })?;
+            // A first-round anchor carried in the training state, else the policy this fit starts from.
+            let carried = init.filter(|_| cfg.reference == ReferencePolicy::First).map(carried_reference).filter(|w| !w.is_empty());
+            store.load_from(&carried.unwrap_or_else(|| rec.store.tensors("policy.")))?;
             Some((store, head))
         } else {
             None
