@@ -176,6 +176,7 @@ impl ServerConfig {
         t.bcq.validate("trainer.bcq").map_err(ConfigError::Invalid)?;
         t.iql.validate("trainer.iql").map_err(ConfigError::Invalid)?;
         t.fqe.validate("trainer.fqe").map_err(ConfigError::Invalid)?;
+        t.pretrain.validate("trainer.pretrain").map_err(ConfigError::Invalid)?;
         if t.eval_sessions == 0 {
             return bad("trainer.eval_sessions must be at least 1");
         }
@@ -219,6 +220,7 @@ mod tests {
         assert!(refused("[trainer.sac]\ntd_lambda = 1.5").contains("trainer.sac.td_lambda"));
         assert!(refused("[trainer.objective]\nkind = \"turn_cost\"\ncost = 0.0\nfailure_penalty = 0.0").contains("trainer.objective.cost"));
         assert!(refused("[trainer.fqe]\nensemble = 0").contains("trainer.fqe.ensemble"));
+        assert!(refused("[trainer.pretrain]\nrequest_repeats = -1.0").contains("trainer.pretrain.request_repeats"));
         assert!(refused("gate_tolerance = nan").contains("gate_tolerance"));
         assert!(refused("[trainer.bcq]\nthreshold = 1.5").contains("trainer.bcq.threshold"));
         assert!(refused("[trainer.iql]\nexpectile = 0.2").contains("trainer.iql.expectile"));

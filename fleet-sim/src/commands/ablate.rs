@@ -36,15 +36,19 @@ pub fn run(a: AblateArgs) -> anyhow::Result<()> {
     println!("logged (paper) reward in D: success turn {:+.3}, turn before a success {:+.3}, other turns {:+.3} (failed sessions' last turns excluded)", lr.success_turn, lr.before_success, lr.other);
     println!("behaviour (devices, test): {}", line(&report.behaviour_on_test));
     println!("imitation:                 {}", line(&report.imitation));
+    for b in &report.baselines {
+        println!("{:<26} {} | {}", format!("{}:", b.name), line(&b.metrics), b.misses.line());
+    }
     for r in &report.rows {
         println!("{:<26} {} | critic greedy {}{}", r.name, line(&r.offline), line(&r.critic_greedy), r.rounds.iter().map(|m| format!(" → {}", line(m))).collect::<String>());
+        println!("{:<26} {}", "", r.misses.line());
     }
     let rows: Vec<_> = report
         .rows
         .iter()
-        .map(|r| json!({"name": r.name, "offline": metrics_json(&r.offline), "critic_greedy": metrics_json(&r.critic_greedy), "rounds": r.rounds.iter().map(metrics_json).collect::<Vec<_>>(), "seconds": r.seconds}))
+        .map(|r| json!({"name": r.name, "offline": metrics_json(&r.offline), "misses": r.misses, "critic_greedy": metrics_json(&r.critic_greedy), "rounds": r.rounds.iter().map(metrics_json).collect::<Vec<_>>(), "seconds": r.seconds}))
         .collect();
-    print_json(a.exp.json, &json!({"seed": a.exp.seed, "behaviour_test": metrics_json(&report.behaviour_on_test), "imitation": metrics_json(&report.imitation), "rows": rows}));
+    print_json(a.exp.json, &json!({"seed": a.exp.seed, "behaviour_test": metrics_json(&report.behaviour_on_test), "imitation": metrics_json(&report.imitation), "baselines": report.baselines.iter().map(|b| json!({"name": b.name, "metrics": metrics_json(&b.metrics), "misses": b.misses})).collect::<Vec<_>>(), "rows": rows}));
     Ok(())
 }
 

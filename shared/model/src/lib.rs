@@ -62,7 +62,7 @@ impl ModelConfig {
     /// request memory beside the GRU with a copy path into the policy and the critics.
     pub fn with_memory(text: TextEncoderConfig, attrnet: AttrNetConfig, heads: &[usize], memory: bool) -> ModelConfig {
         let turn = text.output_width() + attrnet.input + attrnet.outputs();
-        let memory = (memory && text.classes > 0).then(|| tracker::RequestMemory { offset: text.out, classes: text.classes });
+        let memory = (memory && text.classes > 0).then(|| tracker::RequestMemory { offset: text.out, classes: text.classes, repeats: 1.0 });
         let hidden = 128;
         let with_memory = memory.is_some();
         let copy = |init| with_memory.then_some(heads::CopyPath { from: hidden, init });

@@ -29,6 +29,32 @@ pub struct RequestMemory {
     pub offset: usize,
     /// Their number (every (attribute, value) in head order, then "Good").
     pub classes: usize,
+    /// How many askings of one value count. 1 (the default): a running maximum, asked or not.
+    /// k > 1: a running sum of the probabilities, capped at k, so a value asked for again weighs
+    /// more. A user repeats a wish when the item shown lacks it, which is the turn a learned
+    /// policy that let its own preference override the memory needs the memory to win
+    /// (docs/results.md, "A wish asked for again").
+    #[serde(default = "RequestMemory::once", skip_serializing_if = "RequestMemory::is_once")]
+    pub repeats: f32,
+}
+
+impl RequestMemory {
+    fn once() -> f32 {
+        1.0
+    }
+
+    fn is_once(k: &f32) -> bool {
+        *k <= 1.0
+    }
+
+    /// The memory after a turn whose probabilities are `now`, from `seen` before it.
+    fn update(&self, seen: f32, now: f32) -> f32 {
+        if Self::is_once(&self.repeats) {
+            seen.max(now)
+        } else {
+            (seen + now).min(self.repeats)
+        }
+    }
 }
 
 impl Default for TrackerConfig {
@@ -78,13 +104,14 @@ impl StateTracker {
             Some(m) => {
                 let seen = state.narrow(1, self.cfg.hidden, m.classes)?;
                 let now = features.narrow(1, m.offset, m.classes)?;
-                Tensor::cat(&[&next, &seen.maximum(&now)?], 1)
+                let kept = if RequestMemory::is_once(&m.repeats) { seen.maximum(&now)? } else { (seen + now)?.clamp(0f32, m.repeats)? };
+                Tensor::cat(&[&next, &kept], 1)
             }
         }
     }
 
     /// The request memory before every turn and after the last, (T + 1, B, classes), from the
-    /// turn features (T, B, F): a running maximum, zero before turn 1.
+    /// turn features (T, B, F): zero before turn 1, then [`RequestMemory::update`] turn by turn.
     fn memory_unroll(&self, features: &Tensor, m: &RequestMemory) -> Result<Tensor> {
         let (t, b, _) = features.dims3()?;
         let cols = features.narrow(2, m.offset, m.classes)?.to_vec3::<f32>()?;
@@ -94,7 +121,7 @@ impl StateTracker {
                 let prev = step * b * m.classes + col * m.classes;
                 let next = (step + 1) * b * m.classes + col * m.classes;
                 for (c, p) in row.iter().enumerate() {
-                    out[next + c] = out[prev + c].max(*p);
+                    out[next + c] = m.update(out[prev + c], *p);
                 }
             }
         }
@@ -153,7 +180,7 @@ mod tests {
     #[test]
     fn fused_unroll_matches_stepwise_in_value_and_gradient() {
         let store = ParamStore::new(3, &Device::Cpu);
-        let memory = Some(RequestMemory { offset: 2, classes: 3 });
+        let memory = Some(RequestMemory { offset: 2, classes: 3, repeats: 1.0 });
         let tracker = StateTracker::new(&TrackerConfig { input: 6, hidden: 5, memory }, store.builder().pp("t")).unwrap();
         let x: Vec<f32> = (0..4 * 3 * 6).map(|i| ((i * 37 % 17) as f32 - 8.0) / 5.0).collect();
         let x = Tensor::from_vec(x, (4, 3, 6), &Device::Cpu).unwrap();
@@ -182,6 +209,25 @@ mod tests {
             let (x, y) = (ga.get(v.as_tensor()).unwrap(), gb.get(v.as_tensor()).unwrap());
             let d = (x - y).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
             assert!(d < 1e-4, "gradient differs by {d}");
+        }
+    }
+
+    #[test]
+    fn a_counted_memory_adds_each_asking_up_to_its_cap_in_both_unrolls() {
+        let store = ParamStore::new(3, &Device::Cpu);
+        let memory = Some(RequestMemory { offset: 1, classes: 2, repeats: 2.0 });
+        let tracker = StateTracker::new(&TrackerConfig { input: 3, hidden: 2, memory }, store.builder().pp("t")).unwrap();
+        // One session, four turns: class 0 asked for at turns 1, 3 and 4 (0.9 each), class 1 once.
+        let x: Vec<f32> = vec![0.5, 0.9, 0.0, -0.5, 0.0, 0.7, 0.2, 0.9, 0.0, 0.1, 0.9, 0.0];
+        let x = Tensor::from_vec(x, (4, 1, 3), &Device::Cpu).unwrap();
+        let expected = [[0.0, 0.0], [0.9, 0.0], [0.9, 0.7], [1.8, 0.7], [2.0, 0.7]];
+        for states in [tracker.unroll(&x).unwrap(), tracker.unroll_stepwise(&x).unwrap()] {
+            let s = states.to_vec3::<f32>().unwrap();
+            for (t, want) in expected.iter().enumerate() {
+                for c in 0..2 {
+                    assert!((s[t][0][2 + c] - want[c]).abs() < 1e-6, "turn {t}, class {c}: {} vs {}", s[t][0][2 + c], want[c]);
+                }
+            }
         }
     }
 }

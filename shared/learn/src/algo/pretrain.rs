@@ -45,6 +45,11 @@ pub struct PretrainConfig {
     /// Give the state tracker a request memory (a running maximum of those probabilities) and
     /// the heads a copy path from it (needs `text_classes_in_features`).
     pub request_memory: bool,
+    /// With the request memory: how many askings of one value count (`model::tracker::
+    /// RequestMemory::repeats`; a count, ≥ 1). 1: asked or not (a running maximum); k > 1: a
+    /// value asked for again weighs more, up to k askings.
+    #[serde(skip_serializing_if = "PretrainConfig::asks_once")]
+    pub request_repeats: f64,
     /// With the request memory: start the policy's output layer at zero, so a fresh recommender
     /// is exactly its copy path and "no preference" prior (a soft rule-based tracker) whatever
     /// its seed (docs/results.md, "Learning from D adds little to the recommender's own prior").
@@ -56,6 +61,22 @@ pub struct PretrainConfig {
     pub attr_batch: usize,
     pub attr_lr: f64,
     pub seed: u64,
+}
+
+impl PretrainConfig {
+    // The default is left out of the JSON that keys the pretraining cache, so caches filled
+    // before the field existed still match.
+    fn asks_once(k: &f64) -> bool {
+        *k == 1.0
+    }
+
+    /// Refuses settings that cannot build a recommender, naming the field under `at`.
+    pub fn validate(&self, at: &str) -> std::result::Result<(), String> {
+        if !(self.request_repeats.is_finite() && self.request_repeats >= 1.0) {
+            return Err(format!("{at}.request_repeats must be a finite count ≥ 1 (got {})", self.request_repeats));
+        }
+        Ok(())
+    }
 }
 
 impl Default for PretrainConfig {
@@ -70,6 +91,7 @@ impl Default for PretrainConfig {
             text_lr: 1e-3,
             text_classes_in_features: true,
             request_memory: true,
+            request_repeats: 1.0,
             policy_starts_as_prior: true,
             attr_epochs: 12,
             attr_batch: 256,
@@ -267,5 +289,8 @@ pub fn pretrain(world: &World, cfg: &PretrainConfig, device: &Device) -> Result<
     tensors.extend(store.tensors("attrnet."));
     let mut config = ModelConfig::with_memory(text_cfg, attr_cfg, &schema.head_sizes(), cfg.request_memory);
     config.policy.zero_output = cfg.policy_starts_as_prior && config.policy.copy.is_some();
+    if let Some(m) = config.tracker.memory.as_mut() {
+        m.repeats = cfg.request_repeats as f32;
+    }
     Ok((PerceptionWeights { perception: Arc::new(perception), tensors, config }, report))
 }

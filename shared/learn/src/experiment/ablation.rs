@@ -9,6 +9,8 @@ use super::{ExperimentConfig, Lab, Progress, Result};
 use crate::algo::bc::BehaviourCloning;
 use crate::algo::{fit, Learner as OfflineLearner, LearnerSettings, OfflineAlgorithm, SessionDataset};
 use irec_world::metrics::Metrics;
+use irec_world::misses::Misses;
+use irec_world::policy::{evaluate, OraclePolicy, TrackerPolicy};
 use irec_model::PolicyModel;
 use irec_world::rng;
 use serde::{Deserialize, Serialize};
@@ -30,6 +32,8 @@ pub struct VariantRow {
     pub offline: Metrics,
     /// The critic's greedy policy on the same tracker states.
     pub critic_greedy: Metrics,
+    /// Why the deployed policy's test sessions were not done by turn 10.
+    pub misses: Misses,
     /// After each iterative round (deploy with the devices' noise → collect → train on D ∪ D′).
     pub rounds: Vec<Metrics>,
     /// The offline policy's unsuccessful test sessions, rendered (for reading what goes wrong).
@@ -46,7 +50,18 @@ pub struct AblationReport {
     pub logged_reward: LoggedReward,
     pub behaviour_on_test: Metrics,
     pub imitation: Metrics,
+    /// The non-learned baselines on the same test sessions, with their misses at turn 10: the
+    /// rule-based tracker (a perfect memory) and the oracle (asks for every wish from turn 1, so
+    /// its misses are retrieval's alone).
+    pub baselines: Vec<Baseline>,
     pub rows: Vec<VariantRow>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Baseline {
+    pub name: String,
+    pub metrics: Metrics,
+    pub misses: Misses,
 }
 
 #[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
@@ -90,6 +105,7 @@ pub fn run(cfg: &ExperimentConfig, variants: &[Variant], iterate: bool, device: 
     fit(&mut bc, &raw, cfg.offline.steps, cfg.offline.bc.optim.batch_sessions, cfg.offline.log_every, &mut r, |_| {})?;
     let imitation = lab.evaluate(bc.recommender(), n_eval, eval_seed)?;
     progress.message(&format!("behaviour on test SR@10 {:.1}%, imitation {:.1}%", 100.0 * behaviour.sr10, 100.0 * imitation.sr10));
+    let baselines = baselines(&lab, n_eval, eval_seed);
 
     let mut rows = Vec::new();
     for v in variants {
@@ -105,6 +121,7 @@ pub fn run(cfg: &ExperimentConfig, variants: &[Variant], iterate: bool, device: 
         progress.finish();
         let (offline, transcripts) = lab.evaluate_parts(&learner.recommender().tracker, &learner.recommender().policy, n_eval, eval_seed)?;
         let failures = transcripts.iter().filter(|t| !t.success || t.turns.len() > 20).map(|t| t.render()).collect();
+        let misses = Misses::of_transcripts(&transcripts, MISSES_AT);
         let critic_greedy = lab.evaluate_parts(&learner.recommender().tracker, learner.critic_heads(), n_eval, eval_seed)?.0;
         let mut rounds = Vec::new();
         if iterate {
@@ -125,7 +142,7 @@ pub fn run(cfg: &ExperimentConfig, variants: &[Variant], iterate: bool, device: 
                 rounds.push(lab.evaluate(learner.recommender(), n_eval, eval_seed)?);
             }
         }
-        let row = VariantRow { name: v.name.clone(), offline, critic_greedy, rounds, failures, seconds: started.elapsed().as_secs_f64() };
+        let row = VariantRow { name: v.name.clone(), offline, critic_greedy, misses, rounds, failures, seconds: started.elapsed().as_secs_f64() };
         progress.message(&format!(
             "{}: SR@10 {:.1}% NI {:.2} (critic greedy {:.1}%, {:.2}){}",
             row.name,
@@ -137,5 +154,20 @@ pub fn run(cfg: &ExperimentConfig, variants: &[Variant], iterate: bool, device: 
         ));
         rows.push(row);
     }
-    Ok(AblationReport { seed: cfg.seed, logged_reward: LoggedReward::of(&d), behaviour_on_test: behaviour, imitation, rows })
+    Ok(AblationReport { seed: cfg.seed, logged_reward: LoggedReward::of(&d), behaviour_on_test: behaviour, imitation, baselines, rows })
+}
+
+/// The turn whose misses are read (SR@10's).
+const MISSES_AT: usize = 10;
+
+fn baselines(lab: &Lab, sessions: usize, seed: u64) -> Vec<Baseline> {
+    let max_turns = lab.eval_env.reward.max_turns as u32;
+    let lexicon = Arc::new(lab.world.lexicon.clone());
+    let index = Arc::new(lab.eval_env.index.clone());
+    let tracker = evaluate(&lab.eval_env, || TrackerPolicy::new(lexicon.clone(), index.clone()), sessions, seed, 2);
+    let oracle = evaluate(&lab.eval_env, OraclePolicy::default, sessions, seed, 2);
+    [("tracker", tracker), ("oracle", oracle)]
+        .into_iter()
+        .map(|(name, ts)| Baseline { name: name.into(), metrics: Metrics::of_transcripts(&ts, max_turns), misses: Misses::of_transcripts(&ts, MISSES_AT) })
+        .collect()
 }

@@ -142,6 +142,7 @@ impl ExperimentConfig {
 
     pub fn validate(&self) -> Result<()> {
         self.offline.validate().map_err(ExperimentError::Config)?;
+        self.pretrain.validate("pretrain").map_err(ExperimentError::Config)?;
         if self.behaviour.sessions == 0 || self.behaviour.devices == 0 {
             return Err(ExperimentError::Config("behaviour.sessions and behaviour.devices must be at least 1".into()));
         }
@@ -270,5 +271,7 @@ mod tests {
         assert!(refused("[offline]\nrounds = 2\nround_sessions = 0").contains("offline.round_sessions"));
         assert!(refused("[offline.objective]\nkind = \"turn_cost\"\ncost = -1.0\nfailure_penalty = 0.0").contains("offline.objective.cost"));
         assert!(refused("[offline.objective]\nkind = \"fastest\"").contains("fastest"));
+        assert!(refused("[pretrain]\nrequest_repeats = 0.5").contains("pretrain.request_repeats"));
+        assert_eq!(refused("[pretrain]\nrequest_repeats = 3.0"), "accepted");
     }
 }
