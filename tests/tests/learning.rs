@@ -909,12 +909,13 @@ fn bcq_filter_and_iql_expectile_equal_hand_computation() {
 /// steps on the tiny MDP, with the batch of its first eight sessions they were computed on.
 fn iql_fitted_on_tiny_mdp(
     advantage: irec_learn::algo::iql::AdvantageSource,
+    weighting: irec_learn::algo::iql::AdvantageWeighting,
 ) -> (Vec<usize>, irec_learn::algo::iql::Iql, irec_learn::algo::dataset::Batch, irec_learn::algo::iql::IqlLosses) {
     use irec_learn::algo::iql::{Iql, IqlConfig};
     let fx = fixture();
     let heads = fx.perception.config.heads.clone();
     let data = tiny_mdp(fx.perception.config.tracker.input, &heads);
-    let cfg = IqlConfig { expectile: 0.8, beta: 2.0, max_weight: 5.0, q_hidden: Some(vec![16]), advantage, reference_kl: 0.0, ..IqlConfig::default() };
+    let cfg = IqlConfig { expectile: 0.8, beta: 2.0, max_weight: 5.0, q_hidden: Some(vec![16]), advantage, weighting, reference_kl: 0.0, ..IqlConfig::default() };
     let mut iql = Iql::new(&fx.perception, 6, &cfg, None).unwrap();
     fit(&mut iql, &data, 3, 8, 3, &mut rng::rng(2), |_| {}).unwrap();
     let idx: Vec<usize> = (0..8).collect();
@@ -925,9 +926,24 @@ fn iql_fitted_on_tiny_mdp(
 
 #[test]
 fn iql_losses_equal_hand_computation_on_a_batch() {
-    use irec_learn::algo::iql::AdvantageSource;
+    iql_losses_by_hand(irec_learn::algo::iql::AdvantageWeighting::Exp);
+}
+
+/// With `weighting = "binary"` every logged slot whose advantage is positive weighs 1 and every
+/// other 0, whatever β: the same NLL computed on the host.
+#[test]
+fn iqls_binary_weighting_clones_exactly_the_slots_that_beat_v() {
+    use irec_learn::algo::iql::{AdvantageWeighting, IqlConfig};
+    iql_losses_by_hand(AdvantageWeighting::Binary);
+    assert_eq!(IqlConfig::default().weighting, AdvantageWeighting::Exp);
+    let bad = toml::from_str::<IqlConfig>("weighting = \"hard\"").unwrap_err().to_string();
+    assert!(bad.contains("weighting") && bad.contains("hard"), "{bad}");
+}
+
+fn iql_losses_by_hand(weighting: irec_learn::algo::iql::AdvantageWeighting) {
+    use irec_learn::algo::iql::{AdvantageSource, AdvantageWeighting};
     use irec_model::kernels::seg_log_softmax;
-    let (heads, iql, batch, losses) = iql_fitted_on_tiny_mdp(AdvantageSource::Critic);
+    let (heads, iql, batch, losses) = iql_fitted_on_tiny_mdp(AdvantageSource::Critic, weighting);
 
     let states = iql.critic().states(iql.recommender(), &batch).unwrap();
     let qt = host2(&iql.critic().target_q.forward(&states.s_target).unwrap());
@@ -945,7 +961,11 @@ fn iql_losses_equal_hand_computation_on_a_batch() {
             let slot = off + batch.actions[row][d] as usize;
             let u = (qt[row][slot] - v[row]) as f64;
             vrow += if u < 0.0 { 0.2 } else { 0.8 } * u * u;
-            prow -= (2.0 * u).exp().min(5.0) * logp[row][slot] as f64;
+            let w = match weighting {
+                AdvantageWeighting::Exp => (2.0 * u).exp().min(5.0),
+                AdvantageWeighting::Binary => f64::from(u8::from(u > 0.0)),
+            };
+            prow -= w * logp[row][slot] as f64;
             off += n;
         }
         value += vrow / heads.len() as f64;
@@ -963,7 +983,7 @@ fn iql_losses_equal_hand_computation_on_a_batch() {
 fn iqls_return_advantage_equals_hand_computation_on_a_batch() {
     use irec_learn::algo::iql::{AdvantageSource, IqlConfig};
     use irec_model::kernels::seg_log_softmax;
-    let (heads, iql, batch, losses) = iql_fitted_on_tiny_mdp(AdvantageSource::Return);
+    let (heads, iql, batch, losses) = iql_fitted_on_tiny_mdp(AdvantageSource::Return, irec_learn::algo::iql::AdvantageWeighting::Exp);
 
     let states = iql.critic().states(iql.recommender(), &batch).unwrap();
     let y = iql.compute_target(&states.s_next, &batch).unwrap().to_vec1::<f32>().unwrap();

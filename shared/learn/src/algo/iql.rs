@@ -31,6 +31,11 @@ pub struct IqlConfig {
     pub beta: f64,
     /// Largest advantage weight (the paper's 100).
     pub max_weight: f64,
+    /// How an advantage becomes a logged slot's weight: `exp` (IQL as published,
+    /// min(exp(β·A), max_weight)) or `binary` (1 where A > 0, else 0: CRR's filter, Wang et al.
+    /// 2020, which clones the slots that beat V(s) alone, whatever the advantage's scale).
+    #[serde(skip_serializing_if = "AdvantageWeighting::is_exp")]
+    pub weighting: AdvantageWeighting,
     /// Target-network soft-update rate per step.
     pub tau: f64,
     /// λ of the critic's TD(λ) target over whole sessions (0: one step), as in SAC.
@@ -69,6 +74,23 @@ pub enum AdvantageSource {
     Return,
 }
 
+/// How the actor's advantages weigh its logged slots (`[offline.iql] weighting`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AdvantageWeighting {
+    /// min(exp(β·A), max_weight).
+    #[default]
+    Exp,
+    /// 1[A > 0].
+    Binary,
+}
+
+impl AdvantageWeighting {
+    fn is_exp(&self) -> bool {
+        *self == AdvantageWeighting::Exp
+    }
+}
+
 /// The policy IQL's trust region is around (`[offline.iql] reference`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -101,6 +123,7 @@ impl Default for IqlConfig {
             expectile: 0.7,
             beta: 3.0,
             max_weight: 100.0,
+            weighting: AdvantageWeighting::Exp,
             tau: 0.005,
             td_lambda: 0.9,
             q_hidden: Some(vec![128, 128]),
@@ -264,7 +287,11 @@ impl Iql {
 
         // Advantage-weighted regression per head.
         let adv = u.detach();
-        let weight = ((adv * self.cfg.beta)?.exp()?.clamp(0.0, self.cfg.max_weight)? * &batch.onehot)?;
+        let weight = match self.cfg.weighting {
+            AdvantageWeighting::Exp => (adv * self.cfg.beta)?.exp()?.clamp(0.0, self.cfg.max_weight)?,
+            AdvantageWeighting::Binary => adv.gt(0.0)?.to_dtype(adv.dtype())?,
+        };
+        let weight = (weight * &batch.onehot)?;
         let logp = seg_log_softmax(&self.rec.policy.forward(&s)?, heads)?;
         let policy_rows = (&weight * &logp)?.sum(D::Minus1)?.neg()?;
         let mut policy = batch.masked_mean(&policy_rows)?;
