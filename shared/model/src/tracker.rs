@@ -32,8 +32,8 @@ pub struct RequestMemory {
     /// How many askings of one value count. 1 (the default): a running maximum, asked or not.
     /// k > 1: a running sum of the probabilities, capped at k, so a value asked for again weighs
     /// more. A user repeats a wish when the item shown lacks it, which is the turn a learned
-    /// policy that let its own preference override the memory needs the memory to win
-    /// (docs/results.md, "A wish asked for again").
+    /// policy that let its own preference override the memory needs the memory to win. Measured
+    /// worse than the maximum (docs/results.md, "Two new switches, both opt-in"), so off.
     #[serde(default = "RequestMemory::once", skip_serializing_if = "RequestMemory::is_once")]
     pub repeats: f32,
 }
