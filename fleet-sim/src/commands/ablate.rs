@@ -42,11 +42,14 @@ pub fn run(a: AblateArgs) -> anyhow::Result<()> {
     for r in &report.rows {
         println!("{:<26} {} | critic greedy {}{}", r.name, line(&r.offline), line(&r.critic_greedy), r.rounds.iter().map(|m| format!(" → {}", line(m))).collect::<String>());
         println!("{:<26} {}", "", r.misses.line());
+        for (i, m) in r.round_misses.iter().enumerate() {
+            println!("{:<26} after round {}: {}", "", i + 1, m.line());
+        }
     }
     let rows: Vec<_> = report
         .rows
         .iter()
-        .map(|r| json!({"name": r.name, "offline": metrics_json(&r.offline), "misses": r.misses, "critic_greedy": metrics_json(&r.critic_greedy), "rounds": r.rounds.iter().map(metrics_json).collect::<Vec<_>>(), "seconds": r.seconds}))
+        .map(|r| json!({"name": r.name, "offline": metrics_json(&r.offline), "misses": r.misses, "critic_greedy": metrics_json(&r.critic_greedy), "rounds": r.rounds.iter().map(metrics_json).collect::<Vec<_>>(), "round_misses": r.round_misses, "seconds": r.seconds}))
         .collect();
     print_json(a.exp.json, &json!({"seed": a.exp.seed, "behaviour_test": metrics_json(&report.behaviour_on_test), "imitation": metrics_json(&report.imitation), "baselines": report.baselines.iter().map(|b| json!({"name": b.name, "metrics": metrics_json(&b.metrics), "misses": b.misses})).collect::<Vec<_>>(), "rows": rows}));
     Ok(())

@@ -36,6 +36,8 @@ pub struct VariantRow {
     pub misses: Misses,
     /// After each iterative round (deploy with the devices' noise → collect → train on D ∪ D′).
     pub rounds: Vec<Metrics>,
+    /// Why the test sessions were not done by turn 10, after each round.
+    pub round_misses: Vec<Misses>,
     /// The offline policy's unsuccessful test sessions, rendered (for reading what goes wrong).
     #[serde(skip)]
     pub failures: Vec<String>,
@@ -123,7 +125,7 @@ pub fn run(cfg: &ExperimentConfig, variants: &[Variant], iterate: bool, device: 
         let failures = transcripts.iter().filter(|t| !t.success || t.turns.len() > 20).map(|t| t.render()).collect();
         let misses = Misses::of_transcripts(&transcripts, MISSES_AT);
         let critic_greedy = lab.evaluate_parts(&learner.recommender().tracker, learner.critic_heads(), n_eval, eval_seed)?.0;
-        let mut rounds = Vec::new();
+        let (mut rounds, mut round_misses) = (Vec::new(), Vec::new());
         if iterate {
             let mut devs = devices.clone();
             let mut all = d.clone();
@@ -139,10 +141,12 @@ pub fn run(cfg: &ExperimentConfig, variants: &[Variant], iterate: bool, device: 
                 let data = SessionDataset::new(&all, &lab.featurizer, lab.heads())?.with_objective(&oc.objective).favour_newest(oc.newest_share);
                 learner.start_round()?;
                 fit(&mut learner, &data, oc.round_steps, bs, oc.log_every, &mut r, |_| {})?;
-                rounds.push(lab.evaluate(learner.recommender(), n_eval, eval_seed)?);
+                let (m, ts) = lab.evaluate_parts(&learner.recommender().tracker, &learner.recommender().policy, n_eval, eval_seed)?;
+                rounds.push(m);
+                round_misses.push(Misses::of_transcripts(&ts, MISSES_AT));
             }
         }
-        let row = VariantRow { name: v.name.clone(), offline, critic_greedy, misses, rounds, failures, seconds: started.elapsed().as_secs_f64() };
+        let row = VariantRow { name: v.name.clone(), offline, critic_greedy, misses, rounds, round_misses, failures, seconds: started.elapsed().as_secs_f64() };
         progress.message(&format!(
             "{}: SR@10 {:.1}% NI {:.2} (critic greedy {:.1}%, {:.2}){}",
             row.name,
