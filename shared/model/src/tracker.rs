@@ -55,6 +55,15 @@ impl RequestMemory {
             (seen + now).min(self.repeats)
         }
     }
+
+    /// [`RequestMemory::update`] on tensors, for one turn of a batch.
+    fn update_tensor(&self, seen: &Tensor, now: &Tensor) -> Result<Tensor> {
+        if Self::is_once(&self.repeats) {
+            seen.maximum(now)
+        } else {
+            (seen + now)?.clamp(0f32, self.repeats)
+        }
+    }
 }
 
 impl Default for TrackerConfig {
@@ -104,8 +113,7 @@ impl StateTracker {
             Some(m) => {
                 let seen = state.narrow(1, self.cfg.hidden, m.classes)?;
                 let now = features.narrow(1, m.offset, m.classes)?;
-                let kept = if RequestMemory::is_once(&m.repeats) { seen.maximum(&now)? } else { (seen + now)?.clamp(0f32, m.repeats)? };
-                Tensor::cat(&[&next, &kept], 1)
+                Tensor::cat(&[&next, &m.update_tensor(&seen, &now)?], 1)
             }
         }
     }

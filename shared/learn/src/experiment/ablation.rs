@@ -10,7 +10,6 @@ use crate::algo::bc::BehaviourCloning;
 use crate::algo::{fit, Learner as OfflineLearner, LearnerSettings, OfflineAlgorithm, SessionDataset};
 use irec_world::metrics::Metrics;
 use irec_world::misses::Misses;
-use irec_world::policy::{evaluate, OraclePolicy, TrackerPolicy};
 use irec_model::PolicyModel;
 use irec_world::rng;
 use serde::{Deserialize, Serialize};
@@ -166,11 +165,7 @@ const MISSES_AT: usize = 10;
 
 fn baselines(lab: &Lab, sessions: usize, seed: u64) -> Vec<Baseline> {
     let max_turns = lab.eval_env.reward.max_turns as u32;
-    let lexicon = Arc::new(lab.world.lexicon.clone());
-    let index = Arc::new(lab.eval_env.index.clone());
-    let tracker = evaluate(&lab.eval_env, || TrackerPolicy::new(lexicon.clone(), index.clone()), sessions, seed, 2);
-    let oracle = evaluate(&lab.eval_env, OraclePolicy::default, sessions, seed, 2);
-    [("tracker", tracker), ("oracle", oracle)]
+    [("tracker", lab.tracker_transcripts(sessions, seed)), ("oracle", lab.oracle_transcripts(sessions, seed))]
         .into_iter()
         .map(|(name, ts)| Baseline { name: name.into(), metrics: Metrics::of_transcripts(&ts, max_turns), misses: Misses::of_transcripts(&ts, MISSES_AT) })
         .collect()

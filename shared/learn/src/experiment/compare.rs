@@ -15,7 +15,6 @@ use crate::algo::Learner as OfflineLearner;
 use irec_protocol::experience::ExperienceSession;
 use irec_world::metrics::Metrics;
 use irec_model::PolicyModel;
-use irec_world::policy::{evaluate_metrics, OraclePolicy, TrackerPolicy};
 use irec_world::rng;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -354,13 +353,12 @@ pub fn run(cfg: &ExperimentConfig, preset: &str, device: &candle_core::Device, c
     rows.push(MethodRow { method: Method::IterativeOffline, metrics, note });
     clock.lap("iterative offline");
 
-    // The rule-based tracker on the same sessions.
-    let lexicon = Arc::new(lab.world.lexicon.clone());
-    let index = Arc::new(lab.eval_env.index.clone());
-    let m = evaluate_metrics(&lab.eval_env, || TrackerPolicy::new(lexicon.clone(), index.clone()), n_eval, eval_seed, 2);
+    // The rule-based tracker and the oracle on the same sessions.
+    let max_turns = lab.eval_env.reward.max_turns as u32;
+    let m = Metrics::of_transcripts(&lab.tracker_transcripts(n_eval, eval_seed), max_turns);
     rows.push(MethodRow { method: Method::Tracker, metrics: m, note: "rule-based reader + conditional mode fill".into() });
     clock.lap("tracker");
-    let m = evaluate_metrics(&lab.eval_env, OraclePolicy::default, n_eval, eval_seed, 2);
+    let m = Metrics::of_transcripts(&lab.oracle_transcripts(n_eval, eval_seed), max_turns);
     rows.push(MethodRow { method: Method::Oracle, metrics: m, note: "asks for the user's wishes every turn".into() });
     clock.lap("oracle");
 

@@ -245,6 +245,18 @@ impl Lab {
         Ok((m, transcripts))
     }
 
+    /// The rule-based tracker's evaluation sessions `0..sessions` of `seed`.
+    pub fn tracker_transcripts(&self, sessions: usize, seed: u64) -> Vec<Transcript> {
+        let lexicon = std::sync::Arc::new(self.world.lexicon.clone());
+        let index = std::sync::Arc::new(self.eval_env.index.clone());
+        irec_world::policy::evaluate(&self.eval_env, || irec_world::policy::TrackerPolicy::new(lexicon.clone(), index.clone()), sessions, seed, 2)
+    }
+
+    /// The oracle's evaluation sessions `0..sessions` of `seed` (it asks for every wish).
+    pub fn oracle_transcripts(&self, sessions: usize, seed: u64) -> Vec<Transcript> {
+        irec_world::policy::evaluate(&self.eval_env, irec_world::policy::OraclePolicy::default, sessions, seed, 2)
+    }
+
     pub fn evaluate(&self, rec: &Recommender, sessions: usize, seed: u64) -> Result<Metrics> {
         Ok(self.evaluate_parts(&rec.tracker, &rec.policy, sessions, seed)?.0)
     }
