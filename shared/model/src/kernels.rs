@@ -16,10 +16,13 @@ const LOG2_E: f32 = std::f32::consts::LOG2_E;
 pub fn exp(x: f32) -> f32 {
     let t = x.clamp(-87.0, 88.0) * LOG2_E;
     // Round to nearest with the 1.5·2^23 trick (no libm call, vectorises on SSE2).
-    let n = (t + 12_582_912.0) - 12_582_912.0;
+    let y = t + 12_582_912.0;
+    let n = y - 12_582_912.0;
     let f = (t - n) * std::f32::consts::LN_2; // |f| ≤ ln2/2
     let p = 1.0 + f * (1.0 + f * (0.5 + f * (1.0 / 6.0 + f * (1.0 / 24.0 + f * (1.0 / 120.0 + f * (1.0 / 720.0))))));
-    let bits = ((n as i32 + 127) as u32) << 23;
+    // 2^n from y's bits: they are 0x4B40_0000 + n, and n + 127 ∈ [1, 254] is all the shift keeps.
+    // (`n as i32` gives the same bits, but its saturating conversion does not vectorise.)
+    let bits = y.to_bits().wrapping_add(127) << 23;
     p * f32::from_bits(bits)
 }
 

@@ -7,7 +7,7 @@
 //! - [`tracker`]: the GRU state tracker over turn features.
 //! - [`heads`]: the policy (softmax per attribute) and the factorized Q-function.
 //! - [`kernels`], [`gru_sequence`]: fused CPU kernels (GRU/LSTM cells, a whole GRU unroll,
-//!   per-head softmax).
+//!   per-head softmax); [`simd`] compiles their loops for the CPU's widest vector unit.
 //! - [`params`]: seeded parameter store.
 //! - [`checkpoint`]: safetensors + config + version in one blob.
 //! - [`device`]: `cpu` / `cuda:N` by name.
@@ -26,6 +26,7 @@ pub mod kernels;
 pub mod loader;
 pub mod params;
 pub mod perception;
+mod simd;
 pub mod text_encoder;
 pub mod tokenizer;
 pub mod tracker;
