@@ -44,6 +44,14 @@ pub(crate) fn matmul(dst: &mut [f32], a: View, b: View, accumulate: bool) -> Res
     matmul_with(dst, a, b, accumulate, gemm::Parallelism::None)
 }
 
+/// As [`matmul`], on every configured thread when the product has at least [`PARALLEL_MACS`]
+/// multiply-adds.
+pub(crate) fn matmul_split(dst: &mut [f32], a: View, b: View, accumulate: bool) -> Result<()> {
+    let threads = candle_core::utils::get_num_threads();
+    let parallel = threads > 1 && a.rows * a.cols * b.cols >= PARALLEL_MACS;
+    matmul_with(dst, a, b, accumulate, if parallel { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None })
+}
+
 fn matmul_with(dst: &mut [f32], a: View, b: View, accumulate: bool, parallelism: gemm::Parallelism) -> Result<()> {
     let (m, k, n) = (a.rows, a.cols, b.cols);
     if b.rows != k || dst.len() < m * n || !a.fits() || !b.fits() {
@@ -107,11 +115,9 @@ impl CustomOp2 for Product {
 
     fn cpu_fwd(&self, s1: &CpuStorage, l1: &Layout, s2: &CpuStorage, l2: &Layout) -> Result<(CpuStorage, Shape)> {
         let (a, b) = (view(s1, l1)?, view(s2, l2)?);
-        let (m, k, n) = (a.rows, a.cols, b.cols);
-        let threads = candle_core::utils::get_num_threads();
-        let parallelism = if threads > 1 && m * k * n >= PARALLEL_MACS { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+        let (m, n) = (a.rows, b.cols);
         let mut out = vec![0f32; m * n];
-        matmul_with(&mut out, a, b, false, parallelism)?;
+        matmul_split(&mut out, a, b, false)?;
         Ok((CpuStorage::F32(out), Shape::from((m, n))))
     }
 

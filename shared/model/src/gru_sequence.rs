@@ -6,8 +6,8 @@
 //! input projection of all turns stays one matmul outside (its gradient comes back whole), and the
 //! recurrence — h·W_hhᵀ with `gemm`, then the fused cell — runs in one loop each way.
 
-use super::dense::{matmul, View};
-use super::kernels::{host, sigmoid, slice, tanh};
+use super::dense::{matmul, matmul_split, View};
+use super::kernels::{host_view, sigmoid, slice, tanh};
 use super::simd::per_isa;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 
@@ -115,32 +115,43 @@ impl CustomOp3 for GruSequence {
     fn bwd(&self, gi: &Tensor, w: &Tensor, bias: &Tensor, res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let (t, b, three) = gi.dims3()?;
         let hidden = three / 3;
-        let (gi_v, w_v, states, g) = (host(gi)?, host(w)?, host(res)?, host(grad)?);
+        let guards = [gi.storage_and_layout(), w.storage_and_layout(), res.storage_and_layout(), grad.storage_and_layout()];
+        let gi_v = host_view(gi, &guards[0].0, guards[0].1)?;
+        let w_v = host_view(w, &guards[1].0, guards[1].1)?;
+        let states = host_view(res, &guards[2].0, guards[2].1)?;
+        let g = host_view(grad, &guards[3].0, guards[3].1)?;
         let bh = b * hidden;
         let mut d_gi = vec![0f32; gi_v.len()];
-        let mut d_w = vec![0f32; w_v.len()];
-        let mut d_b = vec![0f32; three];
+        // Every turn's gradient of its hidden projection, kept so that W_hh's gradient is one
+        // product over all turns after the recurrence (K = T·B) instead of T thin ones (K = B).
+        let mut d_gh = vec![0f32; t * b * three];
         let mut dh = g[t * bh..(t + 1) * bh].to_vec();
         let kept = self.projections.lock().map_err(|_| poisoned())?;
         if kept.len() != t * b * three {
             candle_core::bail!("gru-sequence: backward without its forward pass's projections");
         }
-        let mut d_gh = vec![0f32; b * three];
         let mut dh_prev = vec![0f32; bh];
         for step in (0..t).rev() {
-            let h_prev = &states[step * bh..(step + 1) * bh];
-            let gh = &kept[step * b * three..(step + 1) * b * three];
-            let gi_t = &gi_v[step * b * three..(step + 1) * b * three];
-            let dgi_t = &mut d_gi[step * b * three..(step + 1) * b * three];
-            let g_prev = &g[step * bh..(step + 1) * bh];
-            cell_backward(CellBackward { gi: gi_t, gh, h_prev, dh: &dh, g_prev, hidden }, dgi_t, &mut d_gh, &mut dh_prev);
-            for row in d_gh.chunks_exact(three) {
-                d_b.iter_mut().zip(row).for_each(|(a, x)| *a += x);
-            }
-            // dW_hh += d_ghᵀ · h_prev ; dh_prev += d_gh · W_hh
-            matmul(&mut d_w, View::row_major(&d_gh, b, three).t(), View::row_major(h_prev, b, hidden), true)?;
-            matmul(&mut dh_prev, View::row_major(&d_gh, b, three), View::row_major(&w_v, three, hidden), true)?;
+            let turn = step * b * three..(step + 1) * b * three;
+            let cell = CellBackward {
+                gi: &gi_v[turn.clone()],
+                gh: &kept[turn.clone()],
+                h_prev: &states[step * bh..(step + 1) * bh],
+                dh: &dh,
+                g_prev: &g[step * bh..(step + 1) * bh],
+                hidden,
+            };
+            cell_backward(cell, &mut d_gi[turn.clone()], &mut d_gh[turn.clone()], &mut dh_prev);
+            // dh_prev += d_gh · W_hh
+            matmul(&mut dh_prev, View::row_major(&d_gh[turn], b, three), View::row_major(&w_v, three, hidden), true)?;
             std::mem::swap(&mut dh, &mut dh_prev);
+        }
+        // dW_hh = Σ_t d_ghₜᵀ · h_{t−1}; the states of turns 0..T−1 are the first T·B rows.
+        let mut d_w = vec![0f32; w_v.len()];
+        matmul_split(&mut d_w, View::row_major(&d_gh, t * b, three).t(), View::row_major(&states[..t * bh], t * b, hidden), false)?;
+        let mut d_b = vec![0f32; three];
+        for row in d_gh.chunks_exact(three) {
+            d_b.iter_mut().zip(row).for_each(|(a, x)| *a += x);
         }
         let dev = gi.device();
         Ok((
