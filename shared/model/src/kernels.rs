@@ -9,6 +9,8 @@
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Device, Layout, Result, Shape, Tensor, D};
 use std::sync::Arc;
 
+use crate::simd::per_isa;
+
 const LOG2_E: f32 = std::f32::consts::LOG2_E;
 
 /// e^x with ~1e-7 relative error, written branch-free so that loops over it vectorise.
@@ -237,19 +239,86 @@ struct SegLogSoftmax {
     heads: Vec<usize>,
 }
 
-fn seg_log_softmax_rows(x: &[f32], heads: &[usize], out: &mut [f32]) {
-    let width: usize = heads.iter().sum();
-    for (row, orow) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
-        let mut off = 0;
-        for &n in heads {
-            let seg = &row[off..off + n];
-            let m = seg.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let s: f32 = seg.iter().map(|v| exp(v - m)).sum();
-            let lse = m + s.ln();
-            for (o, v) in orow[off..off + n].iter_mut().zip(seg) {
-                *o = v - lse;
+/// Each element's exp(x − max of its head), for one row: one pass over the row's width, so it
+/// vectorises (a head of 4–21 values alone does not).
+#[inline(always)]
+fn shifted_exp_row(row: &[f32], heads: &[usize], shift: &mut [f32], e: &mut [f32]) {
+    let mut off = 0;
+    for &n in heads {
+        let m = row[off..off + n].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        shift[off..off + n].iter_mut().for_each(|s| *s = m);
+        off += n;
+    }
+    for ((e, v), m) in e.iter_mut().zip(row).zip(shift.iter()) {
+        *e = exp(v - m);
+    }
+}
+
+per_isa! {
+    fn seg_log_softmax_rows, baseline seg_log_softmax_rows_baseline(x: &[f32], heads: &[usize], out: &mut [f32]) {
+        let width: usize = heads.iter().sum();
+        let (mut shift, mut e) = (vec![0f32; width], vec![0f32; width]);
+        for (row, orow) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+            shifted_exp_row(row, heads, &mut shift, &mut e);
+            let mut off = 0;
+            for &n in heads {
+                let s: f32 = e[off..off + n].iter().sum();
+                let lse = shift[off] + s.ln();
+                for (o, v) in orow[off..off + n].iter_mut().zip(&row[off..off + n]) {
+                    *o = v - lse;
+                }
+                off += n;
             }
-            off += n;
+        }
+    }
+}
+
+per_isa! {
+    /// dx = g − softmax · Σ_head g, from the log-softmax `y`.
+    fn seg_log_softmax_grad, baseline seg_log_softmax_grad_baseline(y: &[f32], g: &[f32], heads: &[usize], dx: &mut [f32]) {
+        let width: usize = heads.iter().sum();
+        for ((yr, gr), dr) in y.chunks_exact(width).zip(g.chunks_exact(width)).zip(dx.chunks_exact_mut(width)) {
+            let mut off = 0;
+            for &n in heads {
+                let gs: f32 = gr[off..off + n].iter().sum();
+                for k in off..off + n {
+                    dr[k] = gr[k] - exp(yr[k]) * gs;
+                }
+                off += n;
+            }
+        }
+    }
+}
+
+per_isa! {
+    fn seg_logsumexp_rows, baseline seg_logsumexp_rows_baseline(x: &[f32], heads: &[usize], out: &mut [f32]) {
+        let width: usize = heads.iter().sum();
+        let (mut shift, mut e) = (vec![0f32; width], vec![0f32; width]);
+        for (row, orow) in x.chunks_exact(width).zip(out.chunks_exact_mut(heads.len())) {
+            shifted_exp_row(row, heads, &mut shift, &mut e);
+            let mut off = 0;
+            for (o, &n) in orow.iter_mut().zip(heads) {
+                *o = shift[off] + e[off..off + n].iter().sum::<f32>().ln();
+                off += n;
+            }
+        }
+    }
+}
+
+per_isa! {
+    /// d lse / dx = the head's softmax, times the gradient arriving at its lse.
+    fn seg_logsumexp_grad, baseline seg_logsumexp_grad_baseline(x: &[f32], lse: &[f32], g: &[f32], heads: &[usize], dx: &mut [f32]) {
+        let width: usize = heads.iter().sum();
+        let nh = heads.len();
+        for (r, (xr, dr)) in x.chunks_exact(width).zip(dx.chunks_exact_mut(width)).enumerate() {
+            let mut off = 0;
+            for (h, &n) in heads.iter().enumerate() {
+                let (gh, lh) = (g[r * nh + h], lse[r * nh + h]);
+                for k in off..off + n {
+                    dr[k] = gh * exp(xr[k] - lh);
+                }
+                off += n;
+            }
         }
     }
 }
@@ -267,20 +336,10 @@ impl CustomOp1 for SegLogSoftmax {
     }
 
     fn bwd(&self, _x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        // dx = g − softmax · Σ_head g
-        let width: usize = self.heads.iter().sum();
-        let (y, g) = (host(res)?, host(grad)?);
+        let (ys, gs) = (res.storage_and_layout(), grad.storage_and_layout());
+        let (y, g) = (host_view(res, &ys.0, ys.1)?, host_view(grad, &gs.0, gs.1)?);
         let mut dx = vec![0f32; y.len()];
-        for ((yr, gr), dr) in y.chunks_exact(width).zip(g.chunks_exact(width)).zip(dx.chunks_exact_mut(width)) {
-            let mut off = 0;
-            for &n in &self.heads {
-                let gs: f32 = gr[off..off + n].iter().sum();
-                for k in off..off + n {
-                    dr[k] = gr[k] - exp(yr[k]) * gs;
-                }
-                off += n;
-            }
-        }
+        seg_log_softmax_grad(&y, &g, &self.heads, &mut dx);
         Ok(Some(Tensor::from_vec(dx, res.shape(), res.device())?))
     }
 }
@@ -299,34 +358,16 @@ impl CustomOp1 for SegLogSumExp {
         let x = slice(s, l)?;
         let width: usize = self.heads.iter().sum();
         let rows = x.len() / width;
-        let mut out = Vec::with_capacity(rows * self.heads.len());
-        for row in x.chunks_exact(width) {
-            let mut off = 0;
-            for &n in &self.heads {
-                let seg = &row[off..off + n];
-                let m = seg.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                out.push(m + seg.iter().map(|v| exp(v - m)).sum::<f32>().ln());
-                off += n;
-            }
-        }
+        let mut out = vec![0f32; rows * self.heads.len()];
+        seg_logsumexp_rows(x, &self.heads, &mut out);
         Ok((CpuStorage::F32(out), Shape::from((rows, self.heads.len()))))
     }
 
     fn bwd(&self, x: &Tensor, res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        // d lse / dx = softmax of the head.
-        let width: usize = self.heads.iter().sum();
-        let nh = self.heads.len();
-        let (xv, lse, g) = (host(x)?, host(res)?, host(grad)?);
+        let (xs, ls, gs) = (x.storage_and_layout(), res.storage_and_layout(), grad.storage_and_layout());
+        let (xv, lse, g) = (host_view(x, &xs.0, xs.1)?, host_view(res, &ls.0, ls.1)?, host_view(grad, &gs.0, gs.1)?);
         let mut dx = vec![0f32; xv.len()];
-        for (r, (xr, dr)) in xv.chunks_exact(width).zip(dx.chunks_exact_mut(width)).enumerate() {
-            let mut off = 0;
-            for (h, &n) in self.heads.iter().enumerate() {
-                for k in off..off + n {
-                    dr[k] = g[r * nh + h] * exp(xr[k] - lse[r * nh + h]);
-                }
-                off += n;
-            }
-        }
+        seg_logsumexp_grad(&xv, &lse, &g, &self.heads, &mut dx);
         Ok(Some(Tensor::from_vec(dx, x.shape(), x.device())?))
     }
 }
@@ -379,6 +420,35 @@ mod tests {
         let mut r = irec_world::rng::rng(seed);
         let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| { let e: f32 = StandardNormal.sample(&mut r); 2.0 * e }).collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn same_bits(a: &[f32], b: &[f32]) -> bool {
+        a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    /// The per-head kernels compiled for the CPU's vector unit return the baseline's bits.
+    #[test]
+    fn the_head_kernels_return_the_same_bits_at_every_vector_width() {
+        let heads = [4, 21, 7, 19, 5, 20];
+        let (rows, width) = (9, heads.iter().sum::<usize>());
+        let x = host(&rand((rows, width), 5)).unwrap();
+        let g = host(&rand((rows, width), 6)).unwrap();
+        let (mut wide, mut base) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+        seg_log_softmax_rows(&x, &heads, &mut wide);
+        seg_log_softmax_rows_baseline(&x, &heads, &mut base);
+        assert!(same_bits(&wide, &base), "log-softmax");
+        let y = base.clone();
+        seg_log_softmax_grad(&y, &g, &heads, &mut wide);
+        seg_log_softmax_grad_baseline(&y, &g, &heads, &mut base);
+        assert!(same_bits(&wide, &base), "log-softmax gradient");
+        let (mut wide_l, mut base_l) = (vec![0f32; rows * heads.len()], vec![0f32; rows * heads.len()]);
+        seg_logsumexp_rows(&x, &heads, &mut wide_l);
+        seg_logsumexp_rows_baseline(&x, &heads, &mut base_l);
+        assert!(same_bits(&wide_l, &base_l), "log-sum-exp");
+        let gl = &g[..rows * heads.len()];
+        seg_logsumexp_grad(&x, &base_l, gl, &heads, &mut wide);
+        seg_logsumexp_grad_baseline(&x, &base_l, gl, &heads, &mut base);
+        assert!(same_bits(&wide, &base), "log-sum-exp gradient");
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
