@@ -7,7 +7,8 @@
 //! calling thread below [`PARALLEL_MACS`] multiply-adds and splits it above, forward and backward.
 //! gemm splits the output, not the reduction, so the sums are the same either way.
 
-use crate::kernels::{host, slice};
+use crate::kernels::{host_view, slice};
+use crate::simd::per_isa;
 use candle_core::{CpuStorage, CustomOp2, Device, Layout, Result, Shape, Tensor};
 use candle_nn::{Linear, Module};
 
@@ -131,6 +132,24 @@ impl CustomOp2 for Product {
     }
 }
 
+per_isa! {
+    /// out = y + b, b added to every row.
+    fn add_rows, baseline add_rows_baseline(y: &[f32], b: &[f32], out: &mut [f32]) {
+        for (o, row) in out.chunks_exact_mut(b.len()).zip(y.chunks_exact(b.len())) {
+            o.iter_mut().zip(row).zip(b).for_each(|((o, v), c)| *o = v + c);
+        }
+    }
+}
+
+per_isa! {
+    /// sums += every row of g, in row order.
+    fn sum_rows, baseline sum_rows_baseline(g: &[f32], sums: &mut [f32]) {
+        for row in g.chunks_exact(sums.len()) {
+            sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
+        }
+    }
+}
+
 /// `y + b` for y (m×n) and b (n), row by row. candle's gradient of a broadcast add sums the rows
 /// through its generic reduction (a division per element to find its column), a tenth of the gru
 /// training step; here the bias's gradient is one pass over the rows, in the same order.
@@ -147,21 +166,17 @@ impl CustomOp2 for AddBias {
         if n == 0 || y.len() % n != 0 {
             candle_core::bail!("dense: a bias of {n} does not fit rows of {:?}", l1.dims());
         }
-        let mut out = Vec::with_capacity(y.len());
-        for row in y.chunks_exact(n) {
-            out.extend(row.iter().zip(b).map(|(v, c)| v + c));
-        }
+        let mut out = vec![0f32; y.len()];
+        add_rows(y, b, &mut out);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }
 
     fn bwd(&self, _y: &Tensor, b: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<(Option<Tensor>, Option<Tensor>)> {
         let db = if b.track_op() {
-            let n = b.elem_count();
-            let g = host(grad)?;
-            let mut sums = vec![0f32; n];
-            for row in g.chunks_exact(n) {
-                sums.iter_mut().zip(row).for_each(|(s, v)| *s += v);
-            }
+            let (gs, gl) = grad.storage_and_layout();
+            let g = host_view(grad, &gs, gl)?;
+            let mut sums = vec![0f32; b.elem_count()];
+            sum_rows(&g, &mut sums);
             Some(Tensor::from_vec(sums, b.shape(), b.device())?)
         } else {
             None
@@ -186,6 +201,22 @@ pub fn linear(x: &Tensor, layer: &Linear) -> Result<Tensor> {
 mod tests {
     use super::*;
     use crate::params::ParamStore;
+
+    #[test]
+    fn the_bias_kernels_return_the_same_bits_at_every_vector_width() {
+        let (rows, n) = (7, 37);
+        let y: Vec<f32> = (0..rows * n).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let b: Vec<f32> = (0..n).map(|i| (i as f32 * 1.3).cos()).collect();
+        let (mut wide, mut base) = (vec![0f32; y.len()], vec![0f32; y.len()]);
+        add_rows(&y, &b, &mut wide);
+        add_rows_baseline(&y, &b, &mut base);
+        assert!(wide.iter().zip(&base).all(|(a, b)| a.to_bits() == b.to_bits()));
+        let (mut wide, mut base) = (vec![0f32; n], vec![0f32; n]);
+        sum_rows(&y, &mut wide);
+        sum_rows_baseline(&y, &mut base);
+        assert!(wide.iter().zip(&base).all(|(a, b)| a.to_bits() == b.to_bits()));
+        assert!(base.iter().any(|x| *x != 0.0));
+    }
 
     fn close(a: &Tensor, b: &Tensor) -> f32 {
         (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
