@@ -66,21 +66,65 @@ pub(crate) fn host_view<'a>(t: &Tensor, storage: &'a candle_core::Storage, layou
 // GRU cell: h' = (1 − z)·n + z·h, r = σ(gi_r + gh_r), z = σ(gi_z + gh_z), n = tanh(gi_n + r·gh_n)
 // (PyTorch's gate order r, z, n). gi = x·W_ihᵀ + b_ih, gh = h·W_hhᵀ + b_hh.
 
-struct GruCell;
-
-fn gru_forward(gi: &[f32], gh: &[f32], h: &[f32], hidden: usize, out: &mut [f32]) {
-    for (b, o) in out.chunks_exact_mut(hidden).enumerate() {
-        let gi = &gi[b * 3 * hidden..(b + 1) * 3 * hidden];
-        let gh = &gh[b * 3 * hidden..(b + 1) * 3 * hidden];
-        let hp = &h[b * hidden..(b + 1) * hidden];
-        for j in 0..hidden {
-            let r = sigmoid(gi[j] + gh[j]);
-            let z = sigmoid(gi[hidden + j] + gh[hidden + j]);
-            let n = tanh(gi[2 * hidden + j] + r * gh[2 * hidden + j]);
-            o[j] = (1.0 - z) * n + z * hp[j];
+per_isa! {
+    /// One turn of the cell for a batch: h = (1 − z)·n + z·h_prev from the turn's input and hidden
+    /// projections (PyTorch's gate order r, z, n).
+    pub(crate) fn cell_forward, baseline cell_forward_baseline(gi: &[f32], gh: &[f32], h_prev: &[f32], hidden: usize, out: &mut [f32]) {
+        let three = 3 * hidden;
+        for (r, o) in out.chunks_exact_mut(hidden).enumerate() {
+            let (gi_r, gh_r, hp) = (&gi[r * three..(r + 1) * three], &gh[r * three..(r + 1) * three], &h_prev[r * hidden..(r + 1) * hidden]);
+            for j in 0..hidden {
+                let rg = sigmoid(gi_r[j] + gh_r[j]);
+                let z = sigmoid(gi_r[hidden + j] + gh_r[hidden + j]);
+                let n = tanh(gi_r[2 * hidden + j] + rg * gh_r[2 * hidden + j]);
+                o[j] = (1.0 - z) * n + z * hp[j];
+            }
         }
     }
 }
+
+/// What one turn's backward pass reads: the forward pass's inputs and projections, the gradient
+/// carried back to this turn's output (`dh`) and the one arriving at its input state (`g_prev`).
+pub(crate) struct CellBackward<'a> {
+    pub gi: &'a [f32],
+    pub gh: &'a [f32],
+    pub h_prev: &'a [f32],
+    pub dh: &'a [f32],
+    pub g_prev: &'a [f32],
+    pub hidden: usize,
+}
+
+per_isa! {
+    /// One turn's gradients: of the input and hidden pre-activations, and of the previous state.
+    pub(crate) fn cell_backward, baseline cell_backward_baseline(c: CellBackward<'_>, d_gi: &mut [f32], d_gh: &mut [f32], dh_prev: &mut [f32]) {
+        let (hidden, three) = (c.hidden, 3 * c.hidden);
+        for r in 0..dh_prev.len() / hidden {
+            let o3 = r * three;
+            let (gi, gh, dgi, dgh) = (&c.gi[o3..o3 + three], &c.gh[o3..o3 + three], &mut d_gi[o3..o3 + three], &mut d_gh[o3..o3 + three]);
+            let k0 = r * hidden;
+            let (hp, dh, gp, dhp) = (&c.h_prev[k0..k0 + hidden], &c.dh[k0..k0 + hidden], &c.g_prev[k0..k0 + hidden], &mut dh_prev[k0..k0 + hidden]);
+            for j in 0..hidden {
+                let rg = sigmoid(gi[j] + gh[j]);
+                let z = sigmoid(gi[hidden + j] + gh[hidden + j]);
+                let n = tanh(gi[2 * hidden + j] + rg * gh[2 * hidden + j]);
+                let gk = dh[j];
+                let da_n = gk * (1.0 - z) * (1.0 - n * n);
+                let da_z = gk * (hp[j] - n) * z * (1.0 - z);
+                let da_r = da_n * gh[2 * hidden + j] * rg * (1.0 - rg);
+                dgi[j] = da_r;
+                dgi[hidden + j] = da_z;
+                dgi[2 * hidden + j] = da_n;
+                dgh[j] = da_r;
+                dgh[hidden + j] = da_z;
+                dgh[2 * hidden + j] = da_n * rg;
+                // The carried part of h, plus the gradient arriving at the previous state itself.
+                dhp[j] = gk * z + gp[j];
+            }
+        }
+    }
+}
+
+struct GruCell;
 
 impl CustomOp3 for GruCell {
     fn name(&self) -> &'static str {
@@ -91,7 +135,7 @@ impl CustomOp3 for GruCell {
         let (gi, gh, h) = (slice(s1, l1)?, slice(s2, l2)?, slice(s3, l3)?);
         let hidden = l3.dims().last().copied().unwrap_or(1);
         let mut out = vec![0f32; h.len()];
-        gru_forward(gi, gh, h, hidden, &mut out);
+        cell_forward(gi, gh, h, hidden, &mut out);
         Ok((CpuStorage::F32(out), l3.shape().clone()))
     }
 
@@ -101,26 +145,9 @@ impl CustomOp3 for GruCell {
         let mut dgi = vec![0f32; gi_v.len()];
         let mut dgh = vec![0f32; gi_v.len()];
         let mut dh = vec![0f32; h_v.len()];
-        for b in 0..h_v.len() / hidden {
-            let o3 = b * 3 * hidden;
-            for j in 0..hidden {
-                let k = b * hidden + j;
-                let r = sigmoid(gi_v[o3 + j] + gh_v[o3 + j]);
-                let z = sigmoid(gi_v[o3 + hidden + j] + gh_v[o3 + hidden + j]);
-                let n = tanh(gi_v[o3 + 2 * hidden + j] + r * gh_v[o3 + 2 * hidden + j]);
-                let g = g_v[k];
-                let da_n = g * (1.0 - z) * (1.0 - n * n);
-                let da_z = g * (h_v[k] - n) * z * (1.0 - z);
-                let da_r = da_n * gh_v[o3 + 2 * hidden + j] * r * (1.0 - r);
-                dgi[o3 + j] = da_r;
-                dgi[o3 + hidden + j] = da_z;
-                dgi[o3 + 2 * hidden + j] = da_n;
-                dgh[o3 + j] = da_r;
-                dgh[o3 + hidden + j] = da_z;
-                dgh[o3 + 2 * hidden + j] = da_n * r;
-                dh[k] = g * z;
-            }
-        }
+        // One step alone: no gradient arrives at its input state from elsewhere.
+        let none = vec![0f32; h_v.len()];
+        cell_backward(CellBackward { gi: &gi_v, gh: &gh_v, h_prev: &h_v, dh: &g_v, g_prev: &none, hidden }, &mut dgi, &mut dgh, &mut dh);
         let dev = h.device();
         Ok((
             Some(Tensor::from_vec(dgi, gi.shape(), dev)?),
@@ -420,6 +447,34 @@ mod tests {
         let mut r = irec_world::rng::rng(seed);
         let v: Vec<f32> = (0..shape.0 * shape.1).map(|_| { let e: f32 = StandardNormal.sample(&mut r); 2.0 * e }).collect();
         Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+    }
+
+    fn noise(n: usize, seed: u32) -> Vec<f32> {
+        // Spread over ±6 so that the gates saturate as well as sit in their linear range.
+        (0..n).map(|i| ((i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) % 12_001) as f32 / 1_000.0 - 6.0).collect()
+    }
+
+    /// The wide versions of the cell are the baseline's arithmetic, bit for bit, so a run's
+    /// figures do not depend on the CPU's vector unit.
+    #[test]
+    fn the_cell_returns_the_same_bits_at_every_vector_width() {
+        let (batch, hidden) = (5, 40);
+        let (gi, gh, h) = (noise(batch * 3 * hidden, 1), noise(batch * 3 * hidden, 2), noise(batch * hidden, 3));
+        let (mut wide, mut base) = (vec![0f32; batch * hidden], vec![0f32; batch * hidden]);
+        cell_forward(&gi, &gh, &h, hidden, &mut wide);
+        cell_forward_baseline(&gi, &gh, &h, hidden, &mut base);
+        assert!(wide.iter().zip(&base).all(|(a, b)| a.to_bits() == b.to_bits()), "forward differs");
+
+        let (dh, g_prev) = (noise(batch * hidden, 4), noise(batch * hidden, 5));
+        let c = || CellBackward { gi: &gi, gh: &gh, h_prev: &h, dh: &dh, g_prev: &g_prev, hidden };
+        let mut wide = (vec![0f32; gi.len()], vec![0f32; gi.len()], vec![0f32; h.len()]);
+        let mut base = wide.clone();
+        cell_backward(c(), &mut wide.0, &mut wide.1, &mut wide.2);
+        cell_backward_baseline(c(), &mut base.0, &mut base.1, &mut base.2);
+        for (w, b) in [(&wide.0, &base.0), (&wide.1, &base.1), (&wide.2, &base.2)] {
+            assert!(w.iter().zip(b).all(|(a, b)| a.to_bits() == b.to_bits()), "backward differs");
+        }
+        assert!(base.0.iter().any(|x| *x != 0.0), "the check must see non-zero gradients");
     }
 
     fn same_bits(a: &[f32], b: &[f32]) -> bool {
