@@ -440,6 +440,10 @@ pub struct BenchArgs {
     pub steps: usize,
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Let the thread pool's idle workers sleep between the step's joins instead of spinning
+    /// (training keeps them spinning; this shows what that is worth).
+    #[arg(long)]
+    pub sleeping_workers: bool,
     #[arg(long)]
     pub json: bool,
 }

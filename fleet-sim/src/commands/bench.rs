@@ -9,10 +9,11 @@ pub fn run(a: BenchArgs) -> anyhow::Result<()> {
         BenchModeArg::Flat => BenchMode::Flat,
         BenchModeArg::Gru => BenchMode::Gru,
     };
-    let r = bench(&BenchConfig::new(mode, a.steps), &device(&a.device)?)?;
+    let cfg = BenchConfig { spinning_workers: !a.sleeping_workers, ..BenchConfig::new(mode, a.steps) };
+    let r = bench(&cfg, &device(&a.device)?)?;
     println!(
-        "{:?}: {:.2} ms/step ({:.1} steps/s, {:.0} transitions/s) on {} thread(s); phases: sample {:.2} ms, forward {:.2} ms, backward {:.2} ms, optimizer {:.2} ms; other processes used {:?} of the CPU",
-        r.mode, r.ms_per_step, r.steps_per_s, r.transitions_per_s, r.threads, r.phases.sample_ms, r.phases.forward_ms, r.phases.backward_ms, r.phases.optimizer_ms, r.other_procs_cpu_frac
+        "{:?}: {:.2} ms/step ({:.1} steps/s, {:.0} transitions/s) on {} thread(s){}; phases: sample {:.2} ms, forward {:.2} ms, backward {:.2} ms, optimizer {:.2} ms; other processes used {:?} of the CPU",
+        r.mode, r.ms_per_step, r.steps_per_s, r.transitions_per_s, r.threads, if r.spinning_workers || r.threads < 2 { "" } else { " (idle workers sleeping)" }, r.phases.sample_ms, r.phases.forward_ms, r.phases.backward_ms, r.phases.optimizer_ms, r.other_procs_cpu_frac
     );
     print_json(a.json, &serde_json::to_value(&r)?);
     Ok(())

@@ -8,7 +8,7 @@
 //!   state at each turn is [h_t ; 32 context features]; the critic loss backpropagates through the
 //!   GRU; targets use a soft-updated target GRU and critic; the last turn of a session is terminal.
 
-use crate::algo::concurrent::{backward_apart, side_by_side};
+use crate::algo::concurrent::{awake, backward_apart, side_by_side};
 use crate::algo::sac::{Rows, SacNets};
 use crate::algo::{Adam, OptimConfig};
 use irec_model::heads::{HeadsConfig, MultiHead};
@@ -46,11 +46,14 @@ pub struct BenchConfig {
     pub temperature: f64,
     pub tau: f64,
     pub seed: u64,
+    /// Keep the pool's other workers spinning through the timed loop, as training does
+    /// ([`crate::algo::concurrent::awake`]); `false` lets them sleep between joins.
+    pub spinning_workers: bool,
 }
 
 impl BenchConfig {
     pub fn new(mode: BenchMode, steps: usize) -> BenchConfig {
-        BenchConfig { mode, steps, warmup: 20, transitions: 500_000, batch_size: 256, sessions: 64, seq_len: 14, alpha: 1.0, temperature: 0.1, tau: 0.005, seed: 0 }
+        BenchConfig { mode, steps, warmup: 20, transitions: 500_000, batch_size: 256, sessions: 64, seq_len: 14, alpha: 1.0, temperature: 0.1, tau: 0.005, seed: 0, spinning_workers: true }
     }
 }
 
@@ -68,6 +71,7 @@ pub struct BenchResult {
     pub mode: BenchMode,
     pub steps: usize,
     pub threads: usize,
+    pub spinning_workers: bool,
     pub total_s: f64,
     pub steps_per_s: f64,
     pub ms_per_step: f64,
@@ -115,6 +119,14 @@ fn random_actions(n: usize, r: &mut rng::Rng) -> Vec<[u8; 6]> {
 
 /// Runs the benchmark on `device`.
 pub fn run(cfg: &BenchConfig, device: &Device) -> Result<BenchResult> {
+    if cfg.spinning_workers {
+        awake(device, || run_steps(cfg, device))
+    } else {
+        run_steps(cfg, device)
+    }
+}
+
+fn run_steps(cfg: &BenchConfig, device: &Device) -> Result<BenchResult> {
     let mut r = rng::rng(cfg.seed);
     let store = ParamStore::new(cfg.seed, device);
     let vb = store.builder();
@@ -284,6 +296,7 @@ pub fn run(cfg: &BenchConfig, device: &Device) -> Result<BenchResult> {
         mode: cfg.mode,
         steps: cfg.steps,
         threads: candle_core::utils::get_num_threads(),
+        spinning_workers: cfg.spinning_workers,
         total_s: total,
         steps_per_s: n / total,
         ms_per_step: total * 1e3 / n,

@@ -40,7 +40,7 @@ use irec_model::tracker::StateTracker;
 use irec_model::{ModelConfig, Perception};
 use irec_world::rng::Rng;
 use candle_core::backprop::GradStore;
-use candle_core::{Result, Tensor, Var};
+use candle_core::{Device, Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -352,7 +352,22 @@ pub trait OfflineAlgorithm {
 
 /// The trainer loop: `steps` updates on batches of `batch_sessions` whole sessions, the losses
 /// averaged and logged every `log_every` steps (and passed to `on_log`).
-pub fn fit<A: OfflineAlgorithm>(
+pub fn fit<A: OfflineAlgorithm + Send>(
+    algo: &mut A,
+    data: &SessionDataset,
+    steps: usize,
+    batch_sessions: usize,
+    log_every: usize,
+    rng: &mut Rng,
+    on_log: impl FnMut(&TrainLog) + Send,
+) -> Result<Vec<TrainLog>> {
+    let device = algo.recommender().perception.perception.device.clone();
+    // The pool's idle workers spin through the loop: each step joins a dozen times.
+    concurrent::awake(&device, || fit_steps(algo, data, steps, batch_sessions, log_every, rng, on_log, &device))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn fit_steps<A: OfflineAlgorithm>(
     algo: &mut A,
     data: &SessionDataset,
     steps: usize,
@@ -360,8 +375,8 @@ pub fn fit<A: OfflineAlgorithm>(
     log_every: usize,
     rng: &mut Rng,
     mut on_log: impl FnMut(&TrainLog),
+    device: &Device,
 ) -> Result<Vec<TrainLog>> {
-    let device = algo.recommender().perception.perception.device.clone();
     let mut logs = Vec::new();
     let mut acc: BTreeMap<&'static str, (f32, u32)> = BTreeMap::new();
     for step in 0..steps {
@@ -369,7 +384,7 @@ pub fn fit<A: OfflineAlgorithm>(
         if idx.is_empty() {
             break;
         }
-        let batch = data.batch(&idx, &device)?;
+        let batch = data.batch(&idx, device)?;
         let losses = algo.update(&batch)?;
         for (k, v) in losses.fields() {
             let e = acc.entry(k).or_insert((0.0, 0));

@@ -219,7 +219,7 @@ impl Clock {
 
 /// Trains an offline learner for `steps`, evaluating every `curve_every` steps into `curves`.
 #[allow(clippy::too_many_arguments)]
-fn train_with_curve<A: OfflineAlgorithm>(
+fn train_with_curve<A: OfflineAlgorithm + Send>(
     lab: &Lab,
     algo: &mut A,
     data: &SessionDataset,
