@@ -269,7 +269,7 @@ struct SegLogSoftmax {
 /// Each element's exp(x − max of its head), for one row: one pass over the row's width, so it
 /// vectorises (a head of 4–21 values alone does not).
 #[inline(always)]
-fn shifted_exp_row(row: &[f32], heads: &[usize], shift: &mut [f32], e: &mut [f32]) {
+pub(crate) fn shifted_exp_row(row: &[f32], heads: &[usize], shift: &mut [f32], e: &mut [f32]) {
     let mut off = 0;
     for &n in heads {
         let m = row[off..off + n].iter().copied().fold(f32::NEG_INFINITY, f32::max);

@@ -21,6 +21,7 @@ pub mod checkpoint;
 pub mod dense;
 pub mod device;
 pub mod gru_sequence;
+pub mod head_losses;
 pub mod heads;
 pub mod kernels;
 pub mod loader;

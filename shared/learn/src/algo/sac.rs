@@ -12,6 +12,7 @@ use super::concurrent::{backward_apart, side_by_side};
 use super::cql::CqlConfig;
 use super::{scalar, Adam, Batch, LossRecord, OfflineAlgorithm, OptimConfig, PerceptionWeights, Recommender};
 use irec_model::heads::MultiHead;
+use irec_model::head_losses::{critic_terms, policy_terms, CriticRows, PolicyForm, PolicyRows, TdForm};
 use irec_model::kernels::{seg_log_softmax, seg_logsumexp};
 use irec_model::tracker::StateTracker;
 use irec_model::Checkpoint;
@@ -266,27 +267,25 @@ impl SacNets<'_> {
             || -> Result<(Vec<Tensor>, Tensor)> {
                 let critics = std::iter::once(self.q1).chain(self.q2).map(|q| q.forward(s)).collect::<Result<_>>()?;
                 // The actor on detached states.
-                let logp = seg_log_softmax(&self.policy.forward(&s.detach())?, self.heads)?;
-                Ok((critics, logp))
+                let logits = self.policy.forward(&s.detach())?;
+                Ok((critics, logits))
             },
         );
-        let (y, (critics, logp)) = (y?, online?);
+        let (y, (critics, logits)) = (y?, online?);
+        let td_form = match self.backup {
+            CriticBackup::Joint => TdForm::Joint,
+            CriticBackup::PerHead => TdForm::PerHead,
+        };
         let k = critics.len() as f64;
         let mut td_sum: Option<Tensor> = None;
         let mut pen_sum: Option<Tensor> = None;
         let mut q1_sa = None;
         let heads = self.heads.len().max(1) as f64;
         for q in &critics {
-            let q_sa = (q * rows.onehot)?.sum(D::Minus1)?;
-            let td = match self.backup {
-                CriticBackup::Joint => (&q_sa - &y)?.sqr()?,
-                // Σ_d (Q_d(s, a_d) − y)², read off the one-hot: each head's own TD error.
-                CriticBackup::PerHead => (q.broadcast_sub(&y.unsqueeze(1)?)?.sqr()? * rows.onehot)?.sum(D::Minus1)?,
-            };
+            let CriticRows { td, cql, q_sa } = critic_terms(q, rows.onehot, &y, self.heads, td_form)?;
             td_sum = Some(match td_sum { Some(t) => (t + td)?, None => td });
             if self.cql_alpha.is_some() {
-                let pen = super::cql::cql_penalty(q, &q_sa, self.heads)?;
-                pen_sum = Some(match pen_sum { Some(p) => (p + pen)?, None => pen });
+                pen_sum = Some(match pen_sum { Some(p) => (p + cql)?, None => cql });
             }
             q1_sa.get_or_insert(q_sa);
         }
@@ -299,18 +298,15 @@ impl SacNets<'_> {
         }
         let critic = rows.mean(&critic_rows)?;
         // The actor against the detached pessimistic per-head critic.
-        let p = logp.exp()?;
         let qmin = match critics.get(1) {
             Some(q2) => critics[0].minimum(q2)?.detach(),
             None => critics[0].detach(),
         };
-        let actor_rows = match self.actor {
-            ActorLoss::ReverseKl => (&p * ((&logp * self.temperature)? - qmin)?)?.sum(D::Minus1)?,
-            ActorLoss::ForwardKl => {
-                let target = seg_log_softmax(&(qmin / self.temperature)?, self.heads)?.exp()?.detach();
-                (target * &logp)?.sum(D::Minus1)?.neg()?
-            }
+        let form = match self.actor {
+            ActorLoss::ReverseKl => PolicyForm::ReverseKl,
+            ActorLoss::ForwardKl => PolicyForm::ForwardKl,
         };
+        let PolicyRows { loss: actor_rows, neg_entropy } = policy_terms(&logits, &qmin, self.temperature, self.heads, form)?;
         let actor_rows = if self.tracker_bc > 0.0 {
             let logp_s = seg_log_softmax(&self.policy.forward(s)?, self.heads)?;
             let nll = (logp_s * rows.onehot)?.sum(D::Minus1)?.neg()?;
@@ -319,7 +315,7 @@ impl SacNets<'_> {
             actor_rows
         };
         let policy = rows.mean(&actor_rows)?;
-        let entropy = rows.mean(&(&p * &logp)?.sum(D::Minus1)?.neg()?)?;
+        let entropy = rows.mean(&neg_entropy.neg()?)?;
         let losses = SacLosses {
             critic: scalar(&critic)?,
             policy: scalar(&policy)?,
