@@ -40,7 +40,7 @@ use irec_model::tracker::StateTracker;
 use irec_model::{ModelConfig, Perception};
 use irec_world::rng::Rng;
 use candle_core::backprop::GradStore;
-use candle_core::{Device, Result, Tensor, Var};
+use candle_core::{Result, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -359,49 +359,37 @@ pub fn fit<A: OfflineAlgorithm + Send>(
     batch_sessions: usize,
     log_every: usize,
     rng: &mut Rng,
-    on_log: impl FnMut(&TrainLog) + Send,
+    mut on_log: impl FnMut(&TrainLog) + Send,
 ) -> Result<Vec<TrainLog>> {
     let device = algo.recommender().perception.perception.device.clone();
     // The pool's idle workers spin through the loop: each step joins a dozen times.
-    concurrent::awake(&device, || fit_steps(algo, data, steps, batch_sessions, log_every, rng, on_log, &device))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn fit_steps<A: OfflineAlgorithm>(
-    algo: &mut A,
-    data: &SessionDataset,
-    steps: usize,
-    batch_sessions: usize,
-    log_every: usize,
-    rng: &mut Rng,
-    mut on_log: impl FnMut(&TrainLog),
-    device: &Device,
-) -> Result<Vec<TrainLog>> {
-    let mut logs = Vec::new();
-    let mut acc: BTreeMap<&'static str, (f32, u32)> = BTreeMap::new();
-    for step in 0..steps {
-        let idx = data.sample(batch_sessions, rng);
-        if idx.is_empty() {
-            break;
+    concurrent::awake(&device.clone(), move || {
+        let mut logs = Vec::new();
+        let mut acc: BTreeMap<&'static str, (f32, u32)> = BTreeMap::new();
+        for step in 0..steps {
+            let idx = data.sample(batch_sessions, rng);
+            if idx.is_empty() {
+                break;
+            }
+            let batch = data.batch(&idx, &device)?;
+            let losses = algo.update(&batch)?;
+            for (k, v) in losses.fields() {
+                let e = acc.entry(k).or_insert((0.0, 0));
+                e.0 += v;
+                e.1 += 1;
+            }
+            if (step + 1) % log_every.max(1) == 0 || step + 1 == steps {
+                let log = TrainLog {
+                    step: algo.steps(),
+                    losses: acc.iter().map(|(k, (s, n))| (k.to_string(), s / (*n).max(1) as f32)).collect(),
+                };
+                on_log(&log);
+                logs.push(log);
+                acc.clear();
+            }
         }
-        let batch = data.batch(&idx, device)?;
-        let losses = algo.update(&batch)?;
-        for (k, v) in losses.fields() {
-            let e = acc.entry(k).or_insert((0.0, 0));
-            e.0 += v;
-            e.1 += 1;
-        }
-        if (step + 1) % log_every.max(1) == 0 || step + 1 == steps {
-            let log = TrainLog {
-                step: algo.steps(),
-                losses: acc.iter().map(|(k, (s, n))| (k.to_string(), s / (*n).max(1) as f32)).collect(),
-            };
-            on_log(&log);
-            logs.push(log);
-            acc.clear();
-        }
-    }
-    Ok(logs)
+        Ok(logs)
+    })
 }
 
 /// Scalar value of a 0-d tensor.
