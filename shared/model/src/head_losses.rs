@@ -227,7 +227,8 @@ impl PolicyRow {
         PolicyRow { row: Row::new(width), logp: z(), p: z(), target: Row::new(width), scaled_q: z(), head_loss: z(), head_neg_entropy: z() }
     }
 
-    /// Fills the row's vectors; returns (loss, Σ π log π) summed over heads.
+    /// Fills the row's vectors; returns (loss, Σ π log π) summed over heads. The per-element
+    /// work is whole-row passes (they vectorise); only the sums go head by head.
     #[inline(always)]
     fn fill(&mut self, z: &[f32], q: &[f32], heads: &[usize], temperature: f32, reverse: bool) -> (f32, f32) {
         shifted_exp_row(z, heads, &mut self.row.shift, &mut self.row.e);
@@ -235,19 +236,36 @@ impl PolicyRow {
             self.scaled_q.iter_mut().zip(q).for_each(|(s, q)| *s = q / temperature);
             self.target.lse_and_inverse_sums(&self.scaled_q, heads);
         }
-        let (mut loss, mut neg_entropy, mut off) = (0f32, 0f32, 0);
+        // Each element's head log-sum-exp (in `logp`) and 1 / Σ exp (in `p`), then log π and π.
+        let mut off = 0;
         for &n in heads {
             let s: f32 = self.row.e[off..off + n].iter().sum();
             let (lse, inv) = (self.row.shift[off] + s.ln(), 1.0 / s);
-            let (mut l, mut h) = (0f32, 0f32);
-            for k in off..off + n {
-                let lp = z[k] - lse;
-                let p = self.row.e[k] * inv;
-                self.logp[k] = lp;
-                self.p[k] = p;
-                h += p * lp;
-                l += if reverse { p * (temperature * lp - q[k]) } else { -(self.target.e[k] * self.target.shift[k]) * lp };
+            self.logp[off..off + n].iter_mut().for_each(|v| *v = lse);
+            self.p[off..off + n].iter_mut().for_each(|v| *v = inv);
+            off += n;
+        }
+        for (((lp, p), zk), e) in self.logp.iter_mut().zip(self.p.iter_mut()).zip(z).zip(&self.row.e) {
+            *lp = zk - *lp;
+            *p *= e;
+        }
+        // Each element's share of its head's loss and of Σ π log π, summed head by head below.
+        if reverse {
+            for (((l, p), lp), q) in self.head_loss.iter_mut().zip(&self.p).zip(&self.logp).zip(q) {
+                *l = p * (temperature * lp - q);
             }
+        } else {
+            for (((l, lp), e), inv) in self.head_loss.iter_mut().zip(&self.logp).zip(&self.target.e).zip(&self.target.shift) {
+                *l = -(e * inv) * lp;
+            }
+        }
+        for ((h, p), lp) in self.head_neg_entropy.iter_mut().zip(&self.p).zip(&self.logp) {
+            *h = p * lp;
+        }
+        let (mut loss, mut neg_entropy, mut off) = (0f32, 0f32, 0);
+        for &n in heads {
+            let l: f32 = self.head_loss[off..off + n].iter().sum();
+            let h: f32 = self.head_neg_entropy[off..off + n].iter().sum();
             self.head_loss[off..off + n].iter_mut().for_each(|v| *v = l);
             self.head_neg_entropy[off..off + n].iter_mut().for_each(|v| *v = h);
             loss += l;

@@ -223,6 +223,20 @@ impl Rows<'_> {
     }
 }
 
+/// The critic's logged figures for one batch.
+struct CriticStats {
+    critic: f32,
+    td: f32,
+    cql: f32,
+    q_data: f32,
+}
+
+/// The actor's logged figures for one batch.
+struct ActorStats {
+    policy: f32,
+    entropy: f32,
+}
+
 impl SacNets<'_> {
     /// Soft Bellman targets y = r + γ(1 − done)·V(s′), no gradient. `s_next` feeds the policy,
     /// `s_next_target` the target critics.
@@ -272,6 +286,25 @@ impl SacNets<'_> {
             },
         );
         let (y, (critics, logits)) = (y?, online?);
+        // The critic's and the actor's losses read the same forward passes and nothing of each
+        // other: side by side too.
+        let (critic, actor) = side_by_side(s.device(), || self.critic_loss(&critics, &y, rows), || self.actor_loss(&critics, &logits, s, rows));
+        let ((critic, c), (policy, a)) = (critic?, actor?);
+        let losses = SacLosses {
+            critic: c.critic,
+            policy: a.policy,
+            td: c.td,
+            cql: c.cql,
+            q_data: c.q_data,
+            entropy: a.entropy,
+            critic_grad_norm: 0.0,
+            temperature: self.temperature as f32,
+        };
+        Ok((critic, policy, losses))
+    }
+
+    /// The critics' loss: TD (and CQL's penalty) against the backup targets `y`.
+    fn critic_loss(&self, critics: &[Tensor], y: &Tensor, rows: &Rows) -> Result<(Tensor, CriticStats)> {
         let td_form = match self.backup {
             CriticBackup::Joint => TdForm::Joint,
             CriticBackup::PerHead => TdForm::PerHead,
@@ -281,8 +314,8 @@ impl SacNets<'_> {
         let mut pen_sum: Option<Tensor> = None;
         let mut q1_sa = None;
         let heads = self.heads.len().max(1) as f64;
-        for q in &critics {
-            let CriticRows { td, cql, q_sa } = critic_terms(q, rows.onehot, &y, self.heads, td_form)?;
+        for q in critics {
+            let CriticRows { td, cql, q_sa } = critic_terms(q, rows.onehot, y, self.heads, td_form)?;
             td_sum = Some(match td_sum { Some(t) => (t + td)?, None => td });
             if self.cql_alpha.is_some() {
                 pen_sum = Some(match pen_sum { Some(p) => (p + cql)?, None => cql });
@@ -297,16 +330,28 @@ impl SacNets<'_> {
             critic_rows = (critic_rows + (pen * alpha)?)?;
         }
         let critic = rows.mean(&critic_rows)?;
-        // The actor against the detached pessimistic per-head critic.
+        let stats = CriticStats {
+            critic: scalar(&critic)?,
+            td: scalar(&rows.mean(&td)?)? / (k * if self.backup == CriticBackup::PerHead { heads } else { 1.0 }) as f32,
+            cql: cql_mean,
+            q_data: scalar(&rows.mean(&q1_sa)?)?,
+        };
+        Ok((critic, stats))
+    }
+
+    /// The actor's loss against the detached pessimistic per-head critic, from its `logits` on
+    /// the detached states (and, with `tracker_bc`, its cloning loss on `s` itself).
+    fn actor_loss(&self, critics: &[Tensor], logits: &Tensor, s: &Tensor, rows: &Rows) -> Result<(Tensor, ActorStats)> {
+        let Some(q1) = critics.first() else { candle_core::bail!("no critic") };
         let qmin = match critics.get(1) {
-            Some(q2) => critics[0].minimum(q2)?.detach(),
-            None => critics[0].detach(),
+            Some(q2) => q1.minimum(q2)?.detach(),
+            None => q1.detach(),
         };
         let form = match self.actor {
             ActorLoss::ReverseKl => PolicyForm::ReverseKl,
             ActorLoss::ForwardKl => PolicyForm::ForwardKl,
         };
-        let PolicyRows { loss: actor_rows, neg_entropy } = policy_terms(&logits, &qmin, self.temperature, self.heads, form)?;
+        let PolicyRows { loss: actor_rows, neg_entropy } = policy_terms(logits, &qmin, self.temperature, self.heads, form)?;
         let actor_rows = if self.tracker_bc > 0.0 {
             let logp_s = seg_log_softmax(&self.policy.forward(s)?, self.heads)?;
             let nll = (logp_s * rows.onehot)?.sum(D::Minus1)?.neg()?;
@@ -315,18 +360,8 @@ impl SacNets<'_> {
             actor_rows
         };
         let policy = rows.mean(&actor_rows)?;
-        let entropy = rows.mean(&neg_entropy.neg()?)?;
-        let losses = SacLosses {
-            critic: scalar(&critic)?,
-            policy: scalar(&policy)?,
-            td: scalar(&rows.mean(&td)?)? / (k * if self.backup == CriticBackup::PerHead { heads } else { 1.0 }) as f32,
-            cql: cql_mean,
-            q_data: scalar(&rows.mean(&q1_sa)?)?,
-            entropy: scalar(&entropy)?,
-            critic_grad_norm: 0.0,
-            temperature: self.temperature as f32,
-        };
-        Ok((critic, policy, losses))
+        let stats = ActorStats { policy: scalar(&policy)?, entropy: scalar(&rows.mean(&neg_entropy.neg()?)?)? };
+        Ok((policy, stats))
     }
 }
 
