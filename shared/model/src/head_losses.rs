@@ -74,6 +74,25 @@ pub fn policy_terms(logits: &Tensor, q: &Tensor, temperature: f64, heads: &[usiz
     Ok(PolicyRows { loss: out.get(0)?, neg_entropy: out.get(1)? })
 }
 
+/// What a backup target reads of a policy: per row (N), E_π[Q] = Σ_d Σ_a π(a)·Q_d(a) and
+/// Σ_d Σ_a π(a)·log π(a), for `logits` and a critic output `q` (both (N, Σ heads)). No gradient:
+/// a target is a constant of the loss.
+pub fn policy_value(logits: &Tensor, q: &Tensor, heads: &[usize]) -> Result<ValueRows> {
+    let (logits, q) = (logits.detach(), q.detach());
+    // The reverse-KL terms at temperature zero are Σ π·(0 − Q): minus the expectation, exactly.
+    let PolicyRows { loss, neg_entropy } = policy_terms(&logits, &q, 0.0, heads, PolicyForm::ReverseKl)?;
+    Ok(ValueRows { expected_q: loss.neg()?, neg_entropy })
+}
+
+/// [`policy_value`]'s rows, each (N).
+#[derive(Debug)]
+pub struct ValueRows {
+    /// E_π[Q], summed over heads.
+    pub expected_q: Tensor,
+    /// Σ π log π, summed over heads: minus the policy's entropy.
+    pub neg_entropy: Tensor,
+}
+
 fn critic_terms_composed(q: &Tensor, onehot: &Tensor, y: &Tensor, heads: &[usize], form: TdForm) -> Result<CriticRows> {
     let q_sa = (q * onehot)?.sum(D::Minus1)?;
     let td = match form {
@@ -424,6 +443,20 @@ mod tests {
                 assert!(gc.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1, "the check must see gradients");
             }
         }
+    }
+
+    #[test]
+    fn the_policy_value_is_the_expected_q_and_the_negative_entropy() {
+        let rows = 7;
+        let width: usize = HEADS.iter().sum();
+        let (z, q) = (tensor(values(rows * width, 11, 5.0), (rows, width)), tensor(values(rows * width, 12, 2.0), (rows, width)));
+        let v = policy_value(&z, &q, &HEADS).unwrap();
+        let logp = crate::kernels::seg_log_softmax(&z, &HEADS).unwrap();
+        let p = logp.exp().unwrap();
+        let expected = (&p * &q).unwrap().sum(D::Minus1).unwrap();
+        let neg_entropy = (&p * &logp).unwrap().sum(D::Minus1).unwrap();
+        assert!(max_diff(&v.expected_q, &expected) < 1e-5, "E[Q] differs by {}", max_diff(&v.expected_q, &expected));
+        assert!(max_diff(&v.neg_entropy, &neg_entropy) < 1e-5, "Σ π log π differs by {}", max_diff(&v.neg_entropy, &neg_entropy));
     }
 
     fn same_bits(a: &[f32], b: &[f32]) -> bool {

@@ -12,7 +12,7 @@ use super::concurrent::{backward_apart, side_by_side};
 use super::cql::CqlConfig;
 use super::{scalar, Adam, Batch, LossRecord, OfflineAlgorithm, OptimConfig, PerceptionWeights, Recommender};
 use irec_model::heads::MultiHead;
-use irec_model::head_losses::{critic_terms, policy_terms, CriticRows, PolicyForm, PolicyRows, TdForm};
+use irec_model::head_losses::{critic_terms, policy_terms, policy_value, CriticRows, PolicyForm, PolicyRows, TdForm, ValueRows};
 use irec_model::kernels::{seg_log_softmax, seg_logsumexp};
 use irec_model::tracker::StateTracker;
 use irec_model::Checkpoint;
@@ -241,17 +241,15 @@ impl SacNets<'_> {
     /// Soft Bellman targets y = r + γ(1 − done)·V(s′), no gradient. `s_next` feeds the policy,
     /// `s_next_target` the target critics.
     pub fn compute_target(&self, s_next: &Tensor, s_next_target: &Tensor, rows: &Rows) -> Result<Tensor> {
-        let logp = seg_log_softmax(&self.policy.forward(s_next)?, self.heads)?.detach();
-        let p = logp.exp()?;
-        let mut e = (&p * self.target_q1.forward(s_next_target)?)?.sum(D::Minus1)?;
+        let logits = self.policy.forward(s_next)?;
+        let ValueRows { expected_q: mut e, neg_entropy } = policy_value(&logits, &self.target_q1.forward(s_next_target)?, self.heads)?;
         if let Some(q) = self.target_q2 {
-            e = e.minimum(&(&p * q.forward(s_next_target)?)?.sum(D::Minus1)?)?;
+            e = e.minimum(&policy_value(&logits, &q.forward(s_next_target)?, self.heads)?.expected_q)?;
         }
         if self.backup == CriticBackup::PerHead {
             e = (e / self.heads.len().max(1) as f64)?;
         }
         let v = if self.entropy_in_backup {
-            let neg_entropy = (&p * &logp)?.sum(D::Minus1)?;
             (e - (neg_entropy * self.temperature)?)?
         } else {
             e
