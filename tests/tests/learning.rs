@@ -7,9 +7,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use candle_core::{Device, Tensor, Var, D};
+use candle_core::{DType, Device, Tensor, Var, D};
 use irec_learn::algo::bc::{BcConfig, BehaviourCloning};
-use irec_learn::algo::cql::{cql_penalty, cql_sac, off_policy_sac, CqlConfig};
+use irec_learn::algo::cql::{cql_sac, off_policy_sac, CqlConfig};
+use irec_model::head_losses::{critic_terms, TdForm};
 use irec_learn::algo::dataset::PreparedSession;
 use irec_learn::algo::pretrain::{pretrain, PretrainConfig, PretrainReport};
 use irec_learn::algo::sac::{ActorLoss, DiscreteSac, Rows, SacConfig, SacNets};
@@ -377,12 +378,18 @@ fn factorized_logsumexp_equals_brute_force_enumeration() {
         }
     }
 
-    // The CQL penalty is that minus Q(s, a_data).
+    // The CQL penalty the critic trains with is that minus Q(s, a_data).
     let q_t = Tensor::from_vec(q.clone(), (rows, width), &CPU).unwrap();
     let data_action = [2usize, 3 + 1, 7];
     let q_sa: Vec<f32> = (0..rows).map(|r| data_action.iter().map(|c| q[r * width + c]).sum()).collect();
-    let pen = cql_penalty(&q_t, &Tensor::from_vec(q_sa.clone(), rows, &CPU).unwrap(), &heads).unwrap().to_vec1::<f32>().unwrap();
+    let mut onehot = vec![0f32; rows * width];
+    (0..rows).for_each(|r| data_action.iter().for_each(|c| onehot[r * width + c] = 1.0));
+    let onehot = Tensor::from_vec(onehot, (rows, width), &CPU).unwrap();
+    let y = Tensor::zeros(rows, DType::F32, &CPU).unwrap();
+    let terms = critic_terms(&q_t, &onehot, &y, &heads, TdForm::Joint).unwrap();
+    let (pen, fused_q_sa) = (terms.cql.to_vec1::<f32>().unwrap(), terms.q_sa.to_vec1::<f32>().unwrap());
     for r in 0..rows {
+        close(fused_q_sa[r] as f64, q_sa[r] as f64, "Q(s, a_data)");
         close(pen[r] as f64, got[r] as f64 - q_sa[r] as f64, "penalty");
         assert!(pen[r] > 0.0);
     }

@@ -402,6 +402,20 @@ mod tests {
         total
     }
 
+    /// The fused and composed terms agree in value, and in the gradient that a random weighting
+    /// of all of them sends into `input`, which must be larger than `min_gradient` in total.
+    fn assert_same_values_and_gradients(fused: &[&Tensor], composed: &[&Tensor], input: &Var, min_gradient: f32, what: &str) {
+        for (a, b) in fused.iter().zip(composed) {
+            assert!(max_diff(a, b) < 1e-4, "{what}: values differ by {}", max_diff(a, b));
+        }
+        let rows = fused[0].dim(0).unwrap();
+        let gf = weigh(fused, rows, 10).backward().unwrap();
+        let gc = weigh(composed, rows, 10).backward().unwrap();
+        let (gf, gc) = (gf.get(input.as_tensor()).unwrap(), gc.get(input.as_tensor()).unwrap());
+        assert!(max_diff(gf, gc) < 1e-4, "{what}: gradients differ by {}", max_diff(gf, gc));
+        assert!(gc.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > min_gradient, "the check must see gradients");
+    }
+
     #[test]
     fn the_fused_critic_terms_are_the_composed_ones_values_and_gradients() {
         let rows = 11;
@@ -412,14 +426,8 @@ mod tests {
             let q = Var::from_tensor(&tensor(values(rows * width, 3, 4.0), (rows, width))).unwrap();
             let fused = critic_terms(q.as_tensor(), &oh, &y, &HEADS, form).unwrap();
             let composed = critic_terms_composed(q.as_tensor(), &oh, &y, &HEADS, form).unwrap();
-            for (a, b) in [(&fused.td, &composed.td), (&fused.cql, &composed.cql), (&fused.q_sa, &composed.q_sa)] {
-                assert!(max_diff(a, b) < 1e-4, "{form:?}: values differ by {}", max_diff(a, b));
-            }
-            let gf = weigh(&[&fused.td, &fused.cql, &fused.q_sa], rows, 10).backward().unwrap();
-            let gc = weigh(&[&composed.td, &composed.cql, &composed.q_sa], rows, 10).backward().unwrap();
-            let (gf, gc) = (gf.get(q.as_tensor()).unwrap(), gc.get(q.as_tensor()).unwrap());
-            assert!(max_diff(gf, gc) < 1e-4, "{form:?}: gradients differ by {}", max_diff(gf, gc));
-            assert!(gc.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 1.0, "the check must see gradients");
+            let fused = [&fused.td, &fused.cql, &fused.q_sa];
+            assert_same_values_and_gradients(&fused, &[&composed.td, &composed.cql, &composed.q_sa], &q, 1.0, &format!("{form:?}"));
         }
     }
 
@@ -433,14 +441,8 @@ mod tests {
                 let z = Var::from_tensor(&tensor(values(rows * width, 5, 5.0), (rows, width))).unwrap();
                 let fused = policy_terms(z.as_tensor(), &q, temperature, &HEADS, form).unwrap();
                 let composed = policy_terms_composed(z.as_tensor(), &q, temperature, &HEADS, form).unwrap();
-                for (a, b) in [(&fused.loss, &composed.loss), (&fused.neg_entropy, &composed.neg_entropy)] {
-                    assert!(max_diff(a, b) < 1e-4, "{form:?} T={temperature}: values differ by {}", max_diff(a, b));
-                }
-                let gf = weigh(&[&fused.loss, &fused.neg_entropy], rows, 20).backward().unwrap();
-                let gc = weigh(&[&composed.loss, &composed.neg_entropy], rows, 20).backward().unwrap();
-                let (gf, gc) = (gf.get(z.as_tensor()).unwrap(), gc.get(z.as_tensor()).unwrap());
-                assert!(max_diff(gf, gc) < 1e-4, "{form:?} T={temperature}: gradients differ by {}", max_diff(gf, gc));
-                assert!(gc.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.1, "the check must see gradients");
+                let what = format!("{form:?} T={temperature}");
+                assert_same_values_and_gradients(&[&fused.loss, &fused.neg_entropy], &[&composed.loss, &composed.neg_entropy], &z, 0.1, &what);
             }
         }
     }

@@ -3,13 +3,13 @@
 //! The critic loss gains α·(log Σ_a exp Q(s, a) − Q(s, a_data)): it pushes down the soft maximum of
 //! Q over all actions and up on the logged ones, so actions the data never shows cannot look better
 //! than they are. With the factorized Q the joint log-sum-exp is exact and cheap:
-//! log Σ_a exp Σ_d Q_d(s, a_d) = Σ_d logsumexp Q_d(s, ·).
+//! log Σ_a exp Σ_d Q_d(s, a_d) = Σ_d logsumexp Q_d(s, ·). The penalty is the `cql` term of
+//! `irec_model::head_losses::critic_terms`, fused with the TD error on the CPU.
 
 use super::sac::{DiscreteSac, SacConfig};
 use super::PerceptionWeights;
-use irec_model::kernels::seg_logsumexp;
 use irec_model::Checkpoint;
-use candle_core::{Result, Tensor, D};
+use candle_core::Result;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -33,11 +33,6 @@ impl CqlConfig {
         }
         Ok(())
     }
-}
-
-/// Per-row penalty Σ_d logsumexp Q_d(s, ·) − Q(s, a_data). `q`: (N, W), `q_sa`: (N).
-pub fn cql_penalty(q: &Tensor, q_sa: &Tensor, heads: &[usize]) -> Result<Tensor> {
-    seg_logsumexp(q, heads)?.sum(D::Minus1)? - q_sa
 }
 
 /// CQL(H) + discrete SAC.

@@ -363,7 +363,7 @@ pub fn fit<A: OfflineAlgorithm + Send>(
 ) -> Result<Vec<TrainLog>> {
     let device = algo.recommender().perception.perception.device.clone();
     // The pool's idle workers spin through the loop: each step joins a dozen times.
-    concurrent::awake(&device.clone(), move || {
+    concurrent::awake(&device, || {
         let mut logs = Vec::new();
         let mut acc: BTreeMap<&'static str, (f32, u32)> = BTreeMap::new();
         for step in 0..steps {
